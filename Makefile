@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 book: setup
-	$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going --path-output .
+	$(BIN)/jupyter-book build . --warningiserror --keep-going --path-output .
 
 test: setup
 	$(BIN)/python -m pytest

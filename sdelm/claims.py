@@ -42,19 +42,15 @@ class Claims:
         expected = {key: list(v) if isinstance(v, tuple) else v for key, v in defaults.items()}
         return cls(enforce=normalise == expected)
 
-    def check(self, name: str, holds: bool, statement: str) -> str:
+    def check(self, name: str, holds: bool, statement: str) -> None:
         """Record a claim.
 
         Args:
             name: Short identifier, e.g. ``"temperature-raises-entropy"``.
             holds: Whether the data support the claim.
             statement: What the data show, phrased for either outcome.
-
-        Returns:
-            ``statement``.
         """
         self.results.append({"name": name, "holds": bool(holds), "statement": statement})
-        return statement
 
     def table(self) -> pd.DataFrame:
         """The recorded claims, one row each."""

@@ -49,8 +49,8 @@ def step_statistics(trajs: Trajectories, layer: int) -> pd.DataFrame:
 
     Returns:
         Columns ``sequence, prompt_id, group, step, norm, increment, relative_increment,
-        entropy, logprob``: ``norm`` is |X_k|, ``increment`` is |X_k − X_{k−1}| (NaN at the
-        first step), ``relative_increment`` is increment / |X_{k−1}|.
+        entropy, logprob``: ``norm`` is ``|X_k|``, ``increment`` is ``|X_k − X_{k−1}|`` (NaN at
+        the first step), ``relative_increment`` is increment / ``|X_{k−1}|``.
     """
     states = trajs.layer(layer)  # (n, T, D)
     norm = states.norm(dim=-1)
@@ -103,7 +103,7 @@ def sequence_statistics(trajs: Trajectories, layer: int) -> pd.DataFrame:
 def increments_against_shuffled(trajs: Trajectories, layer: int, seed: int = 0) -> pd.DataFrame:
     """Compare each step's increment with the distance to a state of another sequence.
 
-    If consecutive states were independent draws, |X_k − X_{k−1}| would be as large as the
+    If consecutive states were independent draws, ``|X_k − X_{k−1}|`` would be as large as the
     distance between two states of different sequences at the same position. The ratio of the
     two, per sequence, measures how much a trajectory remembers where it was.
 
@@ -113,9 +113,9 @@ def increments_against_shuffled(trajs: Trajectories, layer: int, seed: int = 0) 
         seed: Seed of the choice of partner sequences.
 
     Returns:
-        One row per sequence: ``sequence, prompt_id, group, increment`` (mean |X_k − X_{k−1}|),
-        ``shuffled`` (mean |X_k − X'_{k−1}| with X' a random other sequence that has step
-        k − 1) and ``ratio`` = increment / shuffled.
+        One row per sequence: ``sequence, prompt_id, group, increment`` (mean
+        ``|X_k − X_{k−1}|``), ``shuffled`` (mean ``|X_k − X'_{k−1}|`` with ``X'`` a random other
+        sequence that has step ``k − 1``) and ``ratio`` = increment / shuffled.
     """
     states = trajs.layer(layer)
     mask = trajs.mask
@@ -186,7 +186,8 @@ def explained_variance(
     """
     states = trajs.layer(layer).double()
     mask = trajs.mask
-    train, test = torch.as_tensor(train), torch.as_tensor(test)
+    train = torch.tensor(np.asarray(train, dtype=bool))
+    test = torch.tensor(np.asarray(test, dtype=bool))
     fit = states[train][mask[train]]
     mean = fit.mean(dim=0)
     _, _, vh = torch.linalg.svd(fit - mean, full_matrices=False)

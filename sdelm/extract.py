@@ -22,7 +22,7 @@ from importlib.metadata import version
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformers import DynamicCache
 
 from sdelm.corpus import Passage, Prompt

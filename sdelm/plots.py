@@ -36,7 +36,9 @@ def step_profile(
         The axes.
     """
     ax = _axes(ax)
-    sns.lineplot(data=steps, x="step", y=y, hue=hue, errorbar=("ci", 95), seed=0, ax=ax)
+    sns.lineplot(
+        data=steps, x="step", y=y, hue=hue, errorbar=("ci", 95), n_boot=200, seed=0, ax=ax
+    )
     ax.set(xlabel="token position k (tokens)", ylabel=ylabel)
     return ax
 

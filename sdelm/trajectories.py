@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 __all__ = ["ROW_COLUMNS", "TrajectoryFileError", "Trajectories"]
@@ -378,8 +378,6 @@ class Trajectories:
             raise TrajectoryFileError(f"No trajectory file at {path}.")
         advice = "Delete it and re-run the extraction (or the chapter) to re-create it."
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
             tensors = load_file(str(path))
@@ -402,6 +400,8 @@ class Trajectories:
                 time_axis=header["time_axis"],
                 meta=header["meta"],
             )
+        except TrajectoryFileError:
+            raise
         except (KeyError, json.JSONDecodeError, TypeError) as error:
             raise TrajectoryFileError(
                 f"{path} is not an sdelm trajectory file (missing {error}). {advice}"

@@ -1,0 +1,127 @@
+"""Every chapter executes under papermill, passes nbval, and the book builds with figures.
+
+Each chapter is executed twice from empty trajectory caches (the model cache is shared): once
+by papermill, then again by nbval, which compares every text output. The two executions extract
+their trajectories independently, so nbval checks that the same seed gives the same outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+import pytest
+
+from sdelm import cache_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted(p for p in (ROOT / "book").glob("*.md") if "kernelspec:" in p.read_text())
+pytestmark = pytest.mark.book
+
+
+def fresh_cache(folder: Path) -> Path:
+    """An empty sdelm cache that shares the (expensive to create) model copies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    models = cache_dir() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (folder / "models").symlink_to(models, target_is_directory=True)
+    return folder
+
+
+def execute(chapter: Path, out: Path, cache: Path, **parameters) -> nbformat.NotebookNode:
+    notebook = out.with_suffix(".source.ipynb")
+    nbformat.write(jupytext.read(chapter), notebook)
+    previous = os.environ.get("SDELM_CACHE")
+    os.environ["SDELM_CACHE"] = str(cache)
+    try:
+        papermill.execute_notebook(
+            notebook, out, parameters=parameters, kernel_name="python3",
+            cwd=str(chapter.parent), progress_bar=False,
+        )
+    finally:
+        if previous is None:
+            del os.environ["SDELM_CACHE"]
+        else:
+            os.environ["SDELM_CACHE"] = previous
+    return nbformat.read(out, as_version=4)
+
+
+def outputs_text(notebook: nbformat.NotebookNode) -> str:
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts.extend(str(v) for k, v in output.get("data", {}).items() if k.startswith("text"))
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("executed")
+    cache = fresh_cache(tmp_path_factory.mktemp("cache-papermill"))
+    return {
+        chapter.stem: (execute(chapter, folder / f"{chapter.stem}.ipynb", cache),
+                       folder / f"{chapter.stem}.ipynb")
+        for chapter in CHAPTERS
+    }
+
+
+def test_there_are_chapters():
+    assert {"trajectories"} <= {c.stem for c in CHAPTERS}
+
+
+@pytest.mark.parametrize("chapter", [c.stem for c in CHAPTERS])
+def test_chapter_executes_and_enforces_its_claims(executed, chapter):
+    notebook, _ = executed[chapter]
+    text = outputs_text(notebook)
+    assert "Traceback" not in text
+    summary = re.search(r"(\d+) claims checked, 0 not holding; enforced\.", text)
+    assert summary and int(summary.group(1)) > 0, "the default run must enforce its claims"
+    figures = sum("image/png" in o.get("data", {}) for c in notebook.cells
+                  for o in c.get("outputs", []))
+    assert figures >= 3
+
+
+@pytest.mark.parametrize("chapter", [c.stem for c in CHAPTERS])
+def test_chapter_passes_nbval_from_a_fresh_cache(executed, chapter, tmp_path):
+    _, path = executed[chapter]
+    env = {**os.environ, "SDELM_CACHE": str(fresh_cache(tmp_path / "cache-nbval"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", "-p",
+         "no:cacheprovider", "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"),
+         "-q", str(path)],
+        cwd=path.parent, env=env, capture_output=True, text=True, timeout=1500,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_trajectories_chapter_runs_with_other_parameters(tmp_path):
+    notebook = execute(
+        ROOT / "book" / "trajectories.md", tmp_path / "other.ipynb",
+        fresh_cache(tmp_path / "cache"),
+        temperatures=[1.0], n_prompts=4, samples_per_prompt=1, n_passages=3,
+        max_new_tokens=12, layers=[0, 30],
+    )
+    text = outputs_text(notebook)
+    assert "not enforced (parameters differ from defaults)" in text
+    assert "Only one temperature was sampled" in text
+
+
+def test_book_builds_with_figures_and_no_warnings(executed, tmp_path):
+    env = {**os.environ, "SDELM_CACHE": str(fresh_cache(tmp_path / "cache"))}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT),
+         "--warningiserror", "--keep-going", "--path-output", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=1500,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    page = (tmp_path / "_build" / "html" / "book" / "trajectories.html").read_text()
+    assert page.count("<img") >= 3
+    assert "claims checked" not in page  # hidden checks stay hidden
+    assert "Solution to" in page or "solution" in page.lower()

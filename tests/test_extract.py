@@ -1,0 +1,225 @@
+"""Extraction on tiny random-initialised models (fast) and on the packaged SmolLM2 (integration)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sdelm
+from sdelm import LM, extract
+
+PROMPTS = ["hello there", "a", "the quick brown fox"]
+
+
+def replay_states(lm: LM, trajs: sdelm.Trajectories, row: int, chat: bool = True) -> torch.Tensor:
+    """States of one row recomputed by one forward pass over prompt + generated tokens.
+
+    Returns:
+        Tensor of size (n_layers, n_valid_steps, dim).
+    """
+    prompt = lm.format_prompt(trajs.rows["prompt"][row], chat=chat)
+    has_template = chat and bool(lm.tokenizer.chat_template)
+    prompt_ids = lm.tokenizer(prompt, add_special_tokens=not has_template)["input_ids"]
+    n_valid = int(trajs.lengths[row])
+    generated = trajs.tokens[row, :n_valid].tolist()
+    ids = torch.tensor([prompt_ids + generated])
+    with torch.inference_mode():
+        out = lm.model(input_ids=ids, output_hidden_states=True)
+    return torch.stack(
+        [out.hidden_states[layer][0, len(prompt_ids) :] for layer in trajs.layers]
+    )
+
+
+def test_shapes_rows_and_meta(lm):
+    trajs = extract(lm, PROMPTS, max_new_tokens=7, temperatures=[0.5, 1.5],
+                    samples_per_prompt=2, batch_size=4, seed=3, progress=False)
+    n = len(PROMPTS) * 2 * 2
+    assert trajs.states.shape == (n, 3, 7, 32)
+    assert trajs.layers == (0, 1, 3)  # embedding, middle, last
+    assert trajs.rows["temperature"].tolist() == [0.5, 0.5, 1.5, 1.5] * len(PROMPTS)
+    assert trajs.rows["sample"].tolist() == [0, 1, 0, 1] * len(PROMPTS)
+    assert set(trajs.rows["source"]) == {"generated"}
+    assert trajs.meta["seed"] == 3 and trajs.meta["model"] == lm.name
+    assert trajs.meta["sdelm_version"] == sdelm.__version__
+    valid = trajs.mask
+    assert torch.isfinite(trajs.logprobs[valid]).all() and (trajs.logprobs[valid] <= 0).all()
+    assert (trajs.entropies[valid] >= 0).all()
+    assert (trajs.tokens[valid] >= 0).all()
+
+
+def test_same_arguments_give_bit_identical_trajectories(llama):
+    kwargs = dict(max_new_tokens=9, temperatures=[1.0], samples_per_prompt=2, seed=11,
+                  progress=False)
+    first, second = extract(llama, PROMPTS, **kwargs), extract(llama, PROMPTS, **kwargs)
+    for name in ("states", "tokens", "logprobs", "entropies", "mask"):
+        torch.testing.assert_close(
+            getattr(first, name), getattr(second, name), rtol=0, atol=0, equal_nan=True
+        )
+    other_seed = extract(llama, PROMPTS, **{**kwargs, "seed": 12})
+    assert not torch.equal(first.tokens, other_seed.tokens)
+
+
+def test_samples_of_one_prompt_differ(llama):
+    trajs = extract(llama, ["hello"], max_new_tokens=12, samples_per_prompt=3, progress=False)
+    assert len({tuple(row.tolist()) for row in trajs.tokens}) == 3
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_recorded_states_equal_a_replay_forward_pass(lm, chat):
+    trajs = extract(lm, PROMPTS, max_new_tokens=8, temperatures=[1.0], batch_size=3,
+                    chat=chat, progress=False)
+    for row in range(trajs.n_sequences):
+        replay = replay_states(lm, trajs, row, chat=chat)
+        recorded = trajs.states[row, :, : int(trajs.lengths[row])]
+        scale = recorded.abs().max()
+        assert (recorded - replay).abs().max() <= 1e-4 * scale
+
+
+def test_logprob_and_entropy_describe_the_sampling_distribution(llama):
+    trajs = extract(llama, PROMPTS, max_new_tokens=40, temperatures=[1.0],
+                    samples_per_prompt=8, seed=0, progress=False)
+    valid = trajs.mask
+    # E[log p(y)] = −H when y is drawn from p: a check on the sampler itself.
+    mean_logprob = trajs.logprobs[valid].mean()
+    mean_entropy = trajs.entropies[valid].mean()
+    assert abs(mean_logprob + mean_entropy) < 0.05 * mean_entropy
+
+
+def test_entropy_grows_with_temperature(llama):
+    trajs = extract(llama, PROMPTS, max_new_tokens=10, temperatures=[0.3, 3.0], progress=False)
+    cold = trajs.where(temperature=0.3).entropies.nanmean()
+    hot = trajs.where(temperature=3.0).entropies.nanmean()
+    assert hot > cold
+
+
+def test_tiny_top_p_is_greedy(llama):
+    trajs = extract(llama, PROMPTS, max_new_tokens=6, top_p=1e-9, progress=False)
+    assert torch.all(trajs.entropies[trajs.mask] == 0)
+    assert torch.all(trajs.logprobs[trajs.mask] == 0)
+    again = extract(llama, PROMPTS, max_new_tokens=6, top_p=1e-9, seed=99, progress=False)
+    assert torch.equal(trajs.tokens, again.tokens)  # no randomness left
+
+
+def test_top_p_narrows_the_distribution(llama):
+    full = extract(llama, PROMPTS, max_new_tokens=8, progress=False)
+    nucleus = extract(llama, PROMPTS, max_new_tokens=8, top_p=0.5, progress=False)
+    assert nucleus.entropies[nucleus.mask].mean() < full.entropies[full.mask].mean()
+
+
+def test_sequences_stop_after_end_of_sequence(llama):
+    eos = llama.eos_token_ids[0]
+    bias = torch.zeros(llama.model.config.vocab_size)  # make the end token likely
+    bias[eos] = 3.5
+    hook = llama.model.lm_head.register_forward_hook(lambda m, i, out: out + bias)
+    try:
+        trajs = extract(llama, PROMPTS, max_new_tokens=30, samples_per_prompt=4, progress=False)
+    finally:
+        hook.remove()
+    lengths = trajs.lengths
+    assert (lengths < 30).any(), "some sequences must end early"
+    for row, length in enumerate(lengths.tolist()):
+        assert trajs.mask[row, :length].all() and not trajs.mask[row, length:].any()
+        if length < trajs.n_steps:
+            assert trajs.tokens[row, length - 1] == eos  # the end token is recorded
+            assert (trajs.tokens[row, length:] == -1).all()
+            assert (trajs.states[row, :, length:] == 0).all()
+            assert torch.isnan(trajs.logprobs[row, length:]).all()
+        assert "<eos>" not in trajs.rows["text"][row]
+
+
+def test_prompt_objects_keep_ids_and_categories(llama):
+    prompts = sdelm.corpus.prompts(3)
+    trajs = extract(llama, prompts, max_new_tokens=3, progress=False)
+    assert trajs.rows["prompt_id"].tolist() == [p.id for p in prompts]
+    assert trajs.rows["category"].tolist() == [p.category for p in prompts]
+
+
+def test_layers_can_be_chosen(llama):
+    trajs = extract(llama, PROMPTS, max_new_tokens=3, layers=[3, 0], progress=False)
+    assert trajs.layers == (3, 0)
+    assert torch.equal(trajs.layer(3), trajs.states[:, 0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": []}, "non-empty list"),
+        ({"prompts": "just one string"}, "non-empty list"),
+        ({"prompts": ["ok", "  "]}, "empty"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
+        ({"samples_per_prompt": -1}, "samples_per_prompt must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"temperatures": [1.0, 0.0]}, "greedy decoding"),
+        ({"temperatures": []}, "non-empty list"),
+        ({"top_p": 0.0}, "top_p must be in"),
+        ({"layers": [0, 4]}, "out of range"),
+        ({"layers": [-1]}, "out of range"),
+    ],
+)
+def test_bad_input_gets_one_clear_error(llama, kwargs, message):
+    arguments = {"prompts": PROMPTS, "max_new_tokens": 3, "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        extract(llama, **arguments)
+
+
+def test_encode_texts_matches_the_models_predictions(lm):
+    texts = ["to be or not to be", "hi", "all the world's a stage"]
+    trajs = sdelm.encode_texts(lm, texts, max_tokens=10, progress=False)
+    assert set(trajs.rows["source"]) == {"human"}
+    assert trajs.lengths.tolist() == [10, 1, 10]
+    for row, text in enumerate(texts):
+        ids = lm.tokenizer(text)["input_ids"][:11]
+        with torch.inference_mode():
+            out = lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        logp = torch.log_softmax(out.logits[0, :-1], dim=-1)
+        n = len(ids) - 1
+        expected = logp[torch.arange(n), torch.tensor(ids[1:])]
+        torch.testing.assert_close(trajs.logprobs[row, :n], expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            trajs.entropies[row, :n], -(logp.exp() * logp).sum(-1), atol=1e-5, rtol=1e-4
+        )
+        for i, layer in enumerate(trajs.layers):
+            torch.testing.assert_close(
+                trajs.states[row, i, :n], out.hidden_states[layer][0, 1:], atol=1e-4, rtol=1e-4
+            )
+        assert trajs.tokens[row, :n].tolist() == ids[1:]
+
+
+def test_encode_texts_bad_input(llama):
+    with pytest.raises(ValueError, match="non-empty list"):
+        sdelm.encode_texts(llama, [], progress=False)
+    with pytest.raises(ValueError, match="fewer than 2 tokens"):
+        sdelm.encode_texts(llama, ["ok", "x"], progress=False)
+    with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
+        sdelm.encode_texts(llama, ["ok"], max_tokens=0, progress=False)
+
+
+@pytest.mark.integration
+def test_packaged_model_states_equal_a_replay(smollm2):
+    prompts = sdelm.corpus.prompts(4)
+    trajs = extract(smollm2, prompts, max_new_tokens=16, temperatures=[0.7, 1.3],
+                    batch_size=8, seed=0, progress=False)
+    assert trajs.layers == (0, 15, 30) and trajs.dim == 576
+    worst = 0.0
+    for row in range(trajs.n_sequences):
+        replay = replay_states(smollm2, trajs, row)
+        recorded = trajs.states[row, :, : int(trajs.lengths[row])]
+        # Compare per layer: each layer has its own scale.
+        for layer in range(len(trajs.layers)):
+            error = (recorded[layer] - replay[layer]).abs().max()
+            worst = max(worst, float(error / recorded[layer].abs().max()))
+    assert worst <= 1e-4, worst
+    assert all(len(text) > 0 for text in trajs.rows["text"])
+
+
+@pytest.mark.integration
+def test_packaged_model_is_reproducible_and_reads_shakespeare(smollm2):
+    kwargs = dict(max_new_tokens=8, temperatures=[1.0], seed=5, progress=False)
+    first = extract(smollm2, ["Tell me about rivers."], **kwargs)
+    second = extract(smollm2, ["Tell me about rivers."], **kwargs)
+    assert torch.equal(first.states, second.states)
+    passages = sdelm.corpus.shakespeare_passages(3, n_tokens=12, seed=0)
+    human = sdelm.encode_texts(smollm2, passages, max_tokens=12, progress=False)
+    assert human.lengths.tolist() == [12, 12, 12]
+    # The model predicts Shakespeare worse than its own samples at T=1 but not absurdly.
+    assert -12 < float(human.logprobs[human.mask].mean()) < -1
