@@ -46,6 +46,7 @@ def cached_trajectories(
 
     Returns:
         The trajectories.
+
     """
     path = cache_dir() / "trajectories" / f"{cache_key(params)}.safetensors"
     if path.is_file() and not refresh:

@@ -30,6 +30,7 @@ class Claims:
         enforce: Whether :meth:`verify` fails on a claim that does not hold (true exactly when
             the chapter runs with its default parameters).
         results: One dict per checked claim: ``name``, ``holds``, ``statement``.
+
     """
 
     enforce: bool
@@ -49,15 +50,16 @@ class Claims:
             name: Short identifier, e.g. ``"temperature-raises-entropy"``.
             holds: Whether the data support the claim.
             statement: What the data show, phrased for either outcome.
+
         """
         self.results.append({"name": name, "holds": bool(holds), "statement": statement})
 
     def table(self) -> pd.DataFrame:
-        """The recorded claims, one row each."""
+        """Return the recorded claims, one row each."""
         return pd.DataFrame(self.results, columns=["name", "holds", "statement"])
 
     def report(self) -> Markdown:
-        """The statements as a Markdown list, for the reader."""
+        """Return the statements as a Markdown list, for the reader."""
         return Markdown("\n".join(f"- {r['statement']}" for r in self.results))
 
     def verify(self) -> str:
@@ -68,6 +70,7 @@ class Claims:
 
         Raises:
             ClaimFailedError: Listing the claims that do not hold, when enforced.
+
         """
         failed = [r for r in self.results if not r["holds"]]
         if self.enforce and failed:

@@ -34,7 +34,7 @@ def collect_trajectories(
     cache: bool = True,
     progress: bool = False,
 ) -> Trajectories:
-    """Generated trajectories for bundled prompts plus teacher-forced Shakespeare passages.
+    """Return generated trajectories of bundled prompts plus teacher-forced Shakespeare.
 
     Args:
         model: Model name for :func:`sdelm.load_lm`.
@@ -53,6 +53,7 @@ def collect_trajectories(
 
     Returns:
         Generated rows (source ``"generated"``) followed by human rows (source ``"human"``).
+
     """
     params = {
         "what": "collect_trajectories",

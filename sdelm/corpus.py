@@ -35,6 +35,7 @@ class Prompt:
         category: One of ``open_question``, ``explanation``, ``creative``, ``advice``, ``code``
             (or ``helpsteer``).
         text: The user's message.
+
     """
 
     id: str
@@ -50,6 +51,7 @@ class Passage:
         id: Stable identifier such as ``"hamlet-000123"`` (work and line number).
         work: The work the passage comes from.
         text: The passage.
+
     """
 
     id: str
@@ -86,6 +88,7 @@ def prompts(n: int | None = None, *, categories: list[str] | None = None) -> lis
     Raises:
         ValueError: If ``n`` is not positive or exceeds what is available, or a category is
             unknown.
+
     """
     pool = list(_bundled_prompts())
     if categories is not None:
@@ -143,6 +146,7 @@ def shakespeare_passages(n: int, *, n_tokens: int = 48, seed: int = 0) -> list[P
 
     Raises:
         ValueError: If ``n`` or ``n_tokens`` is not positive.
+
     """
     if n <= 0 or n_tokens <= 0:
         raise ValueError(f"n and n_tokens must be positive (got n={n}, n_tokens={n_tokens}).")
@@ -187,6 +191,7 @@ def helpsteer(n: int | None = None, *, split: str = "train", seed: int = 0) -> l
         ModuleNotFoundError: If ``datasets`` is not installed.
         ConnectionError: If the hub cannot be reached; the message names the offline
             alternatives.
+
     """
     offline = (
         "Offline alternatives: sdelm.corpus.prompts() (70 bundled prompts in the spirit of "

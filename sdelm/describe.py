@@ -51,6 +51,7 @@ def step_statistics(trajs: Trajectories, layer: int) -> pd.DataFrame:
         Columns ``sequence, prompt_id, group, step, norm, increment, relative_increment,
         entropy, logprob``: ``norm`` is ``|X_k|``, ``increment`` is ``|X_k − X_{k−1}|`` (NaN at
         the first step), ``relative_increment`` is increment / ``|X_{k−1}|``.
+
     """
     states = trajs.layer(layer)  # (n, T, D)
     norm = states.norm(dim=-1)
@@ -82,6 +83,7 @@ def sequence_statistics(trajs: Trajectories, layer: int) -> pd.DataFrame:
     Returns:
         One row per sequence: ``sequence, prompt_id, group, source, temperature, length`` and
         the means of ``norm, increment, relative_increment, entropy, logprob``.
+
     """
     steps = step_statistics(trajs, layer)
     means = steps.groupby("sequence")[
@@ -116,6 +118,7 @@ def increments_against_shuffled(trajs: Trajectories, layer: int, seed: int = 0) 
         One row per sequence: ``sequence, prompt_id, group, increment`` (mean
         ``|X_k − X_{k−1}|``), ``shuffled`` (mean ``|X_k − X'_{k−1}|`` with ``X'`` a random other
         sequence that has step ``k − 1``) and ``ratio`` = increment / shuffled.
+
     """
     states = trajs.layer(layer)
     mask = trajs.mask
@@ -155,6 +158,7 @@ def split_prompts(
 
     Raises:
         ValueError: If either set would be empty.
+
     """
     ids = np.array(sorted(trajs.rows["prompt_id"].unique()))
     n_first = round(fraction * len(ids))
@@ -183,6 +187,7 @@ def explained_variance(
         One row per component and split: ``component`` (1-based), ``split`` ("train" or
         "held-out"), ``fraction`` (variance along that component / total variance) and
         ``cumulative``.
+
     """
     states = trajs.layer(layer).double()
     mask = trajs.mask
@@ -221,6 +226,7 @@ def mean_interval(
 
     Returns:
         ``mean``, ``low``, ``high``.
+
     """
     values = np.asarray(values, dtype=float)
     result = stats.bootstrap(
@@ -249,14 +255,13 @@ def mean_difference(
 
     Returns:
         ``difference``, ``low``, ``high`` (BCa bootstrap interval, 9,999 resamples).
+
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     rng = np.random.default_rng(seed)
     if paired:
-        result = stats.bootstrap(
-            (a - b,), np.mean, confidence_level=confidence, random_state=rng
-        )
+        result = stats.bootstrap((a - b,), np.mean, confidence_level=confidence, random_state=rng)
     else:
         result = stats.bootstrap(
             (a, b),
@@ -285,6 +290,7 @@ def temperature_contrast(sequences: pd.DataFrame, column: str) -> dict[str, floa
     Returns:
         ``t_low``, ``t_high``, ``difference`` (high − low), ``low``, ``high`` (95% interval);
         ``None`` when fewer than two temperatures or two prompts were generated.
+
     """
     generated = sequences[sequences["source"] == "generated"]
     per_prompt = generated.groupby(["prompt_id", "temperature"])[column].mean().unstack()

@@ -19,6 +19,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
     Raises:
         ValueError: If the name is not a device, or CUDA is asked for but not available.
+
     """
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,9 +9,9 @@ teacher-forced forward pass.
 Randomness: each sequence (prompt, temperature, sample) has its own random stream, derived from
 ``seed`` with :class:`numpy.random.SeedSequence`; a token is drawn by inverse-CDF sampling from
 one uniform number of that stream. Same arguments give bit-identical trajectories on the same
-machine, CPU or CUDA use the same uniform numbers, and the random numbers a sequence uses do not depend
-on which other sequences share its batch (padding still changes floating-point rounding, so a
-different ``batch_size`` can give different samples).
+machine; CPU and CUDA use the same uniform numbers; and the random numbers a sequence uses do
+not depend on which other sequences share its batch (padding still changes floating-point
+rounding, so another ``batch_size`` can give other samples).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def _sampling_distribution(
 
     Returns:
         Float tensor of size (batch, vocab); -inf outside the nucleus.
+
     """
     logp = torch.log_softmax(logits.float() / temperature[:, None], dim=-1)
     if top_p >= 1.0:
@@ -183,7 +184,7 @@ def _generate_batch(
 
 
 def _row_generator(seed: int, *key: int) -> torch.Generator:
-    """A CPU generator for one sequence, seeded from (seed, *key)."""
+    """Return a CPU generator for one sequence, seeded from (seed, *key)."""
     state = np.random.SeedSequence([seed, *key]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -250,6 +251,7 @@ def extract(
     Raises:
         ValueError: On an empty prompt list or an empty prompt, a non-positive count, a
             temperature <= 0, top_p outside (0, 1], or a layer out of range.
+
     """
     items = _as_prompts(prompts)
     _check_positive(
@@ -355,6 +357,7 @@ def encode_texts(
     Raises:
         ValueError: On an empty list, a text with fewer than two tokens, a non-positive count,
             or a layer out of range.
+
     """
     if isinstance(texts, str) or len(texts) == 0:
         raise ValueError(

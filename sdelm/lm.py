@@ -25,7 +25,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-
 from transformers.utils import logging as hf_logging
 
 from sdelm.cache import cache_dir
@@ -52,6 +51,7 @@ class LM:
         tokenizer: Its tokenizer, padding on the left, with a pad token.
         name: The name it was loaded by.
         device: Where the model lives.
+
     """
 
     model: PreTrainedModel
@@ -86,7 +86,7 @@ class LM:
         return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
 
     def default_layers(self) -> tuple[int, ...]:
-        """The embedding (0, the paper's state), a middle layer and the last layer."""
+        """Return the embedding (0, the paper's state), a middle and the last layer."""
         return (0, self.n_layers // 2, self.n_layers)
 
     def format_prompt(self, text: str, *, chat: bool = True) -> str:
@@ -170,6 +170,7 @@ def load_lm(
     Raises:
         LMLoadError: If the model cannot be found or downloaded; the message names the embedded
             offline default.
+
     """
     device = resolve_device(device)
     bars_were_on = hf_logging.is_progress_bar_enabled()

@@ -34,6 +34,7 @@ def step_profile(
 
     Returns:
         The axes.
+
     """
     ax = _axes(ax)
     sns.lineplot(
@@ -56,6 +57,7 @@ def explained_variance_plot(
 
     Returns:
         The axes.
+
     """
     ax = _axes(ax)
     shown = spectrum[spectrum["component"] <= max_components]

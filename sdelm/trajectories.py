@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-__all__ = ["ROW_COLUMNS", "TrajectoryFileError", "Trajectories"]
+__all__ = ["ROW_COLUMNS", "Trajectories", "TrajectoryFileError"]
 
 FORMAT = "sdelm.trajectories/1"
 ROW_COLUMNS = ("prompt_id", "prompt", "category", "temperature", "sample", "source", "text")
@@ -73,6 +73,7 @@ class Trajectories:
         dt: Time step between consecutive steps.
         time_axis: ``"token"`` (steps are generated tokens) or ``"layer"``.
         meta: Run metadata (model, seed, sdelm version, extraction arguments).
+
     """
 
     states: torch.Tensor
@@ -121,6 +122,7 @@ class Trajectories:
         Raises:
             ValueError: On a wrong number of dimensions, a mask of the wrong size, or NaN/inf
                 in a valid step.
+
         """
         states = torch.as_tensor(states, dtype=torch.float32)
         if states.ndim == 3:
@@ -175,6 +177,7 @@ class Trajectories:
 
         Raises:
             ValueError: If ``parts`` is empty or the parts are incompatible.
+
         """
         if not parts:
             raise ValueError("concat needs at least one Trajectories.")
@@ -250,6 +253,7 @@ class Trajectories:
 
         Raises:
             KeyError: If the layer was not recorded.
+
         """
         if layer < 0 and -len(self.layers) <= layer:
             return self.states[:, layer]
@@ -258,7 +262,9 @@ class Trajectories:
         return self.states[:, self.layers.index(layer)]
 
     # ------------------------------------------------------------------ selection
-    def __getitem__(self, index: int | slice | list[int] | np.ndarray | torch.Tensor) -> Trajectories:
+    def __getitem__(
+        self, index: int | slice | list[int] | np.ndarray | torch.Tensor
+    ) -> Trajectories:
         """Select rows by position, slice, list of positions or boolean mask."""
         if isinstance(index, int):
             index = [index]
@@ -286,6 +292,7 @@ class Trajectories:
 
         Raises:
             KeyError: On an unknown column.
+
         """
         keep = np.ones(self.n_sequences, dtype=bool)
         for column, value in criteria.items():
@@ -337,6 +344,7 @@ class Trajectories:
 
         Returns:
             The path written.
+
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +380,7 @@ class Trajectories:
         Raises:
             TrajectoryFileError: If the file is missing, truncated, from another program, or
                 its parts disagree in size. Re-create it (e.g. re-run the extraction).
+
         """
         path = Path(path)
         if not path.is_file():

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from sdelm import LM
 
@@ -36,21 +41,36 @@ def tiny_model(kind: str = "llama", seed: int = 0) -> torch.nn.Module:
     vocab = len(SPECIALS) + 256
     if kind == "llama":
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            pad_token_id=0, eos_token_id=1, bos_token_id=2,
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
         )
         return LlamaForCausalLM(config).eval()
     config = GPT2Config(
-        vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=512,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        vocab_size=vocab,
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        n_positions=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
     )
     return GPT2LMHeadModel(config).eval()
 
 
 def tiny_lm(kind: str = "llama", seed: int = 0) -> LM:
     return LM(
-        model=tiny_model(kind, seed), tokenizer=byte_tokenizer(), name=f"tiny-{kind}",
+        model=tiny_model(kind, seed),
+        tokenizer=byte_tokenizer(),
+        name=f"tiny-{kind}",
         device=torch.device("cpu"),
     )
 

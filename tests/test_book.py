@@ -41,8 +41,12 @@ def execute(chapter: Path, out: Path, cache: Path, **parameters) -> nbformat.Not
     os.environ["SDELM_CACHE"] = str(cache)
     try:
         papermill.execute_notebook(
-            notebook, out, parameters=parameters, kernel_name="python3",
-            cwd=str(chapter.parent), progress_bar=False,
+            notebook,
+            out,
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=str(chapter.parent),
+            progress_bar=False,
         )
     finally:
         if previous is None:
@@ -66,8 +70,10 @@ def executed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("executed")
     cache = fresh_cache(tmp_path_factory.mktemp("cache-papermill"))
     return {
-        chapter.stem: (execute(chapter, folder / f"{chapter.stem}.ipynb", cache),
-                       folder / f"{chapter.stem}.ipynb")
+        chapter.stem: (
+            execute(chapter, folder / f"{chapter.stem}.ipynb", cache),
+            folder / f"{chapter.stem}.ipynb",
+        )
         for chapter in CHAPTERS
     }
 
@@ -83,8 +89,9 @@ def test_chapter_executes_and_enforces_its_claims(executed, chapter):
     assert "Traceback" not in text
     summary = re.search(r"(\d+) claims checked, 0 not holding; enforced\.", text)
     assert summary and int(summary.group(1)) > 0, "the default run must enforce its claims"
-    figures = sum("image/png" in o.get("data", {}) for c in notebook.cells
-                  for o in c.get("outputs", []))
+    figures = sum(
+        "image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", [])
+    )
     assert figures >= 3
 
 
@@ -93,20 +100,39 @@ def test_chapter_passes_nbval_from_a_fresh_cache(executed, chapter, tmp_path):
     _, path = executed[chapter]
     env = {**os.environ, "SDELM_CACHE": str(fresh_cache(tmp_path / "cache-nbval"))}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", "-p",
-         "no:cacheprovider", "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"),
-         "-q", str(path)],
-        cwd=path.parent, env=env, capture_output=True, text=True, timeout=1500,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval",
+            "--nbval-current-env",
+            "-p",
+            "no:cacheprovider",
+            "--nbval-sanitize-with",
+            str(ROOT / "tests" / "nbval_sanitize.cfg"),
+            "-q",
+            str(path),
+        ],
+        cwd=path.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
 
 
 def test_trajectories_chapter_runs_with_other_parameters(tmp_path):
     notebook = execute(
-        ROOT / "book" / "trajectories.md", tmp_path / "other.ipynb",
+        ROOT / "book" / "trajectories.md",
+        tmp_path / "other.ipynb",
         fresh_cache(tmp_path / "cache"),
-        temperatures=[1.0], n_prompts=4, samples_per_prompt=1, n_passages=3,
-        max_new_tokens=12, layers=[0, 30],
+        temperatures=[1.0],
+        n_prompts=4,
+        samples_per_prompt=1,
+        n_passages=3,
+        max_new_tokens=12,
+        layers=[0, 30],
     )
     text = outputs_text(notebook)
     assert "not enforced (parameters differ from defaults)" in text
@@ -116,9 +142,19 @@ def test_trajectories_chapter_runs_with_other_parameters(tmp_path):
 def test_book_builds_with_figures_and_no_warnings(executed, tmp_path):
     env = {**os.environ, "SDELM_CACHE": str(fresh_cache(tmp_path / "cache"))}
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT),
-         "--warningiserror", "--keep-going", "--path-output", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=1500,
+        [
+            str(Path(sys.executable).parent / "jupyter-book"),
+            "build",
+            str(ROOT),
+            "--warningiserror",
+            "--keep-going",
+            "--path-output",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     page = (tmp_path / "_build" / "html" / "book" / "trajectories.html").read_text()

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sdelm import Claims, ClaimFailedError, Trajectories, describe
+from sdelm import ClaimFailedError, Claims, Trajectories, describe
 
 
 def make(states, prompt_ids=None, temperatures=None) -> Trajectories:
@@ -23,14 +23,18 @@ def test_independent_states_have_memory_ratio_one_and_a_random_walk_below():
     g = torch.Generator().manual_seed(0)
     iid = make(torch.randn(200, 30, 4, generator=g))
     walk = make(torch.randn(200, 30, 4, generator=g).cumsum(dim=1))
-    assert describe.increments_against_shuffled(iid, 0)["ratio"].mean() == pytest.approx(1, abs=0.03)
+    assert describe.increments_against_shuffled(iid, 0)["ratio"].mean() == pytest.approx(
+        1, abs=0.03
+    )
     assert describe.increments_against_shuffled(walk, 0)["ratio"].mean() < 0.5
 
 
 def test_explained_variance_finds_a_low_rank_signal_on_held_out_rows():
     g = torch.Generator().manual_seed(1)
     basis = torch.linalg.qr(torch.randn(20, 2, generator=g))[0]  # two directions in 20-D
-    states = torch.randn(40, 10, 2, generator=g) * 5 @ basis.T + 0.1 * torch.randn(40, 10, 20, generator=g)
+    states = torch.randn(40, 10, 2, generator=g) * 5 @ basis.T + 0.1 * torch.randn(
+        40, 10, 20, generator=g
+    )
     trajs = make(states)
     train, test = describe.split_prompts(trajs, 0.5, seed=0)
     assert not (train & test).any() and (train | test).all()

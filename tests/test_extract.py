@@ -1,4 +1,4 @@
-"""Extraction on tiny random-initialised models (fast) and on the packaged SmolLM2 (integration)."""
+"""Extraction on tiny random models (fast) and on the packaged SmolLM2 (integration)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,20 @@ def replay_states(lm: LM, trajs: sdelm.Trajectories, row: int, chat: bool = True
     ids = torch.tensor([prompt_ids + generated])
     with torch.inference_mode():
         out = lm.model(input_ids=ids, output_hidden_states=True)
-    return torch.stack(
-        [out.hidden_states[layer][0, len(prompt_ids) :] for layer in trajs.layers]
-    )
+    return torch.stack([out.hidden_states[layer][0, len(prompt_ids) :] for layer in trajs.layers])
 
 
 def test_shapes_rows_and_meta(lm):
-    trajs = extract(lm, PROMPTS, max_new_tokens=7, temperatures=[0.5, 1.5],
-                    samples_per_prompt=2, batch_size=4, seed=3, progress=False)
+    trajs = extract(
+        lm,
+        PROMPTS,
+        max_new_tokens=7,
+        temperatures=[0.5, 1.5],
+        samples_per_prompt=2,
+        batch_size=4,
+        seed=3,
+        progress=False,
+    )
     n = len(PROMPTS) * 2 * 2
     assert trajs.states.shape == (n, 3, 7, 32)
     assert trajs.layers == (0, 1, 3)  # embedding, middle, last
@@ -48,8 +54,9 @@ def test_shapes_rows_and_meta(lm):
 
 
 def test_same_arguments_give_bit_identical_trajectories(llama):
-    kwargs = dict(max_new_tokens=9, temperatures=[1.0], samples_per_prompt=2, seed=11,
-                  progress=False)
+    kwargs = dict(
+        max_new_tokens=9, temperatures=[1.0], samples_per_prompt=2, seed=11, progress=False
+    )
     first, second = extract(llama, PROMPTS, **kwargs), extract(llama, PROMPTS, **kwargs)
     for name in ("states", "tokens", "logprobs", "entropies", "mask"):
         torch.testing.assert_close(
@@ -66,8 +73,9 @@ def test_samples_of_one_prompt_differ(llama):
 
 @pytest.mark.parametrize("chat", [True, False])
 def test_recorded_states_equal_a_replay_forward_pass(lm, chat):
-    trajs = extract(lm, PROMPTS, max_new_tokens=8, temperatures=[1.0], batch_size=3,
-                    chat=chat, progress=False)
+    trajs = extract(
+        lm, PROMPTS, max_new_tokens=8, temperatures=[1.0], batch_size=3, chat=chat, progress=False
+    )
     for row in range(trajs.n_sequences):
         replay = replay_states(lm, trajs, row, chat=chat)
         recorded = trajs.states[row, :, : int(trajs.lengths[row])]
@@ -76,8 +84,15 @@ def test_recorded_states_equal_a_replay_forward_pass(lm, chat):
 
 
 def test_logprob_and_entropy_describe_the_sampling_distribution(llama):
-    trajs = extract(llama, PROMPTS, max_new_tokens=40, temperatures=[1.0],
-                    samples_per_prompt=8, seed=0, progress=False)
+    trajs = extract(
+        llama,
+        PROMPTS,
+        max_new_tokens=40,
+        temperatures=[1.0],
+        samples_per_prompt=8,
+        seed=0,
+        progress=False,
+    )
     valid = trajs.mask
     # E[log p(y)] = −H when y is drawn from p: a check on the sampler itself.
     mean_logprob = trajs.logprobs[valid].mean()
@@ -197,8 +212,15 @@ def test_encode_texts_bad_input(llama):
 @pytest.mark.integration
 def test_packaged_model_states_equal_a_replay(smollm2):
     prompts = sdelm.corpus.prompts(4)
-    trajs = extract(smollm2, prompts, max_new_tokens=16, temperatures=[0.7, 1.3],
-                    batch_size=8, seed=0, progress=False)
+    trajs = extract(
+        smollm2,
+        prompts,
+        max_new_tokens=16,
+        temperatures=[0.7, 1.3],
+        batch_size=8,
+        seed=0,
+        progress=False,
+    )
     assert trajs.layers == (0, 15, 30) and trajs.dim == 576
     worst = 0.0
     for row in range(trajs.n_sequences):

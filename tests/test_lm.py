@@ -29,9 +29,7 @@ def test_an_unreachable_or_unknown_model_names_the_offline_default(monkeypatch):
 
 
 def test_device_resolution():
-    assert resolve_device("auto") == torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="not a device"):
         resolve_device("abacus")

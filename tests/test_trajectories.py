@@ -113,7 +113,10 @@ def test_save_and_load_round_trip(tmp_path):
     assert torch.allclose(back.logprobs, trajs.logprobs, equal_nan=True)
     assert back.rows.equals(trajs.rows)
     assert (back.layers, back.dt, back.time_axis, back.meta) == (
-        trajs.layers, trajs.dt, trajs.time_axis, trajs.meta,
+        trajs.layers,
+        trajs.dt,
+        trajs.time_axis,
+        trajs.meta,
     )
 
 
@@ -158,7 +161,7 @@ def rewrite_header(path, edit):
 def test_mismatched_file_is_refused(tmp_path):
     path = synthetic().save(tmp_path / "t.safetensors")
     rewrite_header(path, lambda h: h["rows"]["prompt_id"].pop())
-    with pytest.raises(TrajectoryFileError, match="inconsistent|not an sdelm"):
+    with pytest.raises(TrajectoryFileError, match=r"inconsistent|not an sdelm"):
         Trajectories.load(path)
     path = synthetic().save(tmp_path / "u.safetensors")
     rewrite_header(path, lambda h: h.update(format="sdelm.trajectories/999"))

@@ -1,0 +1,98 @@
+"""Extraction speed as ratios measured side by side in one process.
+
+1. ``sdelm.extract`` / plain ``model.generate`` for the same model, prompts, number of tokens
+   and sampling (target <= 1.10): what recording states, log-probabilities and entropies costs.
+2. one-prompt-at-a-time / batched ``sdelm.extract`` for the same 16 sequences (target >= 3).
+
+Runs alternate (A, B, A, B, ...) and the medians are compared, so that a slow moment of a noisy
+machine hits both sides. Usage: ``python benchmarks/extraction.py [--repeats 3] [--tokens 32]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+import sdelm
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--sequences", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}")
+    lm = sdelm.load_lm(args.model, device=args.device)
+    prompts = sdelm.corpus.prompts(args.sequences)
+    print(lm)
+
+    def run_extract(batch_size: int) -> sdelm.Trajectories:
+        return sdelm.extract(
+            lm,
+            prompts,
+            max_new_tokens=args.tokens,
+            temperatures=[1.0],
+            batch_size=batch_size,
+            seed=0,
+            progress=False,
+        )
+
+    steps = run_extract(args.sequences).n_steps  # warm-up, and the token count to match
+    texts = [lm.format_prompt(p.text) for p in prompts]
+    encoded = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+        lm.device
+    )
+
+    def run_generate() -> None:
+        torch.manual_seed(0)
+        with torch.inference_mode():
+            lm.model.generate(
+                **encoded,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                pad_token_id=lm.tokenizer.pad_token_id,
+            )
+
+    run_generate()  # warm-up
+    extract_s, generate_s, single_s, batched_s = [], [], [], []
+    for _ in range(args.repeats):
+        extract_s.append(timed(lambda: run_extract(args.sequences)))
+        generate_s.append(timed(run_generate))
+        single_s.append(timed(lambda: run_extract(1)))
+        batched_s.append(timed(lambda: run_extract(args.sequences)))
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    ratio = median(extract_s) / median(generate_s)
+    speedup = median(single_s) / median(batched_s)
+    print(f"{args.sequences} sequences x {steps} tokens, {args.repeats} alternating repeats")
+    print(
+        f"extract (batch {args.sequences}): {median(extract_s):.2f} s; "
+        f"model.generate: {median(generate_s):.2f} s"
+    )
+    print(f"ratio extract / generate = {ratio:.3f} (target <= 1.10)")
+    print(f"one at a time: {median(single_s):.2f} s; batched: {median(batched_s):.2f} s")
+    print(f"speed-up batched vs one at a time = {speedup:.2f}x (target >= 3)")
+
+
+if __name__ == "__main__":
+    main()
