@@ -5,13 +5,18 @@ The public API that the book's chapters use; see each module for details.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from sdelm import corpus, describe, plots
+from sdelm import baselines, corpus, describe, plots, theory
 from sdelm.cache import cache_dir, cached_trajectories
 from sdelm.claims import ClaimFailedError, Claims
 from sdelm.collect import collect_trajectories
+from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare
 from sdelm.devices import resolve_device
+from sdelm.evaluate import compare_models, standard_models, summarise
 from sdelm.extract import encode_texts, extract
+from sdelm.fit import FitResult, fit, nll
 from sdelm.lm import LM, LMLoadError, load_lm
+from sdelm.models import NeuralSDE, SDEModel, load_checkpoint, save_checkpoint
+from sdelm.simulate import simulate
 from sdelm.trajectories import Trajectories, TrajectoryFileError
 
 try:
@@ -23,17 +28,35 @@ __all__ = [
     "LM",
     "ClaimFailedError",
     "Claims",
+    "FitResult",
     "LMLoadError",
+    "NeuralSDE",
+    "PreparedData",
+    "Projection",
+    "SDEData",
+    "SDEModel",
     "Trajectories",
     "TrajectoryFileError",
+    "Transitions",
+    "baselines",
     "cache_dir",
     "cached_trajectories",
     "collect_trajectories",
+    "compare_models",
     "corpus",
     "describe",
     "encode_texts",
     "extract",
+    "fit",
+    "load_checkpoint",
     "load_lm",
+    "nll",
     "plots",
+    "prepare",
     "resolve_device",
+    "save_checkpoint",
+    "simulate",
+    "standard_models",
+    "summarise",
+    "theory",
 ]

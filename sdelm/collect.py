@@ -21,7 +21,7 @@ __all__ = ["collect_trajectories"]
 def collect_trajectories(
     model: str = "smollm2-135m-instruct",
     *,
-    n_prompts: int = 16,
+    n_prompts: int = 32,
     temperatures: Sequence[float] = (0.7, 1.3),
     samples_per_prompt: int = 2,
     max_new_tokens: int = 48,

@@ -11,7 +11,9 @@ Face model id where the hub is reachable. ``trust_remote_code`` stays off.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import tempfile
@@ -117,14 +119,19 @@ def _embedded_gguf(name: str) -> tuple[Path, str]:
     return Path(next(iter(spec.submodule_search_locations))), filename
 
 
-def _cached_copy(name: str, dtype: torch.dtype) -> Path:
+def _cached_copy(name: str, dtype: torch.dtype, progress: bool) -> Path:
     """Return a folder with a safetensors copy of an embedded model, creating it once."""
     folder = cache_dir() / "models" / f"{name}-{str(dtype).removeprefix('torch.')}"
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
     gguf_folder, filename = _embedded_gguf(name)
     tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=filename)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=filename, dtype=dtype)
+    # transformers' GGUF dequantisation draws a tqdm bar of its own on stderr.
+    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+    with quiet:
+        quantised = AutoModelForCausalLM.from_pretrained(
+            gguf_folder, gguf_file=filename, dtype=dtype
+        )
     # A GGUF-loaded model refuses save_pretrained; rebuild it from its config without the
     # quantisation record and copy the (already dequantised) weights across.
     config = quantised.config
@@ -177,7 +184,7 @@ def load_lm(
     if not progress:
         hf_logging.disable_progress_bar()
     try:
-        source = _cached_copy(name, dtype) if name in EMBEDDED else name
+        source = _cached_copy(name, dtype, progress) if name in EMBEDDED else name
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=False)
     except (OSError, ValueError) as error:

@@ -66,9 +66,14 @@ def outputs_text(notebook: nbformat.NotebookNode) -> str:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
+def papermill_cache(tmp_path_factory):
+    return fresh_cache(tmp_path_factory.mktemp("cache-papermill"))
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, papermill_cache):
     folder = tmp_path_factory.mktemp("executed")
-    cache = fresh_cache(tmp_path_factory.mktemp("cache-papermill"))
+    cache = papermill_cache
     return {
         chapter.stem: (
             execute(chapter, folder / f"{chapter.stem}.ipynb", cache),
@@ -79,7 +84,7 @@ def executed(tmp_path_factory):
 
 
 def test_there_are_chapters():
-    assert {"trajectories"} <= {c.stem for c in CHAPTERS}
+    assert {"trajectories", "sde_model", "fitting"} <= {c.stem for c in CHAPTERS}
 
 
 @pytest.mark.parametrize("chapter", [c.stem for c in CHAPTERS])
@@ -139,8 +144,9 @@ def test_trajectories_chapter_runs_with_other_parameters(tmp_path):
     assert "Only one temperature was sampled" in text
 
 
-def test_book_builds_with_figures_and_no_warnings(executed, tmp_path):
-    env = {**os.environ, "SDELM_CACHE": str(fresh_cache(tmp_path / "cache"))}
+def test_book_builds_with_figures_and_no_warnings(executed, papermill_cache, tmp_path):
+    # Reuses the trajectories papermill extracted: this test is about the HTML.
+    env = {**os.environ, "SDELM_CACHE": str(papermill_cache)}
     result = subprocess.run(
         [
             str(Path(sys.executable).parent / "jupyter-book"),
@@ -157,7 +163,13 @@ def test_book_builds_with_figures_and_no_warnings(executed, tmp_path):
         timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
-    page = (tmp_path / "_build" / "html" / "book" / "trajectories.html").read_text()
-    assert page.count("<img") >= 3
-    assert "claims checked" not in page  # hidden checks stay hidden
-    assert "Solution to" in page or "solution" in page.lower()
+    html = tmp_path / "_build" / "html" / "book"
+    for chapter in CHAPTERS:
+        page = (html / f"{chapter.stem}.html").read_text()
+        assert page.count("<img") >= 3, chapter.stem
+        assert "claims checked" not in page  # hidden checks stay hidden
+        assert "solution" in page.lower()
+    assert "prf:theorem" in (html / "sde_model.html").read_text() or "theorem" in (
+        html / "sde_model.html"
+    ).read_text().lower()
+    assert "sdelm.fit" in (html / "api.html").read_text()

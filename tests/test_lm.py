@@ -46,3 +46,14 @@ def test_embedded_model_loads_and_is_cached(smollm2):
     cached = sdelm.cache_dir() / "models" / "smollm2-135m-instruct-float32"
     assert (cached / "model.safetensors").is_file()
     assert "134.5M parameters" in repr(smollm2)
+
+
+@pytest.mark.integration
+def test_first_load_of_the_embedded_model_is_silent(tmp_path, monkeypatch, capfd):
+    """A chapter's first load must print nothing (nbval compares stderr too)."""
+    monkeypatch.setenv("SDELM_CACHE", str(tmp_path))
+    lm = load_lm(device="cpu")
+    assert (tmp_path / "models" / "smollm2-135m-instruct-float32" / "config.json").is_file()
+    assert lm.n_layers == 30
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

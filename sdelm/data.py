@@ -1,0 +1,244 @@
+"""Preparing trajectories for fitting: splits by prompt, a PCA projection, standardisation.
+
+:func:`prepare` turns :class:`~sdelm.Trajectories` into train, validation and test sets of
+projected states. All samples of one prompt (or one human passage) land in one split, so a
+model is always judged on prompts it never saw. The projection is fitted on the training split
+only and kept, so fitted quantities can be mapped back to hidden-state space.
+
+Time: step ``k`` sits at time ``t_k = k · dt``. The default ``dt = 1`` measures time in tokens,
+so a drift is "change per token" and a diffusion "standard deviation per square-root token".
+Another ``dt`` rescales both (μ by 1/dt, σ by 1/√dt) and leaves likelihoods in nats unchanged
+up to the constant ``½ log dt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sdelm.trajectories import Trajectories
+
+__all__ = ["PreparedData", "Projection", "SDEData", "Transitions", "prepare"]
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """All one-step transitions of a data set, flattened.
+
+    Attributes:
+        x: Float tensor of size (n_transitions, dim): the state before the step.
+        t: Float tensor of size (n_transitions,): the time before the step.
+        dx: Float tensor of size (n_transitions, dim): the increment.
+        dt: The time step.
+
+    """
+
+    x: torch.Tensor
+    t: torch.Tensor
+    dx: torch.Tensor
+    dt: float
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def to(self, device: torch.device | str) -> Transitions:
+        """Return a copy on ``device``."""
+        return Transitions(self.x.to(device), self.t.to(device), self.dx.to(device), self.dt)
+
+
+@dataclass(frozen=True)
+class SDEData:
+    """One split of prepared trajectories.
+
+    Attributes:
+        states: Float tensor of size (n_sequences, n_steps, dim), projected (and standardised).
+        mask: Bool tensor of size (n_sequences, n_steps).
+        dt: Time step.
+        rows: Row table of the sequences (from :class:`~sdelm.Trajectories`).
+        name: ``"train"``, ``"val"`` or ``"test"``.
+
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    dt: float
+    rows: pd.DataFrame
+    name: str = ""
+
+    @property
+    def dim(self) -> int:
+        """Dimension of a state."""
+        return int(self.states.shape[-1])
+
+    @property
+    def times(self) -> torch.Tensor:
+        """Float tensor of size (n_steps,): ``t_k = k · dt``."""
+        return torch.arange(self.states.shape[1], dtype=torch.float32) * self.dt
+
+    def transitions(self) -> Transitions:
+        """Return every (X_k, t_k, X_{k+1} − X_k) whose two steps are both valid."""
+        both = self.mask[:, :-1] & self.mask[:, 1:]
+        seq, step = both.nonzero(as_tuple=True)
+        x = self.states[seq, step]
+        return Transitions(x=x, t=self.times[step], dx=self.states[seq, step + 1] - x, dt=self.dt)
+
+    def __len__(self) -> int:
+        return int(self.states.shape[0])
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The map from hidden states to the fitted coordinates: ``z = (x − mean) Cᵀ / scale``.
+
+    Attributes:
+        mean: Float tensor of size (hidden_dim,).
+        components: Float tensor of size (dim, hidden_dim), orthonormal rows (identity when
+            there is no projection).
+        scale: Float tensor of size (dim,): standard deviations of the projected training
+            states (ones when not standardised).
+        explained_variance: Float tensor of size (dim,): fraction of the training variance along
+            each component.
+        layer: The hidden-state layer.
+
+    """
+
+    mean: torch.Tensor
+    components: torch.Tensor
+    scale: torch.Tensor
+    explained_variance: torch.Tensor
+    layer: int
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Map hidden states (..., hidden_dim) to coordinates (..., dim)."""
+        return (states - self.mean) @ self.components.T / self.scale
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """Map coordinates (..., dim) back to hidden states (..., hidden_dim)."""
+        return (z * self.scale) @ self.components + self.mean
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Train, validation and test splits with the projection that produced them."""
+
+    train: SDEData
+    val: SDEData
+    test: SDEData
+    projection: Projection
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the fitted coordinates."""
+        return self.train.dim
+
+    @property
+    def dt(self) -> float:
+        """Time step."""
+        return self.train.dt
+
+    def summary(self) -> pd.DataFrame:
+        """Return sequences, prompts and transitions per split."""
+        return pd.DataFrame(
+            {
+                split.name: {
+                    "sequences": len(split),
+                    "prompts": split.rows["prompt_id"].nunique(),
+                    "transitions": len(split.transitions()),
+                }
+                for split in (self.train, self.val, self.test)
+            }
+        ).T
+
+
+def prepare(
+    trajs: Trajectories,
+    *,
+    layer: int | None = None,
+    dim: int | None = 16,
+    split: Sequence[float] = (0.7, 0.15, 0.15),
+    standardise: bool = True,
+    dt: float | None = None,
+    seed: int = 0,
+) -> PreparedData:
+    """Split trajectories by prompt, project them with PCA fitted on the training split.
+
+    Args:
+        trajs: Trajectories (generated, human, or both).
+        layer: Recorded layer to use; default the last recorded one.
+        dim: Number of PCA components; ``None`` keeps every hidden dimension (no projection,
+            only centring).
+        split: Fractions of prompts in train, validation and test (they must sum to 1).
+        standardise: Divide each component by its training standard deviation.
+        dt: Time step; default ``trajs.dt`` (1 token).
+        seed: Seed of the prompt shuffle.
+
+    Returns:
+        The three splits and the projection.
+
+    Raises:
+        ValueError: If a split would be empty, the fractions are invalid, ``dim`` is not in
+            1..hidden_dim, or there are fewer than two steps.
+
+    """
+    fractions = np.asarray(split, dtype=float)
+    if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1):
+        raise ValueError(f"split must be three non-negative fractions summing to 1, got {split}.")
+    if trajs.n_steps < 2:
+        raise ValueError("Trajectories need at least two steps to have transitions.")
+    layer = trajs.layers[-1] if layer is None else layer
+    states = trajs.layer(layer).double()
+    hidden_dim = states.shape[-1]
+    if dim is not None and not 0 < dim <= hidden_dim:
+        raise ValueError(f"dim must be in 1..{hidden_dim} (the hidden size) or None, got {dim}.")
+
+    ids = np.array(sorted(trajs.rows["prompt_id"].unique()))
+    order = np.random.default_rng(seed).permutation(ids)
+    counts = np.floor(fractions * len(ids)).astype(int)
+    counts[0] = len(ids) - counts[1:].sum()
+    if (counts[fractions > 0] == 0).any() or (counts == 0).any():
+        raise ValueError(
+            f"{len(ids)} prompts cannot fill the splits {tuple(split)}: a split would be empty. "
+            "Use more prompts (n_prompts) or other fractions."
+        )
+    groups = np.split(order, np.cumsum(counts)[:-1])
+    masks = [torch.tensor(trajs.rows["prompt_id"].isin(g).to_numpy()) for g in groups]
+
+    train_states = states[masks[0]][trajs.mask[masks[0]]]  # (n_valid, hidden_dim)
+    mean = train_states.mean(dim=0)
+    centred = train_states - mean
+    total = (centred**2).sum()
+    if dim is None:
+        components = torch.eye(hidden_dim, dtype=states.dtype)
+    else:
+        components = torch.linalg.svd(centred, full_matrices=False)[2][:dim]
+    along = centred @ components.T
+    explained = (along**2).sum(dim=0) / total
+    scale = (
+        along.std(dim=0) if standardise else torch.ones(components.shape[0], dtype=states.dtype)
+    )
+    projection = Projection(
+        mean=mean.float(),
+        components=components.float(),
+        scale=scale.float(),
+        explained_variance=explained.float(),
+        layer=layer,
+    )
+    step = float(trajs.dt if dt is None else dt)
+    splits = []
+    for name, rows in zip(("train", "val", "test"), masks, strict=True):
+        mask = trajs.mask[rows]
+        z = projection.forward(states[rows].float())
+        splits.append(
+            SDEData(
+                states=torch.where(mask[..., None], z, torch.zeros(())),
+                mask=mask,
+                dt=step,
+                rows=trajs.rows[rows.numpy()].reset_index(drop=True),
+                name=name,
+            )
+        )
+    return PreparedData(*splits, projection=projection)

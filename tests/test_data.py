@@ -1,0 +1,64 @@
+"""Preparing data: splits by prompt, PCA on the training split, bad input."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+import sdelm
+from tests.synthetic import as_trajectories, ou_paths
+
+
+def test_splits_never_share_a_prompt_and_cover_every_row():
+    trajs = as_trajectories(ou_paths(n=120, steps=10), dt=0.1, per_prompt=4)
+    data = sdelm.prepare(trajs, dim=2, seed=3)
+    ids = [set(split.rows["prompt_id"]) for split in (data.train, data.val, data.test)]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert sum(len(s) for s in (data.train, data.val, data.test)) == 120
+    assert data.summary().loc["train", "prompts"] == 22  # 30 − 2 × floor(0.15 × 30)
+
+
+def test_pca_is_fitted_on_training_rows_and_maps_back():
+    trajs = as_trajectories(ou_paths(n=60, steps=8), dt=0.1)
+    data = sdelm.prepare(trajs, dim=3, standardise=True, seed=0)
+    train = data.train.states[data.train.mask]
+    assert torch.allclose(train.mean(0), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(train.std(0), torch.ones(3), atol=1e-4)
+    hidden = trajs.where(prompt_id=list(data.train.rows["prompt_id"])).layer(0)
+    back = data.projection.inverse(data.train.states)
+    assert torch.allclose(back[data.train.mask], hidden[data.train.mask], atol=1e-4)
+    assert data.projection.explained_variance.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_transitions_respect_the_mask_and_dt():
+    states = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    split = sdelm.SDEData(states=states, mask=mask, dt=0.5, rows=pd.DataFrame(index=[0, 1]))
+    tr = split.transitions()
+    assert len(tr) == 4 + 2
+    assert torch.equal(tr.dx, torch.ones(6, 1))
+    assert tr.t.tolist() == [0.0, 0.5, 1.0, 1.5, 0.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"split": (0.5, 0.5), "dim": 2}, "three non-negative fractions"),
+        ({"split": (0.9, 0.2, -0.1), "dim": 2}, "three non-negative fractions"),
+        ({"split": (0.98, 0.01, 0.01), "dim": 2}, "a split would be empty"),
+        ({"dim": 0}, "dim must be in 1..3"),
+        ({"dim": 4}, "dim must be in 1..3"),
+    ],
+)
+def test_bad_input(kwargs, message):
+    trajs = as_trajectories(ou_paths(n=20, steps=5), dt=0.1)
+    with pytest.raises(ValueError, match=message):
+        sdelm.prepare(trajs, **kwargs)
+
+
+def test_too_short_trajectories_are_refused():
+    trajs = as_trajectories(torch.zeros(10, 1, 2), dt=1.0)
+    with pytest.raises(ValueError, match="at least two steps"):
+        sdelm.prepare(trajs, dim=1)

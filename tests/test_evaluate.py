@@ -1,0 +1,18 @@
+"""The model comparison on a synthetic OU process."""
+
+from __future__ import annotations
+
+import sdelm
+from tests.synthetic import as_trajectories, ou_paths
+
+
+def test_compare_models_ranks_ou_above_a_random_walk():
+    trajs = as_trajectories(ou_paths(n=80, steps=20, dt=0.1), dt=0.1, per_prompt=2)
+    core = {"random walk", "OU / VAR(1)", "neural SDE"}
+    models = [m for m in sdelm.standard_models(hidden=16, paper_loss=False) if m[0] in core]
+    results = sdelm.compare_models(trajs, seeds=(0, 1), models=models, dim=None, epochs=30)
+    assert len(results) == 6 and set(results["model"]) == core
+    table = sdelm.summarise(results)
+    assert table.loc["OU / VAR(1)", "mean"] < table.loc["random walk", "mean"]
+    assert table.loc["neural SDE", "gap"] == 0
+    assert set(table.columns) == {"mean", "sd", "gap", "wins"}

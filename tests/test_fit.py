@@ -1,0 +1,181 @@
+"""Fitting on synthetic SDEs with known answers, determinism, failures and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sdelm
+from sdelm.baselines import OrnsteinUhlenbeck, RandomWalk
+from tests.synthetic import (
+    OU_MATRIX,
+    OU_SIGMA,
+    as_trajectories,
+    double_well_diffusion,
+    double_well_drift,
+    double_well_paths,
+    ou_paths,
+)
+
+
+@pytest.fixture(scope="module")
+def ou_data():
+    trajs = as_trajectories(ou_paths(n=400, steps=50, dt=0.1), dt=0.1, per_prompt=2)
+    return sdelm.prepare(trajs, dim=None, standardise=False, seed=0)
+
+
+def relative_error(estimate: torch.Tensor, truth: torch.Tensor) -> float:
+    return float((estimate - truth).norm() / truth.norm())
+
+
+def test_ou_least_squares_recovers_the_matrix_and_sigma(ou_data):
+    model = OrnsteinUhlenbeck(3).fit_least_squares(ou_data.train)
+    assert relative_error(model.matrix.detach(), OU_MATRIX) < 0.10
+    assert relative_error(model.log_sigma.exp().detach(), OU_SIGMA) < 0.10
+    assert model.bias.detach().abs().max() < 0.1
+
+
+def test_ou_gradient_fit_agrees_with_least_squares(ou_data):
+    result = sdelm.fit(
+        OrnsteinUhlenbeck(3), ou_data, lr=2e-2, epochs=400, patience=400, progress=False
+    )
+    closed = OrnsteinUhlenbeck(3).fit_least_squares(ou_data.train)
+    assert relative_error(result.model.matrix.detach(), OU_MATRIX) < 0.10
+    assert sdelm.nll(result.model, ou_data.test) == pytest.approx(
+        sdelm.nll(closed, ou_data.test), abs=5e-3
+    )
+
+
+def test_true_model_nll_matches_its_analytic_expectation(ou_data):
+    true = OrnsteinUhlenbeck(3)
+    with torch.no_grad():
+        true.matrix.copy_(OU_MATRIX)
+        true.log_sigma.copy_(OU_SIGMA.log())
+    dt = ou_data.dt
+    # E[−log N(ξ; 0, σ²dt)] = ½ log(2π σ² dt) + ½, averaged over dimensions.
+    expected = float((0.5 * torch.log(2 * math.pi * OU_SIGMA**2 * dt) + 0.5).mean())
+    assert sdelm.nll(true, ou_data.test) == pytest.approx(expected, abs=0.02)
+    fitted = OrnsteinUhlenbeck(3).fit_least_squares(ou_data.train)
+    assert sdelm.nll(fitted, ou_data.test) == pytest.approx(expected, abs=0.03)
+
+
+@pytest.fixture(scope="module")
+def double_well():
+    trajs = as_trajectories(double_well_paths(n=500, steps=60, dt=0.05), dt=0.05)
+    data = sdelm.prepare(trajs, dim=None, standardise=False, seed=0)
+    result = sdelm.fit(
+        sdelm.NeuralSDE(2, hidden=64, time_scale=0, seed=0),
+        data,
+        lr=3e-3,
+        epochs=400,
+        patience=40,
+        batch_size=2048,
+        progress=False,
+    )
+    return data, result
+
+
+def test_neural_sde_recovers_a_double_well_with_state_dependent_noise(double_well):
+    _, result = double_well
+    grid = torch.cartesian_prod(torch.linspace(-1.2, 1.2, 13), torch.linspace(-0.8, 0.8, 9))
+    t = torch.zeros(len(grid))
+    with torch.no_grad():
+        drift = result.model.drift(grid, t)
+        sigma = result.model.diffusion(grid, t)
+    # Tolerances: drift within 30% (RMS over the grid, relative to the true drift's RMS);
+    # diffusion within 10%.
+    assert relative_error(drift, double_well_drift(grid)) < 0.30
+    assert relative_error(sigma, double_well_diffusion(grid)) < 0.10
+
+
+def test_neural_sde_beats_ou_on_the_double_well(double_well):
+    data, result = double_well
+    ou = OrnsteinUhlenbeck(2).fit_least_squares(data.train)
+    assert sdelm.nll(result.model, data.test) < sdelm.nll(ou, data.test) - 0.02
+
+
+def test_fit_is_deterministic_and_keeps_the_best_epoch(ou_data):
+    runs = [
+        sdelm.fit(
+            sdelm.NeuralSDE(3, hidden=16, seed=1), ou_data, epochs=15, seed=4, progress=False
+        )
+        for _ in range(2)
+    ]
+    assert runs[0].history.equals(runs[1].history)
+    val = runs[0].history[runs[0].history["split"] == "val"].set_index("epoch")["nll"]
+    assert runs[0].best_val_nll == pytest.approx(val.min())
+    assert sdelm.nll(runs[0].model, ou_data.val) == pytest.approx(val.min(), abs=1e-5)
+    assert set(runs[0].history.columns) >= {"epoch", "split", "total", "drift", "diffusion"}
+
+
+def test_paper_loss_trains_and_reports_its_terms(ou_data):
+    result = sdelm.fit(
+        sdelm.NeuralSDE(3, hidden=16), ou_data, loss="paper", epochs=20, progress=False
+    )
+    history = result.history
+    assert ((history["total"] - history["drift"] - history["diffusion"]).abs() < 1e-5).all()
+    assert history[history["split"] == "val"]["nll"].iloc[-1] < history["nll"].iloc[1]
+
+
+class ExplodingWalk(RandomWalk):
+    """A random walk whose drift turns NaN after a few calls."""
+
+    calls = 0
+
+    def drift(self, x, t):
+        type(self).calls += 1
+        out = super().drift(x, t)
+        return out + math.nan if type(self).calls > 12 else out
+
+
+def test_a_non_finite_loss_stops_with_a_warning_and_the_best_weights(ou_data):
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        result = sdelm.fit(ExplodingWalk(3), ou_data, epochs=50, progress=False)
+    assert result.stopped == "non-finite"
+    assert math.isfinite(result.best_val_nll)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"lr": -1e-3}, "lr must be > 0"),
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"loss": "mse"}, "Unknown loss"),
+    ],
+)
+def test_bad_fit_arguments(ou_data, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sdelm.fit(RandomWalk(3), ou_data, progress=False, **kwargs)
+
+
+def test_a_model_of_the_wrong_dimension_is_refused(ou_data):
+    with pytest.raises(ValueError, match="build the model with dim=3"):
+        sdelm.fit(RandomWalk(2), ou_data, progress=False)
+    with pytest.raises(ValueError, match="models 2-dimensional states"):
+        sdelm.nll(RandomWalk(2), ou_data.test)
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        sdelm.NeuralSDE(0)
+
+
+@pytest.mark.integration
+def test_both_losses_train_without_nan_on_real_trajectories(smollm2):
+    trajs = sdelm.extract(
+        smollm2,
+        sdelm.corpus.prompts(10),
+        max_new_tokens=16,
+        temperatures=[0.7, 1.3],
+        seed=0,
+        progress=False,
+    )
+    data = sdelm.prepare(trajs, dim=8, seed=0)
+    for loss in ("nll", "paper"):
+        result = sdelm.fit(
+            sdelm.NeuralSDE(8, hidden=32), data, loss=loss, epochs=30, progress=False
+        )
+        assert result.stopped != "non-finite"
+        assert result.history[["total", "drift", "diffusion", "nll"]].notna().all().all()
+        assert math.isfinite(sdelm.nll(result.model, data.test))

@@ -1,0 +1,92 @@
+"""Models: shapes, positivity, torchsde interface, Lipschitz bound, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sdelm
+from sdelm import baselines
+
+BUILDERS = {
+    "NeuralSDE": lambda: sdelm.NeuralSDE(4, hidden=16, seed=2),
+    "NeuralSDE, spectral norm": lambda: sdelm.NeuralSDE(4, hidden=16, spectral_norm=True),
+    "RandomWalk": lambda: baselines.RandomWalk(4),
+    "BrownianDrift": lambda: baselines.BrownianDrift(4),
+    "OrnsteinUhlenbeck": lambda: baselines.OrnsteinUhlenbeck(4),
+    "LinesOfThought": lambda: baselines.LinesOfThought(4),
+    "NeuralDrift": lambda: baselines.NeuralDrift(4, hidden=16),
+}
+
+
+def randomise(model: torch.nn.Module) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_drift_and_positive_diffusion_have_the_state_shape(name):
+    model = randomise(BUILDERS[name]()).eval()
+    x, t = torch.randn(5, 4), torch.linspace(0, 10, 5)
+    assert model.drift(x, t).shape == (5, 4)
+    sigma = model.diffusion(x, t)
+    assert sigma.shape == (5, 4) and (sigma > 0).all()
+    # torchsde's interface: scalar time.
+    assert torch.allclose(model.f(torch.tensor(2.0), x), model.drift(x, torch.full((5,), 2.0)))
+    assert model.g(torch.tensor(2.0), x).shape == (5, 4)
+    assert (model.noise_type, model.sde_type) == ("diagonal", "ito")
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_checkpoints_round_trip_without_training_state(name, tmp_path):
+    model = randomise(BUILDERS[name]()).eval()
+    path = sdelm.save_checkpoint(model, tmp_path / "m.safetensors")
+    back = sdelm.load_checkpoint(path)
+    assert type(back) is type(model) and back.config == model.config
+    x, t = torch.randn(6, 4), torch.arange(6.0)
+    assert torch.equal(back.drift(x, t), model.drift(x, t))
+    assert torch.equal(back.diffusion(x, t), model.diffusion(x, t))
+
+
+def test_a_foreign_file_is_not_a_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, tmp_path / "w.safetensors")
+    with pytest.raises(ValueError, match="not an sdelm model checkpoint"):
+        sdelm.load_checkpoint(tmp_path / "w.safetensors")
+
+
+def test_initialisation_is_seeded_and_leaves_the_global_generator_alone():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = sdelm.NeuralSDE(3, seed=7)
+    after = torch.rand(1)
+    assert torch.equal(before, after)
+    second = sdelm.NeuralSDE(3, seed=7)
+    assert all(
+        torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters(), strict=True)
+    )
+
+
+def test_lines_of_thought_noise_grows_exponentially_in_time():
+    model = baselines.LinesOfThought(2)
+    with torch.no_grad():
+        model.log_alpha.fill_(torch.log(torch.tensor(0.64)))
+        model.rate.fill_(0.18)
+    t = torch.tensor([0.0, 10.0])
+    variance = model.diffusion(torch.zeros(2, 2), t).pow(2)
+    assert torch.allclose(variance[:, 0], 0.64 * torch.exp(0.18 * t))
+    assert model.alpha == pytest.approx(0.64)
+
+
+def test_spectral_norm_bounds_the_drift_lipschitz_constant():
+    model = sdelm.NeuralSDE(4, hidden=32, depth=2, spectral_norm=True)
+    model.train()
+    for _ in range(20):  # power iterations converge while training
+        model.drift(torch.randn(8, 4), torch.zeros(8))
+    model.eval()
+    assert model.lipschitz_bound() <= sdelm.models.SILU_LIPSCHITZ**2 * 1.01
