@@ -169,7 +169,8 @@ def test_book_builds_with_figures_and_no_warnings(executed, papermill_cache, tmp
         assert page.count("<img") >= 3, chapter.stem
         assert "claims checked" not in page  # hidden checks stay hidden
         assert "solution" in page.lower()
-    assert "prf:theorem" in (html / "sde_model.html").read_text() or "theorem" in (
-        html / "sde_model.html"
-    ).read_text().lower()
+    assert (
+        "prf:theorem" in (html / "sde_model.html").read_text()
+        or "theorem" in (html / "sde_model.html").read_text().lower()
+    )
     assert "sdelm.fit" in (html / "api.html").read_text()
