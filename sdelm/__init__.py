@@ -5,8 +5,8 @@ The public API that the book's chapters use; see each module for details.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from sdelm import baselines, corpus, describe, plots, theory
-from sdelm.cache import cache_dir, cached_trajectories
+from sdelm import analysis, baselines, corpus, describe, plots, synthetic, theory
+from sdelm.cache import cache_dir, cached_model, cached_trajectories
 from sdelm.claims import ClaimFailedError, Claims
 from sdelm.collect import collect_trajectories
 from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare
@@ -38,8 +38,10 @@ __all__ = [
     "Trajectories",
     "TrajectoryFileError",
     "Transitions",
+    "analysis",
     "baselines",
     "cache_dir",
+    "cached_model",
     "cached_trajectories",
     "collect_trajectories",
     "compare_models",
@@ -58,5 +60,6 @@ __all__ = [
     "simulate",
     "standard_models",
     "summarise",
+    "synthetic",
     "theory",
 ]

@@ -1,4 +1,4 @@
-"""A parameter-keyed disk cache for trajectories (and, later, fitted checkpoints).
+"""A parameter-keyed disk cache for trajectories and fitted models.
 
 Everything lives under one folder: ``$SDELM_CACHE`` if set, else ``$XDG_CACHE_HOME/sdelm``, else
 ``~/.cache/sdelm``. Entries are keyed by a hash of the parameters that produced them, so a
@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sdelm.models import SDEModel, load_checkpoint, save_checkpoint
 from sdelm.trajectories import Trajectories, TrajectoryFileError
 
-__all__ = ["cache_dir", "cache_key", "cached_trajectories"]
+__all__ = ["cache_dir", "cache_key", "cached_model", "cached_trajectories"]
 
 
 def cache_dir() -> Path:
@@ -57,3 +58,28 @@ def cached_trajectories(
     trajectories = compute()
     trajectories.save(path)
     return trajectories
+
+
+def cached_model(
+    params: dict[str, Any], compute: Callable[[], SDEModel], *, refresh: bool = False
+) -> SDEModel:
+    """Load a model fitted earlier with the same parameters, or fit and store it.
+
+    Args:
+        params: Everything that determines the fit (data, model and fit arguments).
+        compute: Fits and returns the model when it is not cached.
+        refresh: Refit even when cached.
+
+    Returns:
+        The fitted model (on the CPU, in eval mode).
+
+    """
+    path = cache_dir() / "fits" / f"{cache_key(params)}.safetensors"
+    if path.is_file() and not refresh:
+        try:
+            return load_checkpoint(path)
+        except ValueError:
+            path.unlink()  # a damaged entry is refitted
+    model = compute()
+    save_checkpoint(model, path)
+    return model.eval()

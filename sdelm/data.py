@@ -60,6 +60,8 @@ class SDEData:
         dt: Time step.
         rows: Row table of the sequences (from :class:`~sdelm.Trajectories`).
         name: ``"train"``, ``"val"`` or ``"test"``.
+        entropies: Float tensor of size (n_sequences, n_steps): next-token entropies recorded
+            at extraction (NaN where unknown), or ``None``.
 
     """
 
@@ -68,6 +70,7 @@ class SDEData:
     dt: float
     rows: pd.DataFrame
     name: str = ""
+    entropies: torch.Tensor | None = None
 
     @property
     def dim(self) -> int:
@@ -239,6 +242,7 @@ def prepare(
                 dt=step,
                 rows=trajs.rows[rows.numpy()].reset_index(drop=True),
                 name=name,
+                entropies=trajs.entropies[rows],
             )
         )
     return PreparedData(*splits, projection=projection)

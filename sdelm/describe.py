@@ -27,14 +27,13 @@ __all__ = [
 ]
 
 
-def group_labels(trajs: Trajectories) -> pd.Series:
-    """One label per row: ``"human"`` or ``"generated, T=0.7"``."""
+def group_labels(trajs: Trajectories | pd.DataFrame) -> pd.Series:
+    """One label per row (of trajectories or a row table): ``"human"``, ``"generated, T=0.7"``."""
+    rows = trajs if isinstance(trajs, pd.DataFrame) else trajs.rows
     return pd.Series(
         [
             "human" if source == "human" else f"{source}, T={temperature:g}"
-            for source, temperature in zip(
-                trajs.rows["source"], trajs.rows["temperature"], strict=True
-            )
+            for source, temperature in zip(rows["source"], rows["temperature"], strict=True)
         ],
         name="group",
     )

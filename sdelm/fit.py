@@ -110,7 +110,8 @@ class FitResult:
     Attributes:
         model: The model with the weights of the best validation epoch (on the CPU).
         history: Learning curves: one row per epoch and split (``train``/``val``) with columns
-            ``epoch, split, total, drift, diffusion, nll``.
+            ``epoch, split, total, drift, diffusion, nll`` and ``seconds`` (wall time since the
+            start of training, for benchmarks; not reproducible).
         best_epoch: Epoch with the lowest validation NLL (0 is before training).
         best_val_nll: That NLL, nats per dimension per step.
         stopped: ``"patience"``, ``"epochs"`` or ``"non-finite"``.
@@ -193,7 +194,7 @@ def fit(
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
 
-    def evaluate(epoch: int) -> list[dict[str, float]]:
+    def evaluate(epoch: int, seconds: float) -> list[dict[str, float]]:
         model.eval()
         with torch.no_grad():
             rows = [
@@ -201,13 +202,14 @@ def fit(
                     "epoch": epoch,
                     "split": name,
                     **{k: float(v) for k, v in loss_terms(model, tr, loss).items()},
+                    "seconds": seconds,
                 }
                 for name, tr in (("train", train), ("val", val))
             ]
         model.train()
         return rows
 
-    history = evaluate(0)
+    history = evaluate(0, 0.0)
     best_nll, best_epoch = history[-1]["nll"], 0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     stopped = "epochs"
@@ -226,7 +228,7 @@ def fit(
             optimiser.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimiser.step()
-        rows = evaluate(epoch)
+        rows = evaluate(epoch, time.perf_counter() - start)
         if not finite or not math.isfinite(rows[-1]["nll"]):
             warnings.warn(
                 f"Fitting {type(model).__name__} produced a non-finite loss at epoch {epoch}; "

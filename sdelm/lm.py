@@ -11,11 +11,11 @@ Face model id where the hub is reachable. ``trust_remote_code`` stays off.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,19 +119,13 @@ def _embedded_gguf(name: str) -> tuple[Path, str]:
     return Path(next(iter(spec.submodule_search_locations))), filename
 
 
-def _cached_copy(name: str, dtype: torch.dtype, progress: bool) -> Path:
-    """Return a folder with a safetensors copy of an embedded model, creating it once."""
-    folder = cache_dir() / "models" / f"{name}-{str(dtype).removeprefix('torch.')}"
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        return folder
+def _convert_embedded(name: str, dtype_name: str) -> None:
+    """Dequantise an embedded GGUF model into a safetensors folder in the cache, atomically."""
+    dtype = getattr(torch, dtype_name)
+    folder = _copy_folder(name, dtype)
     gguf_folder, filename = _embedded_gguf(name)
     tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=filename)
-    # transformers' GGUF dequantisation draws a tqdm bar of its own on stderr.
-    quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
-    with quiet:
-        quantised = AutoModelForCausalLM.from_pretrained(
-            gguf_folder, gguf_file=filename, dtype=dtype
-        )
+    quantised = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=filename, dtype=dtype)
     # A GGUF-loaded model refuses save_pretrained; rebuild it from its config without the
     # quantisation record and copy the (already dequantised) weights across.
     config = quantised.config
@@ -145,13 +139,37 @@ def _cached_copy(name: str, dtype: torch.dtype, progress: bool) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
+        if not folder.exists():  # else another process finished first
             os.replace(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _copy_folder(name: str, dtype: torch.dtype) -> Path:
+    return cache_dir() / "models" / f"{name}-{str(dtype).removeprefix('torch.')}"
+
+
+def _cached_copy(name: str, dtype: torch.dtype, progress: bool) -> Path:
+    """Return a folder with a safetensors copy of an embedded model, creating it once.
+
+    The conversion runs in a child process: transformers draws progress bars of its own while
+    dequantising (as text or as notebook widgets), and a child process keeps them out of the
+    caller's output unless ``progress`` asks for them.
+    """
+    folder = _copy_folder(name, dtype)
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    _embedded_gguf(name)  # a clear error if the package is missing
+    dtype_name = str(dtype).removeprefix("torch.")
+    code = f"from sdelm.lm import _convert_embedded; _convert_embedded({name!r}, {dtype_name!r})"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=not progress, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise LMLoadError(
+            f"Converting the embedded model {name!r} failed:\n{(result.stderr or '')[-2000:]}"
+        )
     return folder
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sdelm
-from tests.synthetic import as_trajectories, ou_paths
+from sdelm.synthetic import as_trajectories, ou_paths
 
 
 def test_splits_never_share_a_prompt_and_cover_every_row():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sdelm
-from tests.synthetic import as_trajectories, ou_paths
+from sdelm.synthetic import as_trajectories, ou_paths
 
 
 def test_compare_models_ranks_ou_above_a_random_walk():

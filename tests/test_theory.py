@@ -8,7 +8,7 @@ import torch
 
 import sdelm
 from sdelm.baselines import OrnsteinUhlenbeck
-from tests.synthetic import OU_MATRIX, OU_SIGMA
+from sdelm.synthetic import OU_MATRIX, OU_SIGMA
 
 
 def true_ou() -> OrnsteinUhlenbeck:

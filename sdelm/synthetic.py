@@ -1,4 +1,9 @@
-"""Synthetic SDEs with known answers, simulated exactly by their Euler–Maruyama chains."""
+"""Synthetic SDEs with known answers, simulated exactly by their Euler–Maruyama chains.
+
+Used by the tests (recovery of known drifts and diffusions), the benchmarks and the exercises:
+an Ornstein–Uhlenbeck process with a known matrix and noise, and a 2-D double well with
+state-dependent noise.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,44 @@ from collections.abc import Callable
 
 import torch
 
-from sdelm import Trajectories
+from sdelm.trajectories import Trajectories
+
+__all__ = [
+    "OU_MATRIX",
+    "OU_SIGMA",
+    "as_trajectories",
+    "double_well_diffusion",
+    "double_well_drift",
+    "double_well_paths",
+    "euler_maruyama",
+    "ou_paths",
+]
 
 Field = Callable[[torch.Tensor], torch.Tensor]
+
+#: The drift matrix A of the synthetic OU process dX = A X dt + diag(σ) dW (a damped rotation).
+OU_MATRIX = torch.tensor([[-0.5, 0.3, 0.0], [-0.3, -0.5, 0.0], [0.0, 0.0, -1.0]])
+#: Its noise levels σ.
+OU_SIGMA = torch.tensor([0.3, 0.5, 0.8])
 
 
 def euler_maruyama(
     drift: Field, diffusion: Field, x0: torch.Tensor, steps: int, dt: float, seed: int = 0
 ) -> torch.Tensor:
-    """Paths (n, steps + 1, dim) of X_{k+1} = X_k + μ(X_k) dt + σ(X_k) √dt ξ_k."""
+    """Simulate X_{k+1} = X_k + μ(X_k) Δt + σ(X_k) √Δt ξ_k exactly.
+
+    Args:
+        drift: Maps states (n, dim) to drifts (n, dim).
+        diffusion: Maps states (n, dim) to diagonal diffusions (n, dim).
+        x0: Float tensor of size (n, dim): starting states.
+        steps: Number of steps.
+        dt: Time step.
+        seed: Seed of the noise.
+
+    Returns:
+        Float tensor of size (n, steps + 1, dim).
+
+    """
     generator = torch.Generator().manual_seed(seed)
     states = [x0]
     for _ in range(steps):
@@ -25,18 +59,15 @@ def euler_maruyama(
 
 
 def as_trajectories(paths: torch.Tensor, dt: float, per_prompt: int = 1) -> Trajectories:
-    """Wrap paths, giving every ``per_prompt`` consecutive rows one prompt id."""
+    """Wrap paths (n, steps, dim) as generated trajectories, ``per_prompt`` rows per prompt id."""
     trajs = Trajectories.from_states(paths, dt=dt)
     trajs.rows["prompt_id"] = [f"p{i // per_prompt:04d}" for i in range(len(trajs))]
     trajs.rows["source"] = "generated"
     return trajs
 
 
-OU_MATRIX = torch.tensor([[-0.5, 0.3, 0.0], [-0.3, -0.5, 0.0], [0.0, 0.0, -1.0]])
-OU_SIGMA = torch.tensor([0.3, 0.5, 0.8])
-
-
 def ou_paths(n: int = 300, steps: int = 50, dt: float = 0.1, seed: int = 0) -> torch.Tensor:
+    """Paths (n, steps + 1, 3) of the OU process with :data:`OU_MATRIX` and :data:`OU_SIGMA`."""
     x0 = torch.randn(n, 3, generator=torch.Generator().manual_seed(seed + 1))
     return euler_maruyama(
         lambda x: x @ OU_MATRIX.T, lambda x: OU_SIGMA.expand_as(x), x0, steps, dt, seed
@@ -44,14 +75,17 @@ def ou_paths(n: int = 300, steps: int = 50, dt: float = 0.1, seed: int = 0) -> t
 
 
 def double_well_drift(x: torch.Tensor) -> torch.Tensor:
+    """Drift (x₁ − x₁³, −x₂) of the double well: wells at x₁ = ±1."""
     return torch.stack([x[:, 0] - x[:, 0] ** 3, -x[:, 1]], dim=1)
 
 
 def double_well_diffusion(x: torch.Tensor) -> torch.Tensor:
+    """State-dependent noise 0.3 + 0.3 |x₁| in both coordinates."""
     level = 0.3 + 0.3 * x[:, :1].abs()
     return level.expand_as(x)
 
 
 def double_well_paths(n: int = 400, steps: int = 60, dt: float = 0.05, seed: int = 0):
+    """Paths (n, steps + 1, 2) of the double well."""
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed + 1)) * 0.8
     return euler_maruyama(double_well_drift, double_well_diffusion, x0, steps, dt, seed)
