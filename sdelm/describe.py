@@ -15,6 +15,7 @@ from scipy import stats
 from sdelm.trajectories import Trajectories
 
 __all__ = [
+    "direction",
     "explained_variance",
     "group_labels",
     "increments_against_shuffled",
@@ -298,3 +299,22 @@ def temperature_contrast(sequences: pd.DataFrame, column: str) -> dict[str, floa
     t_low, t_high = per_prompt.columns.min(), per_prompt.columns.max()
     contrast = mean_difference(per_prompt[t_high], per_prompt[t_low], paired=True)
     return {"t_low": float(t_low), "t_high": float(t_high), **contrast}
+
+
+def direction(low: float, high: float) -> str:
+    """Read an interval of a slope or difference as a direction.
+
+    Args:
+        low: Lower end of the interval.
+        high: Upper end.
+
+    Returns:
+        ``"rises"`` when the interval is above 0, ``"falls"`` when below, else
+        ``"shows no clear change"``.
+
+    """
+    if low > 0:
+        return "rises"
+    if high < 0:
+        return "falls"
+    return "shows no clear change"
