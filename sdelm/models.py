@@ -16,15 +16,16 @@ import itertools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+
+from sdelm.files import save_atomically
 
 __all__ = ["SILU_LIPSCHITZ", "NeuralSDE", "SDEModel", "load_checkpoint", "save_checkpoint"]
 
@@ -203,19 +204,8 @@ def save_checkpoint(model: SDEModel, path: str | os.PathLike) -> Path:
         The path written.
 
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"class": type(model).__name__, "config": model.config}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, tmp, metadata={"sdelm_model": json.dumps(header)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_atomically(model.state_dict(), path, {"sdelm_model": json.dumps(header)})
 
 
 def load_checkpoint(path: str | os.PathLike) -> SDEModel:

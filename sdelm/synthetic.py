@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from sdelm.baselines import OrnsteinUhlenbeck
 from sdelm.trajectories import Trajectories
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "double_well_drift",
     "double_well_paths",
     "euler_maruyama",
+    "ou_model",
     "ou_paths",
 ]
 
@@ -72,6 +74,15 @@ def ou_paths(n: int = 300, steps: int = 50, dt: float = 0.1, seed: int = 0) -> t
     return euler_maruyama(
         lambda x: x @ OU_MATRIX.T, lambda x: OU_SIGMA.expand_as(x), x0, steps, dt, seed
     )
+
+
+def ou_model() -> OrnsteinUhlenbeck:
+    """Return the true model of :func:`ou_paths`, an OU with the known matrix and noise."""
+    model = OrnsteinUhlenbeck(3)
+    with torch.no_grad():
+        model.matrix.copy_(OU_MATRIX)
+        model.log_sigma.copy_(OU_SIGMA.log())
+    return model.eval()
 
 
 def double_well_drift(x: torch.Tensor) -> torch.Tensor:

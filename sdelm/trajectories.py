@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,9 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from sdelm.files import save_atomically
 
 __all__ = ["ROW_COLUMNS", "Trajectories", "TrajectoryFileError"]
 
@@ -346,8 +347,6 @@ class Trajectories:
             The path written.
 
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {
             "format": FORMAT,
             "layers": list(self.layers),
@@ -356,16 +355,8 @@ class Trajectories:
             "rows": self.rows.to_dict(orient="list"),
             "meta": self.meta,
         }
-        tensors = {name: getattr(self, name).contiguous() for name in _TENSORS}
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(tensors, tmp, metadata={"sdelm": json.dumps(header)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        tensors = {name: getattr(self, name) for name in _TENSORS}
+        return save_atomically(tensors, path, {"sdelm": json.dumps(header)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Trajectories:

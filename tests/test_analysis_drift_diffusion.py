@@ -9,16 +9,7 @@ import torch
 
 import sdelm
 from sdelm.analysis import drift_diffusion, kramers_moyal
-from sdelm.baselines import OrnsteinUhlenbeck
-from sdelm.synthetic import OU_MATRIX, OU_SIGMA, as_trajectories, ou_paths
-
-
-def true_ou() -> OrnsteinUhlenbeck:
-    model = OrnsteinUhlenbeck(3)
-    with torch.no_grad():
-        model.matrix.copy_(OU_MATRIX)
-        model.log_sigma.copy_(OU_SIGMA.log())
-    return model.eval()
+from sdelm.synthetic import OU_MATRIX, OU_SIGMA, as_trajectories, ou_model, ou_paths
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +19,7 @@ def ou_split():
 
 
 def test_field_along_steps_for_a_known_ou(ou_split):
-    field = drift_diffusion.field_along_steps(true_ou(), ou_split.test)
+    field = drift_diffusion.field_along_steps(ou_model(), ou_split.test)
     assert len(field) == int(ou_split.test.mask.sum())
     assert np.allclose(field["diffusion_trace"], float((OU_SIGMA**2).sum()), rtol=1e-5)
     x = ou_split.test.states[ou_split.test.mask]
@@ -94,7 +85,7 @@ def test_kramers_moyal_recovers_ou_drift_and_noise(ou_split):
     assert np.allclose(km["drift0"], expected[:, 0].numpy(), atol=0.25)
     assert np.allclose(km["diffusion0"], float(OU_SIGMA[0]), rtol=0.1)
     assert np.allclose(km["diffusion1"], float(OU_SIGMA[1]), rtol=0.1)
-    both = kramers_moyal.compare_with_model(true_ou(), ou_split.train, bins=5, min_count=200)
+    both = kramers_moyal.compare_with_model(ou_model(), ou_split.train, bins=5, min_count=200)
     assert np.corrcoef(both["drift0"], both["model_drift0"])[0, 1] > 0.95
     assert np.allclose(both["model_diffusion1"], float(OU_SIGMA[1]), rtol=1e-4)
     with pytest.raises(ValueError, match="fewer than min_count"):

@@ -16,6 +16,7 @@ from sdelm.synthetic import (
     double_well_diffusion,
     double_well_drift,
     double_well_paths,
+    ou_model,
     ou_paths,
 )
 
@@ -49,10 +50,7 @@ def test_ou_gradient_fit_agrees_with_least_squares(ou_data):
 
 
 def test_true_model_nll_matches_its_analytic_expectation(ou_data):
-    true = OrnsteinUhlenbeck(3)
-    with torch.no_grad():
-        true.matrix.copy_(OU_MATRIX)
-        true.log_sigma.copy_(OU_SIGMA.log())
+    true = ou_model()
     dt = ou_data.dt
     # E[−log N(ξ; 0, σ²dt)] = ½ log(2π σ² dt) + ½, averaged over dimensions.
     expected = float((0.5 * torch.log(2 * math.pi * OU_SIGMA**2 * dt) + 0.5).mean())

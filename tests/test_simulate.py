@@ -6,17 +6,8 @@ import pytest
 import torch
 
 import sdelm
-from sdelm.baselines import OrnsteinUhlenbeck
 from sdelm.simulate import METHODS
-from sdelm.synthetic import OU_MATRIX, OU_SIGMA
-
-
-def true_ou() -> OrnsteinUhlenbeck:
-    model = OrnsteinUhlenbeck(3)
-    with torch.no_grad():
-        model.matrix.copy_(OU_MATRIX)
-        model.log_sigma.copy_(OU_SIGMA.log())
-    return model
+from sdelm.synthetic import ou_model
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -31,7 +22,7 @@ def test_same_seed_same_paths(method):
 
 
 def test_euler_paths_follow_the_exact_ou_moments():
-    model, dt, steps = true_ou(), 0.1, 30
+    model, dt, steps = ou_model(), 0.1, 30
     paths = sdelm.simulate(model, torch.ones(3), steps, n_paths=20000, dt=dt, seed=0)
     mean, cov = sdelm.theory.ou_moments(model, torch.ones(3), torch.zeros(3, 3), steps, dt)
     assert torch.allclose(paths.mean(0), mean, atol=0.02)
@@ -51,9 +42,9 @@ def test_euler_paths_follow_the_exact_ou_moments():
 def test_bad_simulation_input(kwargs, message):
     arguments = {"steps": 5, "n_paths": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
-        sdelm.simulate(true_ou(), torch.zeros(3), **arguments)
+        sdelm.simulate(ou_model(), torch.zeros(3), **arguments)
 
 
 def test_starting_states_of_the_wrong_dimension():
     with pytest.raises(ValueError, match="models 3-dimensional states"):
-        sdelm.simulate(true_ou(), torch.zeros(4), 5)
+        sdelm.simulate(ou_model(), torch.zeros(4), 5)

@@ -7,21 +7,12 @@ import pytest
 import torch
 
 import sdelm
-from sdelm.baselines import OrnsteinUhlenbeck
-from sdelm.synthetic import OU_MATRIX, OU_SIGMA
-
-
-def true_ou() -> OrnsteinUhlenbeck:
-    model = OrnsteinUhlenbeck(3)
-    with torch.no_grad():
-        model.matrix.copy_(OU_MATRIX)
-        model.log_sigma.copy_(OU_SIGMA.log())
-    return model
+from sdelm.synthetic import OU_MATRIX, OU_SIGMA, ou_model
 
 
 def test_empirical_lipschitz_of_a_linear_drift_is_its_spectral_norm():
     x = torch.randn(500, 3, generator=torch.Generator().manual_seed(0))
-    observed = sdelm.theory.empirical_lipschitz(true_ou(), x, torch.zeros(500), n_pairs=20000)
+    observed = sdelm.theory.empirical_lipschitz(ou_model(), x, torch.zeros(500), n_pairs=20000)
     norm = torch.linalg.matrix_norm(OU_MATRIX, ord=2).item()
     assert observed <= norm + 1e-5
     assert observed > 0.95 * norm
@@ -39,7 +30,7 @@ def test_the_spectral_bound_is_never_beaten():
 def test_generator_of_the_squared_norm_for_ou():
     x = torch.randn(50, 3)
     expected = 2 * (x * (x @ OU_MATRIX.T)).sum(1) + (OU_SIGMA**2).sum()
-    values = sdelm.theory.generator(true_ou(), x, torch.zeros(50))
+    values = sdelm.theory.generator(ou_model(), x, torch.zeros(50))
     assert np.allclose(values, expected.numpy(), atol=1e-5)
 
 
@@ -53,7 +44,7 @@ def test_moment_balance_holds_on_simulated_paths():
 
 
 def test_ou_moments_start_where_asked():
-    mean, cov = sdelm.theory.ou_moments(true_ou(), torch.ones(3), torch.eye(3), 4, 0.1)
+    mean, cov = sdelm.theory.ou_moments(ou_model(), torch.ones(3), torch.eye(3), 4, 0.1)
     assert mean.shape == (5, 3) and cov.shape == (5, 3, 3)
     assert torch.equal(mean[0], torch.ones(3)) and torch.equal(cov[0], torch.eye(3))
     assert pytest.approx(float(cov[1, 2, 2])) == 0.9**2 + 0.64 * 0.1

@@ -25,6 +25,16 @@ def _transitions(data: SDEData | Transitions) -> Transitions:
     return data.transitions() if isinstance(data, SDEData) else data
 
 
+def _cells(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cell indices of states (n, 2) on a grid of equal-count (quantile) bins per coordinate."""
+    edges = [np.quantile(x[:, i], np.linspace(0, 1, bins + 1)) for i in range(2)]
+    c0, c1 = (
+        np.clip(np.searchsorted(edge, x[:, i], side="right") - 1, 0, bins - 1)
+        for i, edge in enumerate(edges)
+    )
+    return c0, c1
+
+
 def binned_moments(
     data: SDEData | Transitions,
     *,
@@ -54,11 +64,7 @@ def binned_moments(
         raise ValueError(f"{len(tr)} transitions are fewer than min_count={min_count}.")
     x = tr.x[:, list(dims)].double().numpy()
     dx = tr.dx[:, list(dims)].double().numpy()
-    edges = [np.quantile(x[:, i], np.linspace(0, 1, bins + 1)) for i in range(2)]
-    cell = [
-        np.clip(np.searchsorted(e, x[:, i], side="right") - 1, 0, bins - 1)
-        for i, e in enumerate(edges)
-    ]
+    cell = _cells(x, bins)
     frame = pd.DataFrame(
         {
             "c0": cell[0],
@@ -118,11 +124,7 @@ def compare_with_model(
     x = tr.x.double().numpy()
     mu = model.drift(tr.x, tr.t).double().numpy()
     sigma = model.diffusion(tr.x, tr.t).double().numpy()
-    edges = [np.quantile(x[:, i], np.linspace(0, 1, bins + 1)) for i in range(2)]
-    cell = [
-        np.clip(np.searchsorted(e, x[:, i], side="right") - 1, 0, bins - 1)
-        for i, e in enumerate(edges)
-    ]
+    cell = _cells(x[:, :2], bins)
     frame = pd.DataFrame(
         {
             "c0": cell[0],

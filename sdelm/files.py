@@ -1,0 +1,40 @@
+"""Writing safetensors files atomically: a temporary name in the same folder, then a rename."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+__all__ = ["save_atomically"]
+
+
+def save_atomically(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
+) -> Path:
+    """Write tensors and string metadata to ``path``; a reader never sees a half-written file.
+
+    Args:
+        tensors: Named tensors (made contiguous and moved to the CPU).
+        path: Destination; its folder is created.
+        metadata: Header entries (strings).
+
+    Returns:
+        The path written.
+
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
