@@ -31,6 +31,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/extraction.py
+	$(BIN)/python benchmarks/fitting.py
+	$(BIN)/python benchmarks/simulation.py
 
 clean:
 	rm -rf _build .pytest_cache

@@ -91,7 +91,7 @@ def double_well_drift(x: torch.Tensor) -> torch.Tensor:
 
 
 def double_well_diffusion(x: torch.Tensor) -> torch.Tensor:
-    """State-dependent noise 0.3 + 0.3 |x₁| in both coordinates."""
+    """State-dependent noise ``0.3 + 0.3 |x₁|`` in both coordinates."""
     level = 0.3 + 0.3 * x[:, :1].abs()
     return level.expand_as(x)
 

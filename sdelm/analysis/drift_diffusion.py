@@ -28,9 +28,9 @@ def field_along_steps(model: SDEModel, data: SDEData) -> pd.DataFrame:
 
     Returns:
         One row per valid step: ``sequence, prompt_id, source, temperature, group, step``,
-        ``drift_norm`` (|μ|), ``diffusion_trace`` (tr σσᵀ = Σ σ_i²), ``determinism``
-        (|μ|² Δt / tr σσᵀ: the squared drift displacement of one step over the noise variance
-        of that step), ``increment_sq`` (|ΔX|² to the next step, NaN at the last) and
+        ``drift_norm`` (``|μ|``), ``diffusion_trace`` (tr σσᵀ = Σ σ_i²), ``determinism``
+        (``|μ|² Δt / tr σσᵀ``: the squared drift displacement of one step over the noise variance
+        of that step), ``increment_sq`` (``|ΔX|²`` to the next step, NaN at the last) and
         ``entropy`` (the next-token entropy recorded at extraction, NaN if unknown).
 
     """
