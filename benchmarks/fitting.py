@@ -92,7 +92,9 @@ def latent_time_to_target(
         model.observations = observed[batch]
         y0 = model.observations[:, 0]
         bm = torchsde.BrownianInterval(
-            float(ts[0]), float(ts[-1]), size=tuple(y0.shape), dt=dt / 4, device=device
+            float(ts[0]),
+            float(ts[-1]),
+            size=(len(y0), y0.shape[1] + 1),  # logqp adds a state dt=dt / 4, device=device
         )
         paths, logqp = torchsde.sdeint(model, y0, ts, bm=bm, dt=dt / 4, logqp=True, method="euler")
         noise = model.log_noise.exp()
