@@ -9,7 +9,7 @@ from sdelm import analysis, baselines, corpus, describe, plots, synthetic, theor
 from sdelm.cache import cache_dir, cached_model, cached_trajectories
 from sdelm.claims import ClaimFailedError, Claims
 from sdelm.collect import collect_trajectories
-from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare
+from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
 from sdelm.devices import resolve_device
 from sdelm.evaluate import compare_models, standard_models, summarise
 from sdelm.extract import encode_texts, extract
@@ -55,6 +55,7 @@ __all__ = [
     "nll",
     "plots",
     "prepare",
+    "project",
     "resolve_device",
     "save_checkpoint",
     "simulate",

@@ -22,7 +22,7 @@ import torch
 
 from sdelm.trajectories import Trajectories
 
-__all__ = ["PreparedData", "Projection", "SDEData", "Transitions", "prepare"]
+__all__ = ["PreparedData", "Projection", "SDEData", "Transitions", "prepare", "project"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,41 @@ class SDEData:
 
     def __len__(self) -> int:
         return int(self.states.shape[0])
+
+    @classmethod
+    def concat(cls, parts: Sequence[SDEData], name: str = "") -> SDEData:
+        """Join splits of the same projection into one, e.g. validation and test.
+
+        Args:
+            parts: Splits with the same number of steps, dimension and time step.
+            name: Name of the joined split.
+
+        Returns:
+            The joined split (entropies kept only when every part has them).
+
+        Raises:
+            ValueError: If there are no parts or their shapes or time steps differ.
+
+        """
+        if not parts:
+            raise ValueError("SDEData.concat needs at least one split.")
+        first = parts[0]
+        for part in parts[1:]:
+            if part.states.shape[1:] != first.states.shape[1:] or part.dt != first.dt:
+                raise ValueError(
+                    "Splits to join must share steps, dimension and dt; got "
+                    f"{tuple(first.states.shape[1:])}, dt={first.dt} and "
+                    f"{tuple(part.states.shape[1:])}, dt={part.dt}."
+                )
+        entropies = [part.entropies for part in parts]
+        return cls(
+            states=torch.cat([part.states for part in parts]),
+            mask=torch.cat([part.mask for part in parts]),
+            dt=first.dt,
+            rows=pd.concat([part.rows for part in parts], ignore_index=True),
+            name=name,
+            entropies=None if any(e is None for e in entropies) else torch.cat(entropies),
+        )
 
 
 @dataclass(frozen=True)
@@ -231,18 +266,53 @@ def prepare(
         layer=layer,
     )
     step = float(trajs.dt if dt is None else dt)
-    splits = []
-    for name, rows in zip(("train", "val", "test"), masks, strict=True):
-        mask = trajs.mask[rows]
-        z = projection.forward(states[rows].float())
-        splits.append(
-            SDEData(
-                states=torch.where(mask[..., None], z, torch.zeros(())),
-                mask=mask,
-                dt=step,
-                rows=trajs.rows[rows.numpy()].reset_index(drop=True),
-                name=name,
-                entropies=trajs.entropies[rows],
-            )
-        )
+    splits = [
+        project(trajs[rows], projection, dt=step, name=name)
+        for name, rows in zip(("train", "val", "test"), masks, strict=True)
+    ]
     return PreparedData(*splits, projection=projection)
+
+
+def project(
+    trajs: Trajectories, projection: Projection, *, dt: float | None = None, name: str = ""
+) -> SDEData:
+    """Map trajectories into fitted coordinates with an existing projection.
+
+    Use it to place other trajectories (human text, another temperature, simulated hidden
+    states) in the coordinates a model was fitted in, e.g.
+    ``project(trajs.where(source="human"), data.projection)``.
+
+    Args:
+        trajs: Trajectories that record ``projection.layer``.
+        projection: From :func:`prepare` (``PreparedData.projection``).
+        dt: Time step; default ``trajs.dt``.
+        name: Name of the split.
+
+    Returns:
+        The projected split.
+
+    Raises:
+        ValueError: If the trajectories lack the layer or have another hidden size.
+
+    """
+    try:
+        states = trajs.layer(projection.layer).float()
+    except KeyError as error:
+        raise ValueError(
+            f"The projection is for layer {projection.layer}, but the trajectories record "
+            f"layers {trajs.layers}; extract that layer."
+        ) from error
+    if trajs.dim != projection.mean.shape[0]:
+        raise ValueError(
+            f"The projection is for hidden size {projection.mean.shape[0]}, the trajectories "
+            f"have {trajs.dim}: they come from another model."
+        )
+    z = projection.forward(states)
+    return SDEData(
+        states=torch.where(trajs.mask[..., None], z, torch.zeros(())),
+        mask=trajs.mask,
+        dt=float(trajs.dt if dt is None else dt),
+        rows=trajs.rows.reset_index(drop=True),
+        name=name,
+        entropies=trajs.entropies,
+    )

@@ -12,10 +12,12 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from sdelm.simulate import energy_distance
 from sdelm.trajectories import Trajectories
 
 __all__ = [
     "direction",
+    "energy_test",
     "explained_variance",
     "group_labels",
     "increments_against_shuffled",
@@ -275,6 +277,54 @@ def mean_difference(
         "low": float(interval.low),
         "high": float(interval.high),
     }
+
+
+def energy_test(
+    a: np.ndarray | torch.Tensor,
+    b: np.ndarray | torch.Tensor,
+    *,
+    n_resamples: int = 999,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Two-sample permutation test of equal distributions by the energy distance.
+
+    Args:
+        a: Array of size (n, dim): one point per independent unit (e.g. a sequence's mean
+            state).
+        b: Array of size (m, dim).
+        n_resamples: Random relabellings (``scipy.stats.permutation_test``).
+        seed: Seed of the relabellings.
+
+    Returns:
+        ``energy_distance`` (observed) and ``p_value`` (one-sided: large distances are
+        evidence of different distributions).
+
+    Raises:
+        ValueError: If either sample has fewer than two points or the dimensions differ.
+
+    """
+    a = torch.tensor(np.asarray(a, dtype=np.float64))
+    b = torch.tensor(np.asarray(b, dtype=np.float64))
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(
+            "energy_test needs two samples of size (n, dim) and (m, dim) with n, m >= 2, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}."
+        )
+    pooled = torch.cat([a, b])
+
+    def statistic(i: np.ndarray, j: np.ndarray) -> float:
+        return energy_distance(pooled[i], pooled[j])
+
+    result = stats.permutation_test(
+        (np.arange(len(a)), np.arange(len(a), len(pooled))),
+        statistic,
+        permutation_type="independent",
+        vectorized=False,
+        n_resamples=n_resamples,
+        alternative="greater",
+        random_state=np.random.default_rng(seed),
+    )
+    return {"energy_distance": float(result.statistic), "p_value": float(result.pvalue)}
 
 
 def temperature_contrast(sequences: pd.DataFrame, column: str) -> dict[str, float] | None:

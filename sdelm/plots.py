@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
-__all__ = ["explained_variance_plot", "step_profile", "use_book_style"]
+if TYPE_CHECKING:
+    from sdelm.analysis.phase import PlaneField
+
+__all__ = ["explained_variance_plot", "phase_portrait", "step_profile", "use_book_style"]
 
 
 def use_book_style() -> None:
@@ -65,4 +71,39 @@ def explained_variance_plot(
     sns.lineplot(data=shown, x="component", y="cumulative", hue=hue, style="split", ax=ax)
     ax.axhline(0.9, color="grey", linewidth=0.8, linestyle=":")
     ax.set(xlabel="PCA components", ylabel="cumulative explained variance", ylim=(0, 1.01))
+    return ax
+
+
+def phase_portrait(field: PlaneField, *, ax: Axes | None = None) -> Axes:
+    """Streamlines of the drift over a heat map of the noise, in a coordinate plane.
+
+    Args:
+        field: From :func:`sdelm.analysis.phase.plane_field`.
+        ax: Axes to draw on.
+
+    Returns:
+        The axes (with a colour bar for tr σσᵀ).
+
+    """
+    ax = _axes(ax)
+    mesh = ax.pcolormesh(field.x, field.y, field.diffusion, cmap="magma_r", shading="gouraud")
+    speed = np.hypot(field.u, field.v)
+    ax.streamplot(
+        field.x,
+        field.y,
+        field.u,
+        field.v,
+        color="steelblue",
+        linewidth=0.6 + 1.8 * speed / max(float(speed.max()), 1e-12),
+        density=1.1,
+        arrowsize=0.9,
+    )
+    ax.figure.colorbar(mesh, ax=ax, label="tr σσᵀ (per token)")
+    i, j = field.components
+    ax.set(
+        xlabel=f"PC {i + 1} (standardised)",
+        ylabel=f"PC {j + 1} (standardised)",
+        xlim=(field.x[0], field.x[-1]),
+        ylim=(field.y[0], field.y[-1]),
+    )
     return ax

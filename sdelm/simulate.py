@@ -8,13 +8,16 @@ and makes the paths reproducible (``torch.manual_seed`` does not).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import torch
 import torchsde
 
+from sdelm.data import SDEData
 from sdelm.models import SDEModel
 
-__all__ = ["METHODS", "convergence", "energy_distance", "simulate"]
+__all__ = ["METHODS", "convergence", "energy_distance", "simulate", "simulate_split"]
 
 METHODS = ("euler", "milstein", "srk")
 
@@ -84,6 +87,26 @@ def simulate(
     finally:
         model.train(was_training)
     return paths.transpose(0, 1).cpu()  # (batch, steps + 1, dim)
+
+
+def simulate_split(model: SDEModel, data: SDEData, *, seed: int = 0) -> SDEData:
+    """Replace every sequence of a split by one simulated path from its own first state.
+
+    The simulated split keeps the rows, mask and time step of ``data`` (and drops the
+    entropies), so any analysis of a split runs unchanged on the model's paths.
+
+    Args:
+        model: A fitted SDE of ``data.dim``.
+        data: A split, e.g. ``test``.
+        seed: Seed of the Brownian motion.
+
+    Returns:
+        The simulated split: states of size (n_sequences, n_steps, dim), zero where masked.
+
+    """
+    paths = simulate(model, data.states[:, 0], data.states.shape[1] - 1, dt=data.dt, seed=seed)
+    states = torch.where(data.mask[..., None], paths, torch.zeros(()))
+    return dataclasses.replace(data, states=states, name=f"{data.name} simulated", entropies=None)
 
 
 @torch.no_grad()

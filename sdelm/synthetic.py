@@ -12,11 +12,13 @@ from collections.abc import Callable
 import torch
 
 from sdelm.baselines import OrnsteinUhlenbeck
+from sdelm.models import SDEModel
 from sdelm.trajectories import Trajectories
 
 __all__ = [
     "OU_MATRIX",
     "OU_SIGMA",
+    "DoubleWell",
     "as_trajectories",
     "double_well_diffusion",
     "double_well_drift",
@@ -94,6 +96,25 @@ def double_well_diffusion(x: torch.Tensor) -> torch.Tensor:
     """State-dependent noise ``0.3 + 0.3 |x₁|`` in both coordinates."""
     level = 0.3 + 0.3 * x[:, :1].abs()
     return level.expand_as(x)
+
+
+class DoubleWell(SDEModel):
+    """The double well as an :class:`~sdelm.models.SDEModel` (for analyses with known answers).
+
+    Its drift has stable fixed points at (±1, 0) with Jacobian diag(−2, −1) and a saddle at the
+    origin with Jacobian diag(1, −1).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        self.check_input(x)
+        return double_well_drift(x)
+
+    def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        self.check_input(x)
+        return double_well_diffusion(x)
 
 
 def double_well_paths(n: int = 400, steps: int = 60, dt: float = 0.05, seed: int = 0):

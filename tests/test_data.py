@@ -62,3 +62,39 @@ def test_too_short_trajectories_are_refused():
     trajs = as_trajectories(torch.zeros(10, 1, 2), dt=1.0)
     with pytest.raises(ValueError, match="at least two steps"):
         sdelm.prepare(trajs, dim=1)
+
+
+def test_project_places_other_trajectories_in_the_fitted_coordinates():
+    paths = ou_paths(n=60, steps=12)
+    prepared = sdelm.prepare(as_trajectories(paths, dt=0.1, per_prompt=2), dim=2, seed=0)
+    other = as_trajectories(paths[:5] + 1.0, dt=0.1)
+    projected = sdelm.project(other, prepared.projection, name="shifted")
+    expected = prepared.projection.forward(paths[:5] + 1.0)
+    assert torch.allclose(projected.states, expected) and projected.name == "shifted"
+    assert projected.rows.equals(other.rows.reset_index(drop=True))
+    with pytest.raises(ValueError, match="hidden size"):
+        sdelm.project(as_trajectories(paths[:5, :, :2], dt=0.1), prepared.projection)
+    with pytest.raises(ValueError, match="layer"):
+        sdelm.project(
+            sdelm.Trajectories.from_states(paths[:5, None], layers=(3,)), prepared.projection
+        )
+
+
+def test_concat_joins_splits_and_rejects_mismatches():
+    prepared = sdelm.prepare(as_trajectories(ou_paths(n=60, steps=12), 0.1, per_prompt=2), dim=2)
+    joined = sdelm.SDEData.concat([prepared.val, prepared.test], name="held-out")
+    assert len(joined) == len(prepared.val) + len(prepared.test) and joined.name == "held-out"
+    assert torch.equal(joined.states[len(prepared.val) :], prepared.test.states)
+    assert list(joined.rows["prompt_id"]) == [
+        *prepared.val.rows["prompt_id"],
+        *prepared.test.rows["prompt_id"],
+    ]
+    with pytest.raises(ValueError, match="share steps"):
+        sdelm.SDEData.concat(
+            [
+                prepared.val,
+                sdelm.project(as_trajectories(ou_paths(n=4, steps=5), 0.1), prepared.projection),
+            ]
+        )
+    with pytest.raises(ValueError, match="at least one"):
+        sdelm.SDEData.concat([])

@@ -88,3 +88,13 @@ def test_claims_are_enforced_only_with_the_default_parameters():
         enforced.verify()
     assert isinstance(enforced.table(), pd.DataFrame) and len(enforced.table()) == 2
     assert "- fine" in enforced.report().data
+
+
+def test_energy_test_tells_shifted_from_equal_samples():
+    rng = np.random.default_rng(0)
+    same = describe.energy_test(rng.normal(size=(30, 2)), rng.normal(size=(30, 2)))
+    shifted = describe.energy_test(rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 1)
+    assert same["p_value"] > 0.05
+    assert shifted["p_value"] < 0.01 and shifted["energy_distance"] > same["energy_distance"]
+    with pytest.raises(ValueError, match="n, m >= 2"):
+        describe.energy_test(np.zeros((1, 2)), np.zeros((5, 2)))
