@@ -12,9 +12,9 @@ from sdelm.collect import collect_trajectories
 from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
 from sdelm.devices import resolve_device
 from sdelm.evaluate import compare_models, standard_models, summarise
-from sdelm.extract import encode_texts, extract
+from sdelm.extract import encode_texts, extract, layer_trajectories
 from sdelm.fit import FitResult, fit, nll
-from sdelm.lm import LM, LMLoadError, load_lm
+from sdelm.lm import LM, LMLoadError, load_lm, untrained
 from sdelm.models import NeuralSDE, SDEModel, load_checkpoint, save_checkpoint
 from sdelm.simulate import simulate
 from sdelm.trajectories import Trajectories, TrajectoryFileError
@@ -50,6 +50,7 @@ __all__ = [
     "encode_texts",
     "extract",
     "fit",
+    "layer_trajectories",
     "load_checkpoint",
     "load_lm",
     "nll",
@@ -63,4 +64,5 @@ __all__ = [
     "summarise",
     "synthetic",
     "theory",
+    "untrained",
 ]

@@ -22,6 +22,7 @@ from sdelm.baselines import (
 )
 from sdelm.data import PreparedData, prepare
 from sdelm.fit import fit, nll
+from sdelm.lines_of_thought import LayerLinear
 from sdelm.models import NeuralSDE, SDEModel
 from sdelm.trajectories import Trajectories
 
@@ -29,13 +30,13 @@ __all__ = ["NEURAL", "ModelSpec", "compare_models", "standard_models", "summaris
 
 #: Name of the paper's model in the tables.
 NEURAL = "neural SDE"
-#: (name, build(dim, seed, time_scale) -> model, fit arguments; ``"least_squares"`` fits OU in
-#: closed form).
+#: (name, build(dim, seed, time_scale) -> model, fit arguments; ``"least_squares"`` fits the
+#: linear models in closed form). ``time_scale`` is the number of steps per trajectory.
 ModelSpec = tuple[str, Callable[[int, int, float], SDEModel], dict[str, Any]]
 
 
 def standard_models(
-    *, hidden: int = 128, depth: int = 2, paper_loss: bool = True
+    *, hidden: int = 128, depth: int = 2, paper_loss: bool = True, per_step_maps: bool = False
 ) -> list[ModelSpec]:
     """Return the book's model zoo: five baselines, the neural SDE, its paper-loss variant.
 
@@ -43,6 +44,8 @@ def standard_models(
         hidden: Width of the neural networks.
         depth: Hidden layers of the neural networks.
         paper_loss: Include the neural SDE trained with the paper's loss.
+        per_step_maps: Include the Lines-of-Thought model with one linear map per step
+            (:class:`~sdelm.lines_of_thought.LayerLinear`).
 
     Returns:
         A list of (name, builder, fit overrides).
@@ -68,6 +71,14 @@ def standard_models(
     ]
     if paper_loss:
         specs.append((f"{NEURAL} (paper loss)", neural, {"loss": "paper"}))
+    if per_step_maps:
+        specs.append(
+            (
+                "Lines of Thought, map per step",
+                lambda dim, seed, ts: LayerLinear(dim, int(ts)),
+                {"least_squares": True},
+            )
+        )
     return specs
 
 

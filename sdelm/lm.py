@@ -32,7 +32,7 @@ from transformers.utils import logging as hf_logging
 from sdelm.cache import cache_dir
 from sdelm.devices import resolve_device
 
-__all__ = ["EMBEDDED", "LM", "LMLoadError", "load_lm"]
+__all__ = ["EMBEDDED", "LM", "LMLoadError", "load_lm", "untrained"]
 
 #: Embedded models: short name -> (package holding the GGUF file, file name).
 EMBEDDED = {
@@ -216,3 +216,28 @@ def load_lm(
         if bars_were_on:
             hf_logging.enable_progress_bar()
     return LM(model=model.to(device), tokenizer=tokenizer, name=name, device=device)
+
+
+def untrained(lm: LM, *, seed: int = 0) -> LM:
+    """Return a model of the same architecture and tokenizer with random, untrained weights.
+
+    The null model of the layer-time chapter: built from ``lm``'s config by transformers' own
+    initialisation, seeded (the global random state is left alone).
+
+    Args:
+        lm: A loaded model.
+        seed: Seed of the initialisation.
+
+    Returns:
+        An :class:`LM` named ``"<name> (untrained)"`` on the same device and dtype.
+
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(lm.model.config, dtype=lm.model.dtype)
+    return LM(
+        model=model.to(lm.device),
+        tokenizer=lm.tokenizer,
+        name=f"{lm.name} (untrained)",
+        device=lm.device,
+    )

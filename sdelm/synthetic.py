@@ -7,6 +7,7 @@ state-dependent noise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "double_well_drift",
     "double_well_paths",
     "euler_maruyama",
+    "lines_of_thought_paths",
     "ou_model",
     "ou_paths",
 ]
@@ -121,3 +123,30 @@ def double_well_paths(n: int = 400, steps: int = 60, dt: float = 0.05, seed: int
     """Paths (n, steps + 1, 2) of the double well."""
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed + 1)) * 0.8
     return euler_maruyama(double_well_drift, double_well_diffusion, x0, steps, dt, seed)
+
+
+def lines_of_thought_paths(
+    n: int = 400,
+    steps: int = 24,
+    dim: int = 8,
+    *,
+    alpha: float = 0.64,
+    rate: float = 0.18,
+    contraction: float = 0.9,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Paths (n, steps + 1, dim) of a Lines-of-Thought process with known noise law.
+
+    ``x_{k+1} = c Q_k x_k + ε_k`` with a fixed random rotation ``Q_k`` per step, contraction
+    ``c`` and isotropic Gaussian ``ε_k`` of variance ``alpha · exp(rate · k)`` per coordinate
+    (time step 1); ``x_0`` is standard normal.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=generator)
+    states = [x]
+    for k in range(steps):
+        rotation = torch.linalg.qr(torch.randn(dim, dim, generator=generator))[0]
+        noise = torch.randn(n, dim, generator=generator) * (alpha * math.exp(rate * k)) ** 0.5
+        x = contraction * x @ rotation.T + noise
+        states.append(x)
+    return torch.stack(states, dim=1)

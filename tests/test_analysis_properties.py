@@ -125,3 +125,18 @@ def test_too_short_trajectories_get_a_clear_error(call, message):
     short = split_of(torch.randn(5, 6, 2))
     with pytest.raises(ValueError, match=message):
         call(short)
+
+
+def test_scorecard_of_the_true_model_and_of_a_random_walk(ou_split):
+    card = properties.scorecard(ou_model(), ou_split)
+    assert set(card) == {"drift_share", "excess_kurtosis", "gaussian_components", "acf1"}
+    assert abs(card["excess_kurtosis"]) < 0.2 and card["gaussian_components"] >= 0.6
+    assert abs(card["acf1"]) < 0.05
+    x = ou_split.transitions()
+    drift = ou_model().drift(x.x, x.t).detach() * 0.1
+    expected = 1 - (x.dx - drift).pow(2).sum() / (x.dx - x.dx.mean(0)).pow(2).sum()
+    assert card["drift_share"] == pytest.approx(float(expected), rel=1e-4)
+    walk = properties.scorecard(sdelm.baselines.RandomWalk(3), ou_split)
+    assert -0.01 < walk["drift_share"] <= 0  # only the mean increment is unexplained
+    strong = split_of(ar_paths((0.5,), n=100, steps=40))
+    assert properties.scorecard(sdelm.baselines.RandomWalk(2), strong)["acf1"] < -0.1

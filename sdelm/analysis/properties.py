@@ -27,6 +27,7 @@ __all__ = [
     "mean_squared_displacement",
     "msd_exponent",
     "quadratic_variation",
+    "scorecard",
     "standardised_residuals",
     "stationarity",
     "whiteness",
@@ -337,3 +338,35 @@ def coverage(
             "observed": [float((z <= stats.norm.ppf(0.5 + level / 2)).mean()) for level in levels],
         }
     )
+
+
+@torch.no_grad()
+def scorecard(model: SDEModel, data: SDEData, *, lags: int = 5) -> dict[str, float]:
+    """Summarise in four numbers how well a fitted SDE describes a split as a diffusion.
+
+    Args:
+        model: A fitted SDE.
+        data: A held-out split.
+        lags: Largest Ljung–Box lag (see :func:`whiteness`).
+
+    Returns:
+        ``drift_share``: share of the increments' variance the drift explains,
+        ``1 − Σ|ΔX − μΔt|² / Σ|ΔX − mean ΔX|²`` (1: deterministic steps; 0: pure noise);
+        ``excess_kurtosis``: median over components of the standardised residuals' excess
+        kurtosis (0 for Gaussian noise); ``gaussian_components``: share of components whose
+        residuals pass a Kolmogorov–Smirnov test against N(0, 1) at 5%; ``acf1``: median
+        lag-1 autocorrelation of the residuals (0 for white noise).
+
+    """
+    tr = data.transitions()
+    predicted = model.drift(tr.x, tr.t) * tr.dt
+    total = (tr.dx - tr.dx.mean(dim=0)).pow(2).sum()
+    residuals, mask = standardised_residuals(model, data)
+    normal = gaussianity(residuals, mask)
+    white = whiteness(residuals, mask, lags=lags)
+    return {
+        "drift_share": float(1 - (tr.dx - predicted).pow(2).sum() / total),
+        "excess_kurtosis": float(normal["excess_kurtosis"].median()),
+        "gaussian_components": float((normal["ks_p"] >= 0.05).mean()),
+        "acf1": float(white["acf1"].median()),
+    }
