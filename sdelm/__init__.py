@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from sdelm import analysis, baselines, corpus, describe, plots, synthetic, theory
 from sdelm.cache import cache_dir, cached_model, cached_trajectories
 from sdelm.claims import ClaimFailedError, Claims
-from sdelm.collect import collect_trajectories
+from sdelm.collect import collect_layer_trajectories, collect_trajectories
 from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
 from sdelm.devices import resolve_device
 from sdelm.evaluate import compare_models, standard_models, summarise
@@ -43,6 +43,7 @@ __all__ = [
     "cache_dir",
     "cached_model",
     "cached_trajectories",
+    "collect_layer_trajectories",
     "collect_trajectories",
     "compare_models",
     "corpus",

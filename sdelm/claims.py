@@ -9,6 +9,7 @@ computed sentences and never an AssertionError.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +59,22 @@ class Claims:
         """Return the recorded claims, one row each."""
         return pd.DataFrame(self.results, columns=["name", "holds", "statement"])
 
-    def report(self) -> Markdown:
-        """Return the statements as a Markdown list, for the reader."""
-        return Markdown("\n".join(f"- {r['statement']}" for r in self.results))
+    def report(self, names: Sequence[str] | None = None) -> Markdown:
+        """Return the statements as a Markdown list, for the reader.
+
+        Args:
+            names: Only these claims, in this order; default all, in the order checked.
+
+        Raises:
+            KeyError: On a name that was not checked.
+
+        """
+        by_name = {r["name"]: r for r in self.results}
+        unknown = [n for n in names or [] if n not in by_name]
+        if unknown:
+            raise KeyError(f"No claims named {unknown}; checked: {list(by_name)}.")
+        chosen = self.results if names is None else [by_name[n] for n in names]
+        return Markdown("\n".join(f"- {r['statement']}" for r in chosen))
 
     def verify(self) -> str:
         """Fail if a claim does not hold while enforced; otherwise say what was checked.

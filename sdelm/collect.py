@@ -1,6 +1,7 @@
 """The book's standard data: generated and human trajectories for one set of parameters.
 
-Every chapter calls :func:`collect_trajectories` with its parameters. The first call extracts
+Every chapter calls :func:`collect_trajectories` (token time) or
+:func:`collect_layer_trajectories` (layer time) with its parameters. The first call extracts
 (and caches on disk, keyed by the parameters); later calls, in the same or another chapter,
 load the cached file, so a chapter still runs on its own from a clean checkout.
 """
@@ -8,14 +9,15 @@ load the cached file, so a chapter still runs on its own from a clean checkout.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sdelm.cache import cached_trajectories
-from sdelm.corpus import prompts, shakespeare_passages
-from sdelm.extract import encode_texts, extract
-from sdelm.lm import load_lm
+from sdelm.corpus import Passage, prompts, shakespeare_passages
+from sdelm.extract import encode_texts, extract, layer_trajectories
+from sdelm.lm import load_lm, untrained
 from sdelm.trajectories import Trajectories
 
-__all__ = ["collect_trajectories"]
+__all__ = ["collect_layer_trajectories", "collect_trajectories"]
 
 
 def collect_trajectories(
@@ -98,6 +100,87 @@ def collect_trajectories(
                 )
             )
         return Trajectories.concat(parts)
+
+    if not cache:
+        return compute()
+    return cached_trajectories(params, compute)
+
+
+def collect_layer_trajectories(
+    model: str = "smollm2-135m-instruct",
+    *,
+    texts: str = "human",
+    n_pieces: int = 128,
+    n_tokens: int = 40,
+    null: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    cache: bool = True,
+    progress: bool = False,
+    **generation: Any,
+) -> Trajectories:
+    """Return layer-time trajectories of human or generated text, or of a null set-up.
+
+    Args:
+        model: Model name for :func:`sdelm.load_lm`.
+        texts: ``"human"`` (``n_pieces`` Shakespeare passages) or ``"generated"`` (the texts
+            that :func:`collect_trajectories` generates with ``generation`` arguments; those
+            shorter than ``n_tokens`` tokens are skipped).
+        n_pieces: Human passages.
+        n_tokens: Tokens per piece.
+        null: ``None``; ``"gibberish"`` (each piece's tokens shuffled); or ``"untrained"`` (the
+            same architecture with random weights, seeded by ``seed``).
+        seed: Seed of the passages, shuffles and random weights.
+        device: Device for the LLM.
+        cache: Reuse (and store) trajectories computed with the same parameters.
+        progress: Show progress bars.
+        **generation: Passed to :func:`collect_trajectories` when ``texts="generated"``.
+
+    Returns:
+        Trajectories with ``time_axis="layer"`` (see :func:`sdelm.layer_trajectories`).
+
+    Raises:
+        ValueError: On an unknown ``texts`` or ``null``.
+
+    """
+    if texts not in ("human", "generated"):
+        raise ValueError(f"texts must be 'human' or 'generated', got {texts!r}.")
+    if null not in (None, "gibberish", "untrained"):
+        raise ValueError(f"null must be None, 'gibberish' or 'untrained', got {null!r}.")
+    params = {
+        "what": "collect_layer_trajectories",
+        "model": model,
+        "texts": texts,
+        "n_pieces": n_pieces if texts == "human" else None,
+        "n_tokens": n_tokens,
+        "null": null,
+        "seed": seed,
+        "generation": generation if texts == "generated" else None,
+    }
+
+    def compute() -> Trajectories:
+        if texts == "human":
+            pieces = shakespeare_passages(n_pieces, n_tokens=n_tokens, seed=seed)
+        else:
+            rows = collect_trajectories(model, seed=seed, device=device, **generation).rows
+            rows = rows[rows["source"] == "generated"]
+            pieces = [
+                Passage(row.prompt_id, f"T={row.temperature:g}", row.text)
+                for row in rows.itertuples()
+            ]
+        lm = load_lm(model, device=device)
+        if null == "untrained":
+            lm = untrained(lm, seed=seed)
+        return layer_trajectories(
+            lm,
+            pieces,
+            n_tokens=n_tokens,
+            shuffle=null == "gibberish",
+            skip_short=texts == "generated",
+            source=texts,
+            seed=seed,
+            progress=progress,
+        )
 
     if not cache:
         return compute()

@@ -88,6 +88,9 @@ def test_claims_are_enforced_only_with_the_default_parameters():
         enforced.verify()
     assert isinstance(enforced.table(), pd.DataFrame) and len(enforced.table()) == 2
     assert "- fine" in enforced.report().data
+    assert enforced.report(["fails"]).data == "- the data disagree"
+    with pytest.raises(KeyError, match="checked"):
+        enforced.report(["missing"])
 
 
 def test_energy_test_tells_shifted_from_equal_samples():
