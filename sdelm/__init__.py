@@ -15,7 +15,7 @@ from sdelm.evaluate import compare_models, standard_models, summarise
 from sdelm.extract import encode_texts, extract, layer_trajectories
 from sdelm.fit import FitResult, fit, nll
 from sdelm.lm import LM, LMLoadError, load_lm, untrained
-from sdelm.models import NeuralSDE, SDEModel, load_checkpoint, save_checkpoint
+from sdelm.models import NeuralSDE, SDEModel, load_checkpoint, load_projection, save_checkpoint
 from sdelm.simulate import simulate
 from sdelm.trajectories import Trajectories, TrajectoryFileError
 
@@ -54,6 +54,7 @@ __all__ = [
     "layer_trajectories",
     "load_checkpoint",
     "load_lm",
+    "load_projection",
     "nll",
     "plots",
     "prepare",

@@ -25,9 +25,17 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from sdelm.data import Projection
 from sdelm.files import save_atomically
 
-__all__ = ["SILU_LIPSCHITZ", "NeuralSDE", "SDEModel", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "SILU_LIPSCHITZ",
+    "NeuralSDE",
+    "SDEModel",
+    "load_checkpoint",
+    "load_projection",
+    "save_checkpoint",
+]
 
 #: Lipschitz constant of SiLU, max |d/dx x·sigmoid(x)|.
 SILU_LIPSCHITZ = 1.0998
@@ -193,19 +201,50 @@ class NeuralSDE(SDEModel):
         return math.prod(norms) * SILU_LIPSCHITZ ** (len(linears) - 1)
 
 
-def save_checkpoint(model: SDEModel, path: str | os.PathLike) -> Path:
+def save_checkpoint(
+    model: SDEModel, path: str | os.PathLike, *, projection: Projection | None = None
+) -> Path:
     """Write a model's weights and constructor arguments to one safetensors file, atomically.
 
     Args:
         model: A fitted model.
         path: Destination, conventionally ``*.safetensors``.
+        projection: The map from hidden states to the model's coordinates, stored with the
+            weights (``projection.*`` tensors) so that :func:`load_projection` can place new
+            trajectories in the model's coordinates.
 
     Returns:
         The path written.
 
     """
     header = {"class": type(model).__name__, "config": model.config}
-    return save_atomically(model.state_dict(), path, {"sdelm_model": json.dumps(header)})
+    tensors = dict(model.state_dict())
+    metadata = {"sdelm_model": json.dumps(header)}
+    if projection is not None:
+        for name in ("mean", "components", "scale", "explained_variance"):
+            tensors[f"projection.{name}"] = getattr(projection, name).contiguous()
+        metadata["sdelm_projection_layer"] = str(projection.layer)
+    return save_atomically(tensors, path, metadata)
+
+
+def load_projection(path: str | os.PathLike) -> Projection:
+    """Read the projection stored with a checkpoint by ``save_checkpoint(..., projection=)``.
+
+    Raises:
+        ValueError: If the checkpoint holds no projection.
+
+    """
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if "sdelm_projection_layer" not in metadata:
+            raise ValueError(
+                f"{path} holds no projection; save it with save_checkpoint(..., projection=...)."
+            )
+        parts = {
+            name: handle.get_tensor(f"projection.{name}")
+            for name in ("mean", "components", "scale", "explained_variance")
+        }
+    return Projection(**parts, layer=int(metadata["sdelm_projection_layer"]))
 
 
 def load_checkpoint(path: str | os.PathLike) -> SDEModel:
@@ -232,5 +271,6 @@ def load_checkpoint(path: str | os.PathLike) -> SDEModel:
     config = dict(header["config"])
     dim = config.pop("dim")
     model = cls(dim, **config)
-    model.load_state_dict(load_file(str(path)))
+    weights = {k: v for k, v in load_file(str(path)).items() if not k.startswith("projection.")}
+    model.load_state_dict(weights)
     return model.eval()

@@ -90,3 +90,18 @@ def test_spectral_norm_bounds_the_drift_lipschitz_constant():
         model.drift(torch.randn(8, 4), torch.zeros(8))
     model.eval()
     assert model.lipschitz_bound() <= sdelm.models.SILU_LIPSCHITZ**2 * 1.01
+
+
+def test_checkpoint_carries_the_projection(tmp_path):
+    trajs = sdelm.synthetic.as_trajectories(sdelm.synthetic.ou_paths(n=40, steps=8), 0.1, 2)
+    data = sdelm.prepare(trajs, dim=2)
+    model = sdelm.NeuralSDE(2, hidden=8)
+    with_projection = sdelm.save_checkpoint(model, tmp_path / "a.safetensors",
+                                            projection=data.projection)  # fmt: skip
+    projection = sdelm.load_projection(with_projection)
+    assert torch.equal(projection.components, data.projection.components)
+    assert projection.layer == data.projection.layer
+    assert isinstance(sdelm.load_checkpoint(with_projection), sdelm.NeuralSDE)
+    plain = sdelm.save_checkpoint(model, tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match="no projection"):
+        sdelm.load_projection(plain)

@@ -1,0 +1,175 @@
+"""The `sdelm` command line, driven as a user would: subprocesses, files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import sdelm
+
+from .conftest import byte_tokenizer, tiny_model
+
+MINI_CHAPTER = """\
+---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# Mini
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+x = 1
+```
+
+```{code-cell} ipython3
+assert x < 100, "x is too large"
+print("twice x is", 2 * x)
+```
+"""
+
+
+def sdelm_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sdelm", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def extracted(tiny_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "trajs.safetensors"
+    result = sdelm_cli(
+        "extract", "--model", str(tiny_folder), "--out", str(out), "--n-prompts", "10",
+        "--temperatures", "1.0", "--samples-per-prompt", "1", "--max-new-tokens", "6",
+        "--n-passages", "2", "--device", "cpu", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture
+def mini_book(tmp_path) -> Path:
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "mini.md").write_text(MINI_CHAPTER)
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/mini\n")
+    (tmp_path / "_config.yml").write_text(
+        textwrap.dedent("""\
+        title: mini
+        execute:
+          execute_notebooks: force
+        """)
+    )
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", ["", "extract", "fit", "simulate", "chapter", "book"])
+def test_every_command_has_help(command):
+    result = sdelm_cli(*([command] if command else []), "--help")
+    assert result.returncode == 0 and "usage: sdelm" in result.stdout
+
+
+def test_no_command_or_an_unknown_option_is_bad_input():
+    assert sdelm_cli().returncode == 2
+    assert sdelm_cli("fit", "--no-such-option").returncode == 2
+
+
+def test_extract_writes_loadable_trajectories(extracted, tiny_folder, tmp_path):
+    trajs = sdelm.Trajectories.load(extracted)
+    assert len(trajs) == 12 and set(trajs.rows["source"]) == {"generated", "human"}
+    again = sdelm_cli("extract", "--model", str(tiny_folder), "--out", str(extracted))
+    assert again.returncode == 2 and "--force" in again.stderr
+    bad = sdelm_cli(
+        "extract", "--model", str(tiny_folder), "--out", str(tmp_path / "x.safetensors"),
+        "--temperatures", "-1",
+    )  # fmt: skip
+    assert bad.returncode == 2 and "> 0" in bad.stderr
+    missing = sdelm_cli("extract", "--model", str(tmp_path / "nowhere"), "--out",
+                        str(tmp_path / "y.safetensors"), "--device", "cpu")  # fmt: skip
+    assert missing.returncode == 1 and "smollm2-135m-instruct" in missing.stderr
+    assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_fit_then_simulate(extracted, tmp_path):
+    checkpoint = tmp_path / "model.safetensors"
+    result = sdelm_cli(
+        "fit", str(extracted), "--out", str(checkpoint), "--dim", "4", "--epochs", "3",
+        "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["dim"] == 4 and set(report["nll"]) == {"val", "test"}
+    model = sdelm.load_checkpoint(checkpoint)
+    assert isinstance(model, sdelm.NeuralSDE)
+    assert sdelm.load_projection(checkpoint).components.shape == (4, 32)
+
+    ou = tmp_path / "ou.safetensors"
+    assert sdelm_cli("fit", str(extracted), "--out", str(ou), "--model", "ou",
+                     "--dim", "4").returncode == 0  # fmt: skip
+
+    paths = tmp_path / "paths.safetensors"
+    result = sdelm_cli(
+        "simulate", str(checkpoint), "--out", str(paths), "--steps", "5", "--n-paths", "3",
+        "--start-from", str(extracted),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    from safetensors.torch import load_file
+
+    simulated = load_file(paths)["paths"]
+    assert simulated.shape == (12 * 3, 6, 4) and torch.isfinite(simulated).all()
+
+    assert sdelm_cli("fit", str(tmp_path / "none.safetensors"), "--out",
+                     str(tmp_path / "m.safetensors")).returncode == 2  # fmt: skip
+    wrong = sdelm_cli("fit", str(extracted), "--out", str(tmp_path / "m.safetensors"),
+                      "--dim", "999")  # fmt: skip
+    assert wrong.returncode == 2 and "dim must be" in wrong.stderr
+    method = sdelm_cli("simulate", str(checkpoint), "--out", str(tmp_path / "p.safetensors"),
+                       "--method", "rk45")  # fmt: skip
+    assert method.returncode == 2 and "Unknown method" in method.stderr
+
+
+def test_chapter_reexecutes_with_parameters(mini_book, tmp_path):
+    out = tmp_path / "mini-out.ipynb"
+    result = sdelm_cli("chapter", "mini", "-p", "x", "21", "--root", str(mini_book),
+                       "--out", str(out), "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "twice x is 42" in out.read_text()
+    unknown = sdelm_cli("chapter", "nope", "--root", str(mini_book))
+    assert unknown.returncode == 2 and "mini" in unknown.stderr
+    parameter = sdelm_cli("chapter", "mini", "-p", "y", "1", "--root", str(mini_book))
+    assert parameter.returncode == 2 and "['x']" in parameter.stderr
+    failing = sdelm_cli("chapter", "mini", "-p", "x", "1000", "--root", str(mini_book),
+                        "--out", str(tmp_path / "fail.ipynb"), "--no-progress")  # fmt: skip
+    assert failing.returncode == 1 and "too large" in failing.stderr
+
+
+def test_book_builds_a_book(mini_book, tmp_path):
+    result = sdelm_cli("book", "--root", str(mini_book), "--out", str(tmp_path / "site"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "site" / "_build" / "html" / "book" / "mini.html").is_file()
+    assert sdelm_cli("book", "--root", str(tmp_path / "empty")).returncode == 2
