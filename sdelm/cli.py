@@ -47,9 +47,12 @@ def _output(path: str, force: bool) -> Path:
 def _extract(args: argparse.Namespace) -> None:
     import sdelm
 
-    out = _output(args.out, args.force)
     if any(t <= 0 for t in args.temperatures):
         raise UsageError(f"--temperatures must all be > 0, got {args.temperatures}.")
+    if args.shard_size:
+        _extract_shards(args)
+        return
+    out = _output(args.out, args.force)
     lm = sdelm.load_lm(args.model, device=args.device, progress=args.progress)
     parts = [
         sdelm.extract(
@@ -79,6 +82,27 @@ def _extract(args: argparse.Namespace) -> None:
     trajs = sdelm.Trajectories.concat(parts)
     trajs.save(out)
     print(f"wrote {out}: {trajs!r}")
+
+
+def _extract_shards(args: argparse.Namespace) -> None:
+    import sdelm
+    from sdelm.shards import extract_shards
+
+    if args.n_passages:
+        raise UsageError("A sharded extraction holds generated text only: add --n-passages 0.")
+    written = extract_shards(
+        args.model,
+        sdelm.corpus.prompts(args.n_prompts),
+        args.out,
+        shard_size=args.shard_size,
+        progress=args.progress,
+        max_new_tokens=args.max_new_tokens,
+        temperatures=args.temperatures,
+        samples_per_prompt=args.samples_per_prompt,
+        layers=args.layers,
+        seed=args.seed,
+    )
+    print(f"wrote {len(written)} shard(s) to {args.out}")
 
 
 def _build_model(name: str, dim: int, n_steps: int, seed: int) -> torch.nn.Module:
@@ -237,6 +261,13 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--layers", type=int, nargs="+", default=None)
     extract.add_argument("--seed", type=int, default=0)
     extract.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    extract.add_argument(
+        "--shard-size",
+        type=int,
+        default=0,
+        help="write --out as a resumable folder of shards of this many prompts (generated text "
+        "only; under `accelerate launch` or `torchrun` the processes share the shards)",
+    )
     extract.set_defaults(run=_extract)
 
     fit = command("fit", "Fit an SDE to a trajectories file; print validation and test NLL.")

@@ -221,6 +221,7 @@ def extract(
     batch_size: int = 16,
     seed: int = 0,
     chat: bool = True,
+    first_index: int = 0,
     progress: bool = True,
 ) -> Trajectories:
     """Let the LLM sample continuations and record its hidden-state trajectories.
@@ -243,6 +244,9 @@ def extract(
         batch_size: Sequences generated together.
         seed: Seed of all sampling.
         chat: Wrap prompts in the model's chat template (when it has one).
+        first_index: Position of ``prompts[0]`` in a larger list that was split into shards:
+            each sequence's random stream is keyed by its prompt's position in that list, so a
+            shard samples exactly the sequences the whole list would.
         progress: Show a progress bar over batches.
 
     Returns:
@@ -284,7 +288,7 @@ def extract(
                 lm,
                 [lm.format_prompt(items[p].text, chat=chat) for p, _, _ in chunk],
                 torch.tensor([temperatures[t] for _, t, _ in chunk]),
-                [_row_generator(seed, p, t, s) for p, t, s in chunk],
+                [_row_generator(seed, first_index + p, t, s) for p, t, s in chunk],
                 max_new_tokens=max_new_tokens,
                 top_p=top_p,
                 layers=layers,

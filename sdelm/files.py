@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["save_atomically"]
+__all__ = ["save_atomically", "write_json_atomically"]
 
 
 def save_atomically(
@@ -33,6 +34,21 @@ def save_atomically(
     os.close(handle)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json_atomically(value: object, path: str | os.PathLike) -> Path:
+    """Write ``value`` as indented JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(value, stream, indent=2, sort_keys=True)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from sdelm.data import PreparedData, SDEData, Transitions
@@ -103,6 +104,34 @@ def nll(model: SDEModel, data: SDEData | Transitions) -> float:
     return value
 
 
+def _world() -> tuple[int, int]:
+    """Return (rank, world size); (0, 1) unless a torch.distributed process group is running."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _shard(n: int, rank: int, world: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(rank, n, world, device=device)
+
+
+def _terms_everywhere(
+    model: SDEModel, tr: Transitions, loss: str, rank: int, world: int
+) -> dict[str, float]:
+    """Loss terms of all transitions, each process evaluating its share (means over all)."""
+    if world == 1:
+        return {k: float(v) for k, v in loss_terms(model, tr, loss).items()}
+    local = _shard(len(tr), rank, world, tr.x.device)
+    names = ("total", "drift", "diffusion", "nll")
+    sums = torch.zeros(len(names), dtype=torch.float64)
+    if len(local):
+        part = Transitions(tr.x[local], tr.t[local], tr.dx[local], tr.dt)
+        terms = loss_terms(model, part, loss)
+        sums = torch.stack([terms[k].double().cpu() * len(local) for k in names])
+    dist.all_reduce(sums)
+    return dict(zip(names, (sums / len(tr)).tolist(), strict=True))
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` returns.
@@ -164,6 +193,12 @@ def fit(
         seed: Seed of the minibatch order.
         progress: Show a progress bar over epochs.
 
+    Data parallel: when a ``torch.distributed`` process group is running (e.g. under
+    ``torchrun`` or ``accelerate launch``), every process holds the same data and model, takes
+    its share of each minibatch and of the evaluation, and the gradients and losses are summed
+    across processes: the result equals a single-process fit up to floating-point summation
+    order. Only rank 0 shows a progress bar.
+
     Returns:
         A :class:`FitResult`.
 
@@ -194,6 +229,11 @@ def fit(
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
 
+    rank, world = _world()
+    if world > 1:
+        for parameter in model.parameters():
+            dist.broadcast(parameter.data, src=0)
+
     def evaluate(epoch: int, seconds: float) -> list[dict[str, float]]:
         model.eval()
         with torch.no_grad():
@@ -201,7 +241,7 @@ def fit(
                 {
                     "epoch": epoch,
                     "split": name,
-                    **{k: float(v) for k, v in loss_terms(model, tr, loss).items()},
+                    **_terms_everywhere(model, tr, loss, rank, world),
                     "seconds": seconds,
                 }
                 for name, tr in (("train", train), ("val", val))
@@ -209,25 +249,41 @@ def fit(
         model.train()
         return rows
 
+    def step(batch: torch.Tensor) -> bool:
+        """One optimiser step on a minibatch; returns whether its loss was finite."""
+        local = batch[rank::world]
+        optimiser.zero_grad(set_to_none=False)
+        finite = torch.ones(1)
+        if len(local):
+            part = Transitions(train.x[local], train.t[local], train.dx[local], train.dt)
+            total = loss_terms(model, part, loss)["total"]
+            finite[0] = float(torch.isfinite(total))
+            if finite[0]:
+                (total * len(local) / len(batch)).backward()
+        if world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            for parameter in parameters:
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                dist.all_reduce(parameter.grad)
+        if not finite[0]:
+            return False
+        optimiser.step()
+        return True
+
     history = evaluate(0, 0.0)
     best_nll, best_epoch = history[-1]["nll"], 0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     stopped = "epochs"
     start = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), desc=f"fit {type(model).__name__}", disable=not progress)
+    bar = tqdm(
+        range(1, epochs + 1),
+        desc=f"fit {type(model).__name__}",
+        disable=not progress or rank != 0,
+    )
     for epoch in bar:
         order = torch.randperm(len(train), generator=generator).to(device)
-        finite = True
-        for batch in order.split(batch_size):
-            terms = loss_terms(
-                model, Transitions(train.x[batch], train.t[batch], train.dx[batch], train.dt), loss
-            )
-            if not torch.isfinite(terms["total"]):
-                finite = False
-                break
-            optimiser.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimiser.step()
+        finite = all(step(batch) for batch in order.split(batch_size))
         rows = evaluate(epoch, time.perf_counter() - start)
         if not finite or not math.isfinite(rows[-1]["nll"]):
             warnings.warn(

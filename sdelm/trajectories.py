@@ -360,20 +360,24 @@ class Trajectories:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Trajectories:
-        """Read a file written by :meth:`save`.
+        """Read a file written by :meth:`save`, or a folder of shards as one set.
 
         Args:
-            path: The file.
+            path: The file, or a folder written by :func:`sdelm.shards.extract_shards` (its
+                ``manifest.json`` lists the shards, which are joined in order).
 
         Returns:
             The trajectories.
 
         Raises:
             TrajectoryFileError: If the file is missing, truncated, from another program, or
-                its parts disagree in size. Re-create it (e.g. re-run the extraction).
+                its parts disagree in size (re-create it, e.g. re-run the extraction); or if a
+                folder's shards are incomplete (re-run the extraction: it resumes).
 
         """
         path = Path(path)
+        if path.is_dir():
+            return cls._load_shards(path)
         if not path.is_file():
             raise TrajectoryFileError(f"No trajectory file at {path}.")
         advice = "Delete it and re-run the extraction (or the chapter) to re-create it."
@@ -408,6 +412,22 @@ class Trajectories:
             ) from error
         except ValueError as error:
             raise TrajectoryFileError(f"{path} is inconsistent: {error} {advice}") from error
+
+    @classmethod
+    def _load_shards(cls, folder: Path) -> Trajectories:
+        manifest = folder / "manifest.json"
+        if not manifest.is_file():
+            raise TrajectoryFileError(f"{folder} is a folder without a manifest.json of shards.")
+        n_shards = int(json.loads(manifest.read_text())["n_shards"])
+        paths = [folder / f"shard-{i:05d}.safetensors" for i in range(n_shards)]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise TrajectoryFileError(
+                f"{folder} is incomplete: {len(missing)} of {n_shards} shards missing "
+                f"({', '.join(missing[:3])}…). Run the extraction again with the same arguments: "
+                "it resumes and writes only the missing shards."
+            )
+        return cls.concat([cls.load(p) for p in paths])
 
     # ------------------------------------------------------------------ checks
     def _validate(self) -> None:

@@ -173,3 +173,15 @@ def test_book_builds_a_book(mini_book, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "site" / "_build" / "html" / "book" / "mini.html").is_file()
     assert sdelm_cli("book", "--root", str(tmp_path / "empty")).returncode == 2
+
+
+def test_sharded_extract_resumes_and_loads_as_one_set(tiny_folder, tmp_path):
+    args = ["extract", "--model", str(tiny_folder), "--out", str(tmp_path / "shards"),
+            "--n-prompts", "5", "--temperatures", "1.0", "--max-new-tokens", "4",
+            "--shard-size", "2", "--n-passages", "0", "--no-progress"]  # fmt: skip
+    first = sdelm_cli(*args)
+    assert first.returncode == 0 and "wrote 3 shard(s)" in first.stdout, first.stderr
+    assert "wrote 0 shard(s)" in sdelm_cli(*args).stdout
+    assert len(sdelm.Trajectories.load(tmp_path / "shards")) == 10
+    human = sdelm_cli(*args[:-3], "--no-progress")
+    assert human.returncode == 2 and "--n-passages 0" in human.stderr

@@ -1,0 +1,110 @@
+"""Sharded, resumable extraction across processes and GPUs (Hugging Face ``accelerate``).
+
+The prompts are cut into shards of ``shard_size`` prompts. Process ``r`` of ``n`` (as
+``accelerate launch`` or ``torchrun`` starts them; one process when run plainly) extracts shards
+``r, r + n, r + 2n, …`` on its own device and writes each to ``shard-00042.safetensors``
+atomically. A shard whose file exists is skipped, so an interrupted run resumes where it
+stopped, and no sequence is lost or written twice. Every sequence's random stream is keyed by
+its prompt's position in the whole list, so the shards together hold exactly what one
+un-sharded run would (with a batch size that divides the shard). ``manifest.json`` records the
+arguments; :meth:`sdelm.Trajectories.load` reads the folder as one set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+
+from sdelm.corpus import Prompt
+from sdelm.extract import _as_prompts, extract
+from sdelm.files import write_json_atomically
+from sdelm.lm import load_lm
+
+__all__ = ["MANIFEST", "extract_shards", "shard_paths"]
+
+#: Name of the manifest in a shard folder.
+MANIFEST = "manifest.json"
+
+
+def shard_paths(folder: str | os.PathLike, n_shards: int) -> list[Path]:
+    """Return the file of every shard of a folder, in order."""
+    return [Path(folder) / f"shard-{i:05d}.safetensors" for i in range(n_shards)]
+
+
+def extract_shards(
+    model: str,
+    prompts: Sequence[str | Prompt],
+    folder: str | os.PathLike,
+    *,
+    shard_size: int = 8,
+    progress: bool = False,
+    **extract_args: Any,
+) -> list[Path]:
+    """Extract trajectories into a folder of shards, this process's share only.
+
+    Args:
+        model: Model name for :func:`sdelm.load_lm` (each process loads it on its own device).
+        prompts: All prompts of the run (every process passes the same list).
+        folder: Output folder; re-running with the same arguments resumes.
+        shard_size: Prompts per shard.
+        progress: Show progress bars.
+        **extract_args: Passed to :func:`sdelm.extract` (``temperatures``, ``seed``, …).
+
+    Returns:
+        The shard files this process wrote (empty when its shards were all done).
+
+    Raises:
+        ValueError: If ``shard_size`` is not positive, or the folder holds a different run.
+
+    """
+    if not isinstance(shard_size, int) or shard_size <= 0:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}.")
+    for reserved in ("first_index", "progress"):
+        if reserved in extract_args:
+            raise ValueError(f"{reserved} is set by extract_shards; do not pass it.")
+    items = _as_prompts(prompts)
+    n_shards = -(-len(items) // shard_size)
+    manifest = {
+        "model": model,
+        "prompts": [[p.id, p.text, p.category] for p in items],
+        "shard_size": shard_size,
+        "n_shards": n_shards,
+        "extract": extract_args,
+    }
+    folder = Path(folder)
+    existing = folder / MANIFEST
+    if existing.is_file() and json.loads(existing.read_text()) != json.loads(
+        json.dumps(manifest, sort_keys=True)
+    ):
+        raise ValueError(
+            f"{folder} holds shards of a different extraction (see its {MANIFEST}); use "
+            "another folder or delete this one."
+        )
+    write_json_atomically(manifest, existing)  # every process writes the same content
+
+    # Without CUDA, accelerate only recognises several processes when told to use the CPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    paths = shard_paths(folder, n_shards)
+    mine = [i for i in range(state.process_index, n_shards, state.num_processes)]
+    pending = [i for i in mine if not paths[i].is_file()]
+    if not pending:
+        return []
+    lm = load_lm(model, device=state.device)
+    written = []
+    for i in pending:
+        start = i * shard_size
+        trajs = extract(
+            lm,
+            items[start : start + shard_size],
+            first_index=start,
+            progress=progress,
+            **extract_args,
+        )
+        written.append(trajs.save(paths[i]))
+    return written
