@@ -5,7 +5,7 @@ The public API that the book's chapters use; see each module for details.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from sdelm import analysis, baselines, corpus, describe, plots, synthetic, theory
+from sdelm import analysis, applications, baselines, corpus, describe, plots, synthetic, theory
 from sdelm.cache import cache_dir, cached_model, cached_trajectories
 from sdelm.claims import ClaimFailedError, Claims
 from sdelm.collect import collect_layer_trajectories, collect_trajectories
@@ -39,6 +39,7 @@ __all__ = [
     "TrajectoryFileError",
     "Transitions",
     "analysis",
+    "applications",
     "baselines",
     "cache_dir",
     "cached_model",

@@ -44,6 +44,17 @@ def _output(path: str, force: bool) -> Path:
     return result
 
 
+def _sampling(args: argparse.Namespace) -> dict[str, object]:
+    """Return the arguments of :func:`sdelm.extract` that the command line sets."""
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperatures": args.temperatures,
+        "samples_per_prompt": args.samples_per_prompt,
+        "layers": args.layers,
+        "seed": args.seed,
+    }
+
+
 def _extract(args: argparse.Namespace) -> None:
     import sdelm
 
@@ -56,14 +67,7 @@ def _extract(args: argparse.Namespace) -> None:
     lm = sdelm.load_lm(args.model, device=args.device, progress=args.progress)
     parts = [
         sdelm.extract(
-            lm,
-            sdelm.corpus.prompts(args.n_prompts),
-            max_new_tokens=args.max_new_tokens,
-            temperatures=args.temperatures,
-            samples_per_prompt=args.samples_per_prompt,
-            layers=args.layers,
-            seed=args.seed,
-            progress=args.progress,
+            lm, sdelm.corpus.prompts(args.n_prompts), progress=args.progress, **_sampling(args)
         )
     ]
     if args.n_passages:
@@ -96,11 +100,7 @@ def _extract_shards(args: argparse.Namespace) -> None:
         args.out,
         shard_size=args.shard_size,
         progress=args.progress,
-        max_new_tokens=args.max_new_tokens,
-        temperatures=args.temperatures,
-        samples_per_prompt=args.samples_per_prompt,
-        layers=args.layers,
-        seed=args.seed,
+        **_sampling(args),
     )
     print(f"wrote {len(written)} shard(s) to {args.out}")
 

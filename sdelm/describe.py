@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from sdelm.data import SDEData
 from sdelm.simulate import energy_distance
 from sdelm.trajectories import Trajectories
 
@@ -25,6 +26,7 @@ __all__ = [
     "mean_interval",
     "sequence_statistics",
     "split_prompts",
+    "state_labels",
     "step_statistics",
     "temperature_contrast",
 ]
@@ -368,3 +370,29 @@ def direction(low: float, high: float) -> str:
     if high < 0:
         return "falls"
     return "shows no clear change"
+
+
+def state_labels(data: SDEData) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
+    """Every valid state of a split, with its sequence's labels.
+
+    Args:
+        data: A split.
+
+    Returns:
+        ``seq`` and ``step`` (long tensors of size (n_states,): where each valid state is) and a
+        table with one row per state: ``sequence, prompt_id, source, temperature, group, step``.
+
+    """
+    seq, step = data.mask.nonzero(as_tuple=True)
+    rows = data.rows.iloc[seq.numpy()].reset_index(drop=True)
+    table = pd.DataFrame(
+        {
+            "sequence": seq.numpy(),
+            "prompt_id": rows["prompt_id"],
+            "source": rows["source"],
+            "temperature": rows["temperature"],
+            "group": group_labels(data.rows).to_numpy()[seq.numpy()],
+            "step": step.numpy(),
+        }
+    )
+    return seq, step, table

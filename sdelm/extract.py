@@ -196,6 +196,21 @@ def _decode(lm: LM, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
     ]
 
 
+def _passage_rows(passages: Sequence[Passage], texts: list[str], source: str) -> pd.DataFrame:
+    """Row table of read (not generated) passages: no prompt, temperature or sample."""
+    return pd.DataFrame(
+        {
+            "prompt_id": [p.id for p in passages],
+            "prompt": "",
+            "category": [p.work for p in passages],
+            "temperature": np.nan,
+            "sample": 0,
+            "source": source,
+            "text": texts,
+        }
+    )
+
+
 def _meta(lm: LM, layers: tuple[int, ...], **extra: object) -> dict[str, object]:
     return {
         "model": lm.name,
@@ -429,17 +444,7 @@ def encode_texts(
     merged["logprobs"][invalid] = torch.nan
     merged["entropies"][invalid] = torch.nan
     merged["states"][invalid[:, None].expand(-1, len(layers), -1)] = 0.0
-    rows = pd.DataFrame(
-        {
-            "prompt_id": [p.id for p in passages],
-            "prompt": "",
-            "category": [p.work for p in passages],
-            "temperature": np.nan,
-            "sample": 0,
-            "source": "human",
-            "text": _decode(lm, merged["tokens"], merged["mask"]),
-        }
-    )
+    rows = _passage_rows(passages, _decode(lm, merged["tokens"], merged["mask"]), "human")
     meta = _meta(lm, layers, kind="human", max_tokens=max_tokens)
     return Trajectories(**merged, rows=rows, layers=layers, meta=meta)
 
@@ -524,17 +529,7 @@ def layer_trajectories(
     states = torch.cat(parts).unsqueeze(1)  # (n, 1, n_layers + 1, hidden)
     n, steps = states.shape[0], states.shape[2]
     chosen = [passages[i] for i in keep]
-    rows = pd.DataFrame(
-        {
-            "prompt_id": [p.id for p in chosen],
-            "prompt": "",
-            "category": [p.work for p in chosen],
-            "temperature": np.nan,
-            "sample": 0,
-            "source": source,
-            "text": [lm.tokenizer.decode(row.tolist()) for row in pieces],
-        }
-    )
+    rows = _passage_rows(chosen, [lm.tokenizer.decode(row.tolist()) for row in pieces], source)
     meta = _meta(lm, (0,), kind="layer", n_tokens=n_tokens, shuffled=shuffle, skipped=len(short))
     return Trajectories(
         states=states,

@@ -270,7 +270,7 @@ class Trajectories:
         if isinstance(index, int):
             index = [index]
         if not isinstance(index, slice):
-            index = torch.as_tensor(np.asarray(index))
+            index = torch.as_tensor(np.array(index))
         positions = torch.arange(self.n_sequences)[index]
         return replace(
             self,

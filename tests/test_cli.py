@@ -13,8 +13,6 @@ import torch
 
 import sdelm
 
-from .conftest import byte_tokenizer, tiny_model
-
 MINI_CHAPTER = """\
 ---
 jupytext:
@@ -51,14 +49,6 @@ def sdelm_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
         timeout=600,
         check=False,
     )
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,8 @@ import sdelm
 from sdelm.shards import extract_shards, shard_paths
 from sdelm.trajectories import TrajectoryFileError
 
-from .conftest import byte_tokenizer, tiny_model
-
 PROMPTS = ["Tell me a story.", "What is a river?", "Name a colour.", "Count to three.", "Hi!"]
 ARGS = dict(temperatures=[1.0, 1.5], max_new_tokens=5, batch_size=4, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

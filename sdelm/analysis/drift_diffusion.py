@@ -5,6 +5,8 @@ Everything is evaluated on a held-out split, with the model fitted on the traini
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import statsmodels.formula.api as smf
@@ -12,7 +14,7 @@ import torch
 from scipy import stats
 
 from sdelm.data import SDEData
-from sdelm.describe import group_labels
+from sdelm.describe import state_labels
 from sdelm.models import SDEModel
 
 __all__ = ["cluster_spearman", "field_along_steps", "temperature_slope"]
@@ -34,7 +36,7 @@ def field_along_steps(model: SDEModel, data: SDEData) -> pd.DataFrame:
         ``entropy`` (the next-token entropy recorded at extraction, NaN if unknown).
 
     """
-    seq, step = data.mask.nonzero(as_tuple=True)
+    seq, step, labels = state_labels(data)
     x = data.states[seq, step]
     t = data.times[step]
     mu = model.drift(x, t)
@@ -50,15 +52,8 @@ def field_along_steps(model: SDEModel, data: SDEData) -> pd.DataFrame:
         if data.entropies is not None
         else torch.full((len(seq),), torch.nan)
     )
-    rows = data.rows.iloc[seq.numpy()].reset_index(drop=True)
-    return pd.DataFrame(
-        {
-            "sequence": seq.numpy(),
-            "prompt_id": rows["prompt_id"],
-            "source": rows["source"],
-            "temperature": rows["temperature"],
-            "group": group_labels(data.rows).to_numpy()[seq.numpy()],
-            "step": step.numpy(),
+    return labels.assign(
+        **{
             "drift_norm": drift_norm.numpy(),
             "diffusion_trace": variance.numpy(),
             "determinism": (drift_norm.pow(2) * data.dt / variance).numpy(),
@@ -139,8 +134,11 @@ def cluster_spearman(
     groups = [g[[x, y]].to_numpy() for _, g in frame.groupby(cluster)]
     rng = np.random.default_rng(seed)
     draws = []
-    for _ in range(n_boot):
-        sample = np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))])
-        draws.append(stats.spearmanr(sample[:, 0], sample[:, 1]).statistic)
+    with warnings.catch_warnings():  # a resample with a constant column gives NaN, dropped below
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        for _ in range(n_boot):
+            picks = rng.integers(len(groups), size=len(groups))
+            sample = np.concatenate([groups[i] for i in picks])
+            draws.append(stats.spearmanr(sample[:, 0], sample[:, 1]).statistic)
     low, high = np.nanpercentile(draws, [2.5, 97.5])
     return {"rho": rho, "low": float(low), "high": float(high)}

@@ -26,7 +26,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from sdelm.data import SDEData
-from sdelm.describe import group_labels
+from sdelm.describe import state_labels
 from sdelm.models import SDEModel
 from sdelm.theory import generator
 
@@ -155,16 +155,9 @@ def plane_states(data: SDEData, *, components: tuple[int, int] = (0, 1)) -> pd.D
     i, j = components
     if not (0 <= i < data.dim and 0 <= j < data.dim):
         raise ValueError(f"components must be in 0..{data.dim - 1}, got {components}.")
-    seq, step = data.mask.nonzero(as_tuple=True)
-    rows = data.rows.iloc[seq.numpy()].reset_index(drop=True)
-    return pd.DataFrame(
-        {
-            "sequence": seq.numpy(),
-            "prompt_id": rows["prompt_id"],
-            "source": rows["source"],
-            "temperature": rows["temperature"],
-            "group": group_labels(data.rows).to_numpy()[seq.numpy()],
-            "step": step.numpy(),
+    seq, step, table = state_labels(data)
+    return table.assign(
+        **{
             f"pc{i + 1}": data.states[seq, step, i].numpy(),
             f"pc{j + 1}": data.states[seq, step, j].numpy(),
         }

@@ -1,0 +1,66 @@
+"""Per-sequence scores and their evaluation on cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import sdelm
+from sdelm import applications
+from sdelm.synthetic import as_trajectories, ou_model, ou_paths
+
+
+def test_sequence_scores_of_the_true_model():
+    trajs = as_trajectories(ou_paths(n=200, steps=40, dt=0.1), dt=0.1, per_prompt=2)
+    split = sdelm.SDEData(trajs.layer(0), trajs.mask, 0.1, trajs.rows)
+    scores = applications.sequence_scores(ou_model(), split)
+    assert len(scores) == 200 and {"nll", "log_diffusion", "residual_scale"} <= set(scores)
+    assert scores["residual_scale"].mean() == pytest.approx(1.0, abs=0.03)
+    assert scores["nll"].mean() == pytest.approx(sdelm.nll(ou_model(), split), abs=1e-4)
+    expected = float((sdelm.synthetic.OU_SIGMA**2).sum().log())
+    assert np.allclose(scores["log_diffusion"], expected, atol=1e-5)
+    centre = split.states.mean(dim=1).norm(dim=1).numpy()
+    assert np.allclose(scores["mean_distance"], centre, atol=1e-5)
+    short = sdelm.SDEData(trajs.layer(0)[:, :1], trajs.mask[:, :1], 0.1, trajs.rows)
+    with pytest.raises(ValueError, match="two valid steps"):
+        applications.sequence_scores(ou_model(), short)
+
+
+def test_token_scores_average_valid_steps():
+    trajs = as_trajectories(torch.zeros(2, 3, 1), dt=1.0)
+    trajs.logprobs[:] = torch.tensor([[-1.0, -3.0, -100.0], [-2.0, -2.0, -2.0]])
+    trajs.mask[0, 2] = False
+    scores = applications.token_scores(trajs)
+    assert scores["logprob"].tolist() == [-2.0, -2.0] and scores["length"].tolist() == [2, 3]
+
+
+def test_repetition_counts_repeated_ngrams():
+    tokens = torch.tensor([[1, 2, 3, 1, 2, 3], [1, 2, 3, 4, 5, 6], [7, 7, 0, 0, 0, 0]])
+    mask = torch.tensor([[True] * 6, [True] * 6, [True, True, False, False, False, False]])
+    shares = applications.repetition(tokens, mask, n=3)
+    assert shares[0] == pytest.approx(0.25) and shares[1] == 0 and np.isnan(shares[2])
+
+
+def test_auc_of_separated_and_identical_scores():
+    assert applications.auc([5, 6, 7], [1, 2, 3])["auc"] == 1.0
+    rng = np.random.default_rng(0)
+    same = applications.auc(rng.normal(size=200), rng.normal(size=200))
+    assert same["low"] < 0.5 < same["high"]
+
+
+def test_temperature_is_predicted_from_an_informative_feature():
+    rng = np.random.default_rng(0)
+    temperature = np.repeat([0.5, 1.0, 1.5], 40)
+    frame = pd.DataFrame({
+        "temperature": temperature,
+        "feature": 2 * temperature + rng.normal(scale=0.1, size=120),
+        "noise": rng.normal(size=120),
+        "prompt_id": [f"p{i % 20}" for i in range(120)],
+    })  # fmt: skip
+    train, test = frame[frame["prompt_id"] < "p15"], frame[frame["prompt_id"] >= "p15"]
+    informed = applications.predict_temperature(train, test, ["feature"])
+    null = applications.predict_temperature(train, test, [])
+    assert informed["mae"] < 0.1 < null["mae"] and informed["r_squared"] > 0.9
+    assert informed["low"] <= informed["mae"] <= informed["high"]
