@@ -5,14 +5,24 @@ The public API that the book's chapters use; see each module for details.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from sdelm import analysis, applications, baselines, corpus, describe, plots, synthetic, theory
+from sdelm import (
+    analysis,
+    applications,
+    baselines,
+    control,
+    corpus,
+    describe,
+    plots,
+    synthetic,
+    theory,
+)
 from sdelm.cache import cache_dir, cached_model, cached_trajectories
 from sdelm.claims import ClaimFailedError, Claims
 from sdelm.collect import collect_layer_trajectories, collect_trajectories
 from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
 from sdelm.devices import resolve_device
 from sdelm.evaluate import compare_models, standard_models, summarise
-from sdelm.extract import encode_texts, extract, layer_trajectories
+from sdelm.extract import encode_texts, extract, layer_trajectories, rescore
 from sdelm.fit import FitResult, fit, nll
 from sdelm.lm import LM, LMLoadError, load_lm, untrained
 from sdelm.models import NeuralSDE, SDEModel, load_checkpoint, load_projection, save_checkpoint
@@ -47,6 +57,7 @@ __all__ = [
     "collect_layer_trajectories",
     "collect_trajectories",
     "compare_models",
+    "control",
     "corpus",
     "describe",
     "encode_texts",
@@ -60,6 +71,7 @@ __all__ = [
     "plots",
     "prepare",
     "project",
+    "rescore",
     "resolve_device",
     "save_checkpoint",
     "simulate",

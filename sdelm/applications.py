@@ -22,7 +22,14 @@ from sdelm.describe import mean_interval
 from sdelm.models import SDEModel
 from sdelm.trajectories import Trajectories
 
-__all__ = ["auc", "predict_temperature", "repetition", "sequence_scores", "token_scores"]
+__all__ = [
+    "auc",
+    "predict_temperature",
+    "repetition",
+    "sequence_mean",
+    "sequence_scores",
+    "token_scores",
+]
 
 KEYS = ["prompt_id", "source", "temperature", "sample"]
 
@@ -80,17 +87,30 @@ def token_scores(trajs: Trajectories) -> pd.DataFrame:
         ``length``.
 
     """
-    mask = trajs.mask
-    count = mask.sum(1).clamp_min(1)
-
-    def mean(values: torch.Tensor) -> np.ndarray:
-        return (torch.where(mask, values, torch.zeros(())).sum(1) / count).numpy()
-
     return (
         trajs.rows[KEYS]
         .reset_index(drop=True)
-        .assign(logprob=mean(trajs.logprobs), entropy=mean(trajs.entropies), length=count.numpy())
+        .assign(
+            logprob=sequence_mean(trajs.logprobs, trajs.mask),
+            entropy=sequence_mean(trajs.entropies, trajs.mask),
+            length=trajs.mask.sum(1).numpy(),
+        )
     )
+
+
+def sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Mean of each sequence's valid steps.
+
+    Args:
+        values: Float tensor of size (n_sequences, n_steps) (NaN allowed where masked out).
+        mask: Bool tensor of size (n_sequences, n_steps).
+
+    Returns:
+        Array of size (n_sequences,); 0 for a sequence without valid steps.
+
+    """
+    total = torch.where(mask, values, torch.zeros(())).sum(1)
+    return (total / mask.sum(1).clamp_min(1)).numpy()
 
 
 def repetition(tokens: torch.Tensor, mask: torch.Tensor, *, n: int = 3) -> np.ndarray:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sdelm.cache import cached_trajectories
+from sdelm.control import TemperatureControl
 from sdelm.corpus import Passage, prompts, shakespeare_passages
 from sdelm.extract import encode_texts, extract, layer_trajectories
 from sdelm.lm import load_lm, untrained
@@ -32,6 +33,8 @@ def collect_trajectories(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 16,
+    first_prompt: int = 0,
+    control: TemperatureControl | None = None,
     device: str = "auto",
     cache: bool = True,
     progress: bool = False,
@@ -49,6 +52,9 @@ def collect_trajectories(
         top_p: Nucleus sampling mass.
         seed: Seed of sampling and of the choice of passages.
         batch_size: Sequences per forward pass.
+        first_prompt: Position of the first bundled prompt used: ``first_prompt = 32`` with
+            ``n_prompts = 16`` uses prompts 32–47, which the default data never saw.
+        control: A temperature control (:mod:`sdelm.control`) applied during sampling.
         device: Device for the LLM (``"auto"``: CUDA when present).
         cache: Reuse (and store) trajectories computed with the same parameters.
         progress: Show progress bars.
@@ -70,13 +76,17 @@ def collect_trajectories(
         "seed": seed,
         "batch_size": batch_size,
     }
+    if first_prompt:  # added only when set, so that earlier cache entries stay valid
+        params["first_prompt"] = first_prompt
+    if control is not None:
+        params["control"] = control.describe()
 
     def compute() -> Trajectories:
         lm = load_lm(model, device=device)
         parts = [
             extract(
                 lm,
-                prompts(n_prompts),
+                prompts(first_prompt + n_prompts)[first_prompt:],
                 max_new_tokens=max_new_tokens,
                 temperatures=temperatures,
                 samples_per_prompt=samples_per_prompt,
@@ -84,6 +94,8 @@ def collect_trajectories(
                 layers=layers,
                 batch_size=batch_size,
                 seed=seed,
+                first_index=first_prompt,
+                control=control,
                 progress=progress,
             )
         ]

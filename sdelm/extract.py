@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,10 @@ from sdelm.corpus import Passage, Prompt
 from sdelm.lm import LM
 from sdelm.trajectories import Trajectories
 
-__all__ = ["encode_texts", "extract", "layer_trajectories"]
+if TYPE_CHECKING:
+    from sdelm.control import TemperatureControl
+
+__all__ = ["encode_texts", "extract", "layer_trajectories", "rescore"]
 
 
 def _check_positive(**values: int) -> None:
@@ -115,6 +119,7 @@ def _generate_batch(
     top_p: float,
     layers: tuple[int, ...],
     add_special_tokens: bool,
+    control: TemperatureControl | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sample one batch; returns CPU tensors with a step axis of length ``max_new_tokens``."""
     model, device = lm.model, lm.device
@@ -132,6 +137,7 @@ def _generate_batch(
     tokens = torch.full(shape, -1, dtype=torch.long)
     logprobs = torch.full(shape, torch.nan)
     entropies = torch.full(shape, torch.nan)
+    used = torch.full(shape, torch.nan)
     mask = torch.zeros(shape, dtype=torch.bool)
 
     cache = DynamicCache(config=model.config)
@@ -143,8 +149,12 @@ def _generate_batch(
         use_cache=True,
     )
     alive = torch.ones(batch, dtype=torch.bool, device=device)
+    previous = None  # the state, at the control's layer, after reading the last token
     for step in range(max_new_tokens):
-        logp = _sampling_distribution(output.logits[:, -1], temperatures, top_p)
+        now = temperatures
+        if control is not None:
+            now = control(step, previous, output.logits[:, -1].float(), temperatures).to(device)
+        logp = _sampling_distribution(output.logits[:, -1], now, top_p)
         uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
         token = _sample(logp, uniforms)
         token_logp = logp.gather(1, token[:, None]).squeeze(1)
@@ -161,7 +171,10 @@ def _generate_batch(
             output_hidden_states=True,
         )
         hidden = torch.stack([output.hidden_states[layer][:, -1] for layer in layers], dim=1)
+        if control is not None and control.layer is not None:
+            previous = output.hidden_states[control.layer][:, -1].float()
         states[:, :, step] = hidden.float().cpu()
+        used[:, step] = now.cpu()
         tokens[:, step] = token.cpu()
         logprobs[:, step] = token_logp.cpu()
         entropies[:, step] = entropy.cpu()
@@ -173,12 +186,14 @@ def _generate_batch(
     tokens[not_recorded] = -1
     logprobs[not_recorded] = torch.nan
     entropies[not_recorded] = torch.nan
+    used[not_recorded] = torch.nan
     states[not_recorded[:, None].expand(-1, len(layers), -1)] = 0.0
     return {
         "states": states,
         "tokens": tokens,
         "logprobs": logprobs,
         "entropies": entropies,
+        "temperatures": used,
         "mask": mask,
     }
 
@@ -237,6 +252,7 @@ def extract(
     seed: int = 0,
     chat: bool = True,
     first_index: int = 0,
+    control: TemperatureControl | None = None,
     progress: bool = True,
 ) -> Trajectories:
     """Let the LLM sample continuations and record its hidden-state trajectories.
@@ -262,6 +278,9 @@ def extract(
         first_index: Position of ``prompts[0]`` in a larger list that was split into shards:
             each sequence's random stream is keyed by its prompt's position in that list, so a
             shard samples exactly the sequences the whole list would.
+        control: Choose each token's temperature during sampling, e.g.
+            :class:`sdelm.control.DiffusionTemperature`; the row's temperature is then its
+            base temperature and ``Trajectories.temperatures`` records the ones used.
         progress: Show a progress bar over batches.
 
     Returns:
@@ -286,6 +305,8 @@ def extract(
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}; 1.0 disables nucleus sampling.")
     layers = _check_layers(lm, layers)
+    if control is not None and control.layer is not None:
+        _check_layers(lm, [control.layer])
     has_template = chat and bool(lm.tokenizer.chat_template)
 
     jobs = [
@@ -308,6 +329,7 @@ def extract(
                 top_p=top_p,
                 layers=layers,
                 add_special_tokens=not has_template,
+                control=control,
             )
         )
         bar.update(len(chunk))
@@ -340,8 +362,67 @@ def extract(
         samples_per_prompt=samples_per_prompt,
         top_p=top_p,
         chat=has_template,
+        control=None if control is None else control.describe(),
     )
     return Trajectories(**merged, rows=rows, layers=layers, meta=meta)
+
+
+@torch.inference_mode()
+def rescore(lm: LM, trajs: Trajectories, *, batch_size: int = 16) -> torch.Tensor:
+    """Log-probability of each generated token under the model itself, at temperature 1.
+
+    The recorded ``logprobs`` are those of the distribution a token was drawn from (after
+    temperature and top-p), so they cannot compare runs at different temperatures. This reads
+    each prompt and its continuation again, teacher-forced, and returns the untempered
+    log-probability of every generated token given everything before it: the model's own
+    judgement of the text, the same yardstick for every run.
+
+    Args:
+        lm: The model that generated the trajectories.
+        trajs: Generated trajectories from :func:`extract`.
+        batch_size: Sequences per forward pass.
+
+    Returns:
+        Float tensor of size (n_sequences, n_steps), NaN where a step is masked out.
+
+    Raises:
+        ValueError: If a row is not generated text, or the trajectories come from another
+            model.
+
+    """
+    if not (trajs.rows["source"] == "generated").all():
+        raise ValueError("rescore needs generated rows; select them with where(source=...).")
+    if trajs.meta.get("model") != lm.name:
+        raise ValueError(
+            f"These trajectories were generated by {trajs.meta.get('model')!r}, not {lm.name!r}; "
+            "rescore them with the model that generated them."
+        )
+    chat = bool(trajs.meta.get("chat", False))
+    out = torch.full(trajs.mask.shape, torch.nan)
+    pad_id = lm.tokenizer.pad_token_id
+    for start in range(0, trajs.n_sequences, batch_size):
+        rows = range(start, min(start + batch_size, trajs.n_sequences))
+        sequences = [
+            lm.tokenizer(
+                lm.format_prompt(trajs.rows["prompt"][i], chat=chat), add_special_tokens=not chat
+            )["input_ids"]
+            + trajs.tokens[i][trajs.mask[i]].tolist()
+            for i in rows
+        ]
+        width = max(len(s) for s in sequences)
+        ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in sequences])
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
+        logits = lm.model(
+            input_ids=ids.to(lm.device),
+            attention_mask=attention.to(lm.device),
+            position_ids=(attention.cumsum(-1) - 1).clamp(min=0).to(lm.device),
+        ).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        scores = logp.gather(-1, ids[:, 1:, None].to(lm.device)).squeeze(-1).cpu()
+        for row, i in enumerate(rows):
+            n = int(trajs.mask[i].sum())
+            out[i, :n] = scores[row, width - 1 - n :]
+    return out
 
 
 @torch.inference_mode()

@@ -34,7 +34,7 @@ __all__ = ["ROW_COLUMNS", "Trajectories", "TrajectoryFileError"]
 
 FORMAT = "sdelm.trajectories/1"
 ROW_COLUMNS = ("prompt_id", "prompt", "category", "temperature", "sample", "source", "text")
-_TENSORS = ("states", "mask", "tokens", "logprobs", "entropies")
+_TENSORS = ("states", "mask", "tokens", "logprobs", "entropies", "temperatures")
 
 
 class TrajectoryFileError(ValueError):
@@ -74,6 +74,10 @@ class Trajectories:
         dt: Time step between consecutive steps.
         time_axis: ``"token"`` (steps are generated tokens) or ``"layer"``.
         meta: Run metadata (model, seed, sdelm version, extraction arguments).
+        temperatures: Float tensor of size (n_sequences, n_steps): the temperature each token
+            was drawn at (NaN where unknown, e.g. for read text). It differs from the row's
+            ``temperature`` only under a temperature control (:mod:`sdelm.control`); ``None``
+            fills it from the row table.
 
     """
 
@@ -87,10 +91,18 @@ class Trajectories:
     dt: float = 1.0
     time_axis: str = "token"
     meta: dict[str, Any] = field(default_factory=dict)
+    temperatures: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(layer) for layer in self.layers)
         self.rows = self.rows.reset_index(drop=True)
+        if self.temperatures is None:
+            per_row = torch.tensor(
+                self.rows["temperature"].to_numpy(float, copy=True), dtype=torch.float32
+            )
+            self.temperatures = torch.where(
+                self.mask.bool(), per_row[:, None], torch.full((), math.nan)
+            )
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -216,6 +228,7 @@ class Trajectories:
             dt=first.dt,
             time_axis=first.time_axis,
             meta={**first.meta, "parts": [p.meta for p in parts]},
+            temperatures=torch.cat([pad(p.temperatures, 1, math.nan) for p in parts]),
         )
 
     # ------------------------------------------------------------------ properties
@@ -269,7 +282,7 @@ class Trajectories:
         """Select rows by position, slice, list of positions or boolean mask."""
         if isinstance(index, int):
             index = [index]
-        if not isinstance(index, slice):
+        if not isinstance(index, (slice, torch.Tensor)):
             index = torch.as_tensor(np.array(index))
         positions = torch.arange(self.n_sequences)[index]
         return replace(
@@ -279,6 +292,7 @@ class Trajectories:
             tokens=self.tokens[positions],
             logprobs=self.logprobs[positions],
             entropies=self.entropies[positions],
+            temperatures=self.temperatures[positions],
             rows=self.rows.iloc[positions.numpy()],
         )
 
@@ -397,7 +411,8 @@ class Trajectories:
                     + advice
                 )
             return cls(
-                **{name: tensors[name] for name in _TENSORS},
+                **{name: tensors[name] for name in _TENSORS if name != "temperatures"},
+                temperatures=tensors.get("temperatures"),  # absent in older files: from rows
                 rows=pd.DataFrame(header["rows"], columns=list(ROW_COLUMNS)),
                 layers=tuple(header["layers"]),
                 dt=float(header["dt"]),
@@ -437,7 +452,7 @@ class Trajectories:
                 f"got {tuple(self.states.shape)}."
             )
         n, n_layers, n_steps, _ = self.states.shape
-        for name in ("mask", "tokens", "logprobs", "entropies"):
+        for name in ("mask", "tokens", "logprobs", "entropies", "temperatures"):
             shape = tuple(getattr(self, name).shape)
             if shape != (n, n_steps):
                 raise ValueError(f"{name} has size {shape}, expected {(n, n_steps)}.")

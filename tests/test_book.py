@@ -2,7 +2,9 @@
 
 Each chapter is executed twice from empty trajectory caches (the model cache is shared): once
 by papermill, then again by nbval, which compares every text output. The two executions extract
-their trajectories independently, so nbval checks that the same seed gives the same outputs.
+their trajectories and fit their models independently, so nbval checks that the same seed gives
+the same outputs. Each of the two runs has one cache for all chapters, as a reader's machine
+does: what one chapter extracted or fitted, a later chapter of the same run reuses.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ def papermill_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def nbval_cache(tmp_path_factory):
+    return fresh_cache(tmp_path_factory.mktemp("cache-nbval"))
+
+
+@pytest.fixture(scope="module")
 def executed(tmp_path_factory, papermill_cache):
     folder = tmp_path_factory.mktemp("executed")
     cache = papermill_cache
@@ -101,9 +108,9 @@ def test_chapter_executes_and_enforces_its_claims(executed, chapter):
 
 
 @pytest.mark.parametrize("chapter", [c.stem for c in CHAPTERS])
-def test_chapter_passes_nbval_from_a_fresh_cache(executed, chapter, tmp_path):
+def test_chapter_passes_nbval_from_a_fresh_cache(executed, nbval_cache, chapter):
     _, path = executed[chapter]
-    env = {**os.environ, "SDELM_CACHE": str(fresh_cache(tmp_path / "cache-nbval"))}
+    env = {**os.environ, "SDELM_CACHE": str(nbval_cache)}
     result = subprocess.run(
         [
             sys.executable,
