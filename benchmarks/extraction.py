@@ -3,6 +3,9 @@
 1. ``sdelm.extract`` / plain ``model.generate`` for the same model, prompts, number of tokens
    and sampling (target <= 1.10): what recording states, log-probabilities and entropies costs.
 2. one-prompt-at-a-time / batched ``sdelm.extract`` for the same 16 sequences (target >= 3).
+3. ``sdelm.extract`` with a temperature control read from an SDE at every step
+   (:class:`sdelm.control.DiffusionTemperature`) / plain ``sdelm.extract`` (target <= 1.10):
+   what controlled generation costs.
 
 Runs alternate (A, B, A, B, ...) and the medians are compared, so that a slow moment of a noisy
 machine hits both sides. Usage: ``python benchmarks/extraction.py [--repeats 3] [--tokens 32]``.
@@ -40,7 +43,7 @@ def main() -> None:
     prompts = sdelm.corpus.prompts(args.sequences)
     print(lm)
 
-    def run_extract(batch_size: int) -> sdelm.Trajectories:
+    def run_extract(batch_size: int, control=None) -> sdelm.Trajectories:
         return sdelm.extract(
             lm,
             prompts,
@@ -48,10 +51,16 @@ def main() -> None:
             temperatures=[1.0],
             batch_size=batch_size,
             seed=0,
+            control=control,
             progress=False,
         )
 
-    steps = run_extract(args.sequences).n_steps  # warm-up, and the token count to match
+    warm_up = run_extract(args.sequences)
+    steps = warm_up.n_steps  # the token count to match
+    data = sdelm.prepare(warm_up, dim=16, split=(0.5, 0.25, 0.25))
+    law = sdelm.control.DiffusionTemperature.calibrated(
+        sdelm.NeuralSDE(16, seed=0), data.projection, warm_up
+    )
     texts = [lm.format_prompt(p.text) for p in prompts]
     encoded = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
         lm.device
@@ -72,12 +81,13 @@ def main() -> None:
             )
 
     run_generate()  # warm-up
-    extract_s, generate_s, single_s, batched_s = [], [], [], []
+    extract_s, generate_s, single_s, batched_s, controlled_s = [], [], [], [], []
     for _ in range(args.repeats):
         extract_s.append(timed(lambda: run_extract(args.sequences)))
         generate_s.append(timed(run_generate))
         single_s.append(timed(lambda: run_extract(1)))
         batched_s.append(timed(lambda: run_extract(args.sequences)))
+        controlled_s.append(timed(lambda: run_extract(args.sequences, law)))
 
     def median(values: list[float]) -> float:
         return statistics.median(values)
@@ -92,6 +102,9 @@ def main() -> None:
     print(f"ratio extract / generate = {ratio:.3f} (target <= 1.10)")
     print(f"one at a time: {median(single_s):.2f} s; batched: {median(batched_s):.2f} s")
     print(f"speed-up batched vs one at a time = {speedup:.2f}x (target >= 3)")
+    control_ratio = median(controlled_s) / median(batched_s)
+    print(f"with a diffusion temperature control: {median(controlled_s):.2f} s")
+    print(f"ratio controlled / plain extract = {control_ratio:.3f} (target <= 1.10)")
 
 
 if __name__ == "__main__":
