@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sdelm.cache import cached_trajectories
-from sdelm.control import TemperatureControl
+from sdelm.control import StateNudge, TemperatureControl
 from sdelm.corpus import Passage, prompts, shakespeare_passages
 from sdelm.extract import encode_texts, extract, layer_trajectories
 from sdelm.lm import load_lm, untrained
@@ -35,6 +35,7 @@ def collect_trajectories(
     batch_size: int = 16,
     first_prompt: int = 0,
     control: TemperatureControl | None = None,
+    nudge: StateNudge | None = None,
     device: str = "auto",
     cache: bool = True,
     progress: bool = False,
@@ -55,6 +56,7 @@ def collect_trajectories(
         first_prompt: Position of the first bundled prompt used: ``first_prompt = 32`` with
             ``n_prompts = 16`` uses prompts 32–47, which the default data never saw.
         control: A temperature control (:mod:`sdelm.control`) applied during sampling.
+        nudge: A state nudge (:class:`sdelm.control.DriftNudge`) applied during sampling.
         device: Device for the LLM (``"auto"``: CUDA when present).
         cache: Reuse (and store) trajectories computed with the same parameters.
         progress: Show progress bars.
@@ -80,6 +82,8 @@ def collect_trajectories(
         params["first_prompt"] = first_prompt
     if control is not None:
         params["control"] = control.describe()
+    if nudge is not None:
+        params["nudge"] = nudge.describe()
 
     def compute() -> Trajectories:
         lm = load_lm(model, device=device)
@@ -96,6 +100,7 @@ def collect_trajectories(
                 seed=seed,
                 first_index=first_prompt,
                 control=control,
+                nudge=nudge,
                 progress=progress,
             )
         ]

@@ -1,4 +1,4 @@
-"""Controlled generation: choosing each token's sampling temperature while the LLM generates.
+"""Controlled generation: steering the LLM with its fitted SDE while it generates.
 
 A fitted SDE predicts, from the state ``X_k`` after the last token, how large the random kick
 of the next token will be: ``tr σσᵀ(X_k, t_k) Δt``. :class:`DiffusionTemperature` turns that
@@ -13,6 +13,11 @@ entropy instead of the SDE: the baseline that needs no SDE. Pass either to
 the model's own untempered log-probability; diversity: distinct n-grams across the samples of
 a prompt; repetition within a sample) and :func:`frontier_gain` asks whether a control reaches
 a better quality–diversity trade-off than plain sampling at any constant temperature.
+
+:class:`DriftNudge` acts on the state instead of the temperature: before the next token is read
+out, the last hidden state moves along the fitted drift, ``X_k + strength · μ(X_k, t_k) Δt``
+(mapped back from the fitted coordinates), and the next-token logits are computed from the
+moved state. Pass it to :func:`sdelm.extract` as ``nudge``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from sdelm.trajectories import Trajectories
 
 __all__ = [
     "DiffusionTemperature",
+    "DriftNudge",
     "EntropyTemperature",
+    "StateNudge",
     "TemperatureControl",
     "distinct",
     "frontier_gain",
@@ -72,6 +79,41 @@ class TemperatureControl(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Return a JSON-serialisable description (recorded in the trajectories' metadata)."""
+
+
+class StateNudge(Protocol):
+    """What :func:`sdelm.extract` calls to move the last hidden state before each read-out.
+
+    Attributes:
+        layer: The layer it moves, which must be the model's last.
+
+    """
+
+    layer: int
+
+    def __call__(self, step: int, state: torch.Tensor) -> torch.Tensor:
+        """Return the moved state from which token ``step`` is read out.
+
+        Args:
+            step: Index of the token about to be drawn (>= 1: token 0 is read out from the
+                prompt, which is not nudged).
+            state: Float tensor of size (batch, hidden_size): the last layer's state after the
+                previous generated token (the input of the model's output layer).
+
+        Returns:
+            Float tensor of size (batch, hidden_size).
+
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-serialisable description (recorded in the trajectories' metadata)."""
+
+
+def _weights_digest(model: SDEModel) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _check_law(reference: float, strength: float, bounds: Sequence[float]) -> tuple[float, float]:
@@ -201,9 +243,6 @@ class DiffusionTemperature:
         return _power_law(traces, base, self.reference, self.strength, self.bounds)
 
     def describe(self) -> dict[str, Any]:  # noqa: D102
-        weights = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
-            weights.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
         return {
             "kind": "diffusion",
             "reference": self.reference,
@@ -212,7 +251,7 @@ class DiffusionTemperature:
             "layer": self.layer,
             "dt": self.dt,
             "model": type(self.model).__name__,
-            "weights_sha256": weights.hexdigest()[:16],
+            "weights_sha256": _weights_digest(self.model),
         }
 
 
@@ -280,6 +319,88 @@ class EntropyTemperature:
             "reference": self.reference,
             "strength": self.strength,
             "bounds": list(self.bounds),
+        }
+
+
+class DriftNudge:
+    """Move the last hidden state along the fitted drift before the next token is read out.
+
+    ``X'_k = X_k + strength · μ(Z_k, t_k) Δt`` mapped to hidden coordinates (``Z_k`` is the
+    state in the fitted coordinates; the displacement is scaled back by the projection's
+    standard deviations and components). Only the read-out is moved: the model's later states
+    depend on the nudge only through the tokens it draws.
+
+    Args:
+        model: A fitted SDE of the last layer's states.
+        projection: The projection its data were prepared with; its layer must be the model's
+            last (checked by :func:`sdelm.extract`).
+        strength: 1 moves the read-out by one expected drift step, −1 against it, 0 not at all.
+        direction: ``"drift"``, or ``"random"``: a placebo that moves by the same distance in
+            a random direction of the fitted coordinates (one direction per step, drawn from
+            ``seed``).
+        dt: Time step of the fitted data.
+        seed: Seed of the random directions.
+
+    Raises:
+        ValueError: On an unknown direction or a projection of another dimension than the
+            model.
+
+    """
+
+    def __init__(
+        self,
+        model: SDEModel,
+        projection: Projection,
+        *,
+        strength: float = 1.0,
+        direction: str = "drift",
+        dt: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        if direction not in ("drift", "random"):
+            raise ValueError(f"direction must be 'drift' or 'random', got {direction!r}.")
+        if projection.components.shape[0] != model.dim:
+            raise ValueError(
+                f"The projection has {projection.components.shape[0]} components but the model "
+                f"has dimension {model.dim}; use the projection its data were prepared with."
+            )
+        self.model, self.projection = model.eval(), projection
+        self.strength, self.direction, self.dt, self.seed = float(strength), direction, dt, seed
+        self.layer = projection.layer
+
+    @torch.no_grad()
+    def displacement(self, step: int, state: torch.Tensor) -> torch.Tensor:
+        """Return the move in hidden coordinates, size (batch, hidden_size), before scaling.
+
+        Args:
+            step: Index of the token about to be drawn; the state belongs to ``step − 1``.
+            state: Float tensor of size (batch, hidden_size).
+
+        """
+        mean = self.projection.mean
+        z = self.projection.forward(state.to(device="cpu", dtype=mean.dtype)).float()
+        t = torch.full((z.shape[0],), float(step - 1) * self.dt)
+        move = self.model.drift(z, t) * self.dt
+        if self.direction == "random":
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            unit = torch.randn(z.shape[1], generator=generator)
+            move = unit / unit.norm() * move.norm(dim=1, keepdim=True)
+        return (move.to(mean.dtype) * self.projection.scale) @ self.projection.components
+
+    def __call__(self, step: int, state: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        move = self.displacement(step, state)
+        return state + self.strength * move.to(device=state.device, dtype=state.dtype)
+
+    def describe(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "kind": "drift nudge",
+            "strength": self.strength,
+            "direction": self.direction,
+            "layer": self.layer,
+            "dt": self.dt,
+            "seed": self.seed,
+            "model": type(self.model).__name__,
+            "weights_sha256": _weights_digest(self.model),
         }
 
 

@@ -31,7 +31,7 @@ from sdelm.lm import LM
 from sdelm.trajectories import Trajectories
 
 if TYPE_CHECKING:
-    from sdelm.control import TemperatureControl
+    from sdelm.control import StateNudge, TemperatureControl
 
 __all__ = ["encode_texts", "extract", "layer_trajectories", "rescore"]
 
@@ -120,6 +120,7 @@ def _generate_batch(
     layers: tuple[int, ...],
     add_special_tokens: bool,
     control: TemperatureControl | None = None,
+    nudge: StateNudge | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sample one batch; returns CPU tensors with a step axis of length ``max_new_tokens``."""
     model, device = lm.model, lm.device
@@ -150,11 +151,17 @@ def _generate_batch(
     )
     alive = torch.ones(batch, dtype=torch.bool, device=device)
     previous = None  # the state, at the control's layer, after reading the last token
+    read_out = None  # the last layer's state after reading the last token
     for step in range(max_new_tokens):
+        logits = output.logits[:, -1].float()
+        if nudge is not None and read_out is not None:
+            if step == 1:
+                _check_read_out(lm, read_out, logits)
+            logits = _read_out(lm, nudge(step, read_out))
         now = temperatures
         if control is not None:
-            now = control(step, previous, output.logits[:, -1].float(), temperatures).to(device)
-        logp = _sampling_distribution(output.logits[:, -1], now, top_p)
+            now = control(step, previous, logits, temperatures).to(device)
+        logp = _sampling_distribution(logits, now, top_p)
         uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
         token = _sample(logp, uniforms)
         token_logp = logp.gather(1, token[:, None]).squeeze(1)
@@ -173,6 +180,8 @@ def _generate_batch(
         hidden = torch.stack([output.hidden_states[layer][:, -1] for layer in layers], dim=1)
         if control is not None and control.layer is not None:
             previous = output.hidden_states[control.layer][:, -1].float()
+        if nudge is not None:
+            read_out = output.hidden_states[lm.n_layers][:, -1].float()
         states[:, :, step] = hidden.float().cpu()
         used[:, step] = now.cpu()
         tokens[:, step] = token.cpu()
@@ -196,6 +205,24 @@ def _generate_batch(
         "temperatures": used,
         "mask": mask,
     }
+
+
+def _read_out(lm: LM, state: torch.Tensor) -> torch.Tensor:
+    """Next-token logits (batch, vocab) from last-layer states (batch, hidden)."""
+    head = lm.model.get_output_embeddings()
+    return head(state.to(head.weight.dtype)).float()
+
+
+def _check_read_out(lm: LM, state: torch.Tensor, logits: torch.Tensor) -> None:
+    """Refuse to nudge where the last hidden state is not the output layer's input."""
+    again = _read_out(lm, state)
+    tolerance = 1e-3 * float(logits.abs().max().clamp_min(1.0))
+    if not torch.allclose(again, logits, atol=tolerance, rtol=0):
+        raise ValueError(
+            f"{lm.name}'s logits are not its output layer applied to its last hidden state "
+            "(e.g. a final soft-cap or scaling), so a nudge of that state cannot be read out; "
+            "use a temperature control instead."
+        )
 
 
 def _row_generator(seed: int, *key: int) -> torch.Generator:
@@ -253,6 +280,7 @@ def extract(
     chat: bool = True,
     first_index: int = 0,
     control: TemperatureControl | None = None,
+    nudge: StateNudge | None = None,
     progress: bool = True,
 ) -> Trajectories:
     """Let the LLM sample continuations and record its hidden-state trajectories.
@@ -281,6 +309,8 @@ def extract(
         control: Choose each token's temperature during sampling, e.g.
             :class:`sdelm.control.DiffusionTemperature`; the row's temperature is then its
             base temperature and ``Trajectories.temperatures`` records the ones used.
+        nudge: Move the last layer's state before each token after the first is read out,
+            e.g. :class:`sdelm.control.DriftNudge`; the recorded states are the model's own.
         progress: Show a progress bar over batches.
 
     Returns:
@@ -307,6 +337,11 @@ def extract(
     layers = _check_layers(lm, layers)
     if control is not None and control.layer is not None:
         _check_layers(lm, [control.layer])
+    if nudge is not None and nudge.layer != lm.n_layers:
+        raise ValueError(
+            f"A nudge moves the last layer's state ({lm.n_layers} for {lm.name}), but this one "
+            f"was fitted on layer {nudge.layer}; fit the SDE on layer {lm.n_layers}."
+        )
     has_template = chat and bool(lm.tokenizer.chat_template)
 
     jobs = [
@@ -330,6 +365,7 @@ def extract(
                 layers=layers,
                 add_special_tokens=not has_template,
                 control=control,
+                nudge=nudge,
             )
         )
         bar.update(len(chunk))
@@ -363,6 +399,7 @@ def extract(
         top_p=top_p,
         chat=has_template,
         control=None if control is None else control.describe(),
+        nudge=None if nudge is None else nudge.describe(),
     )
     return Trajectories(**merged, rows=rows, layers=layers, meta=meta)
 

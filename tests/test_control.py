@@ -13,6 +13,7 @@ import sdelm
 from sdelm import control, extract, rescore
 from sdelm.data import Projection
 from sdelm.models import SDEModel
+from tests.test_extract import replay_states
 
 PROMPTS = ["hello there", "a", "the quick brown fox"]
 
@@ -287,3 +288,75 @@ def test_held_out_prompts_sample_as_they_would_in_the_whole_list(tiny_folder):
     tail = sdelm.collect_trajectories(str(tiny_folder), n_prompts=2, first_prompt=2, **common)
     assert list(tail.rows["prompt_id"]) == list(whole.rows["prompt_id"][4:])
     assert torch.equal(tail.tokens, whole.tokens[4:, : tail.n_steps])
+
+
+class LinearDrift(SDEModel):
+    """μ(x) = −x/2 with unit noise: a nudge of known size and direction."""
+
+    def drift(self, x, t):
+        return -0.5 * x
+
+    def diffusion(self, x, t):
+        return torch.ones_like(x)
+
+
+def test_a_zero_nudge_changes_nothing(llama):
+    plain = extract(llama, PROMPTS, max_new_tokens=8, progress=False)
+    law = control.DriftNudge(
+        LinearDrift(llama.hidden_size),
+        identity_projection(llama.hidden_size, llama.n_layers),
+        strength=0.0,
+    )
+    nudged = extract(llama, PROMPTS, max_new_tokens=8, nudge=law, progress=False)
+    assert torch.equal(plain.tokens, nudged.tokens)
+    assert nudged.meta["nudge"]["kind"] == "drift nudge"
+
+
+def test_the_next_token_is_read_out_from_the_nudged_state(llama):
+    dim = llama.hidden_size
+    law = control.DriftNudge(
+        LinearDrift(dim), identity_projection(dim, llama.n_layers), strength=0.8
+    )
+    trajs = extract(llama, PROMPTS, max_new_tokens=6, nudge=law, progress=False)
+    states = trajs.layer(llama.n_layers)
+    head = llama.model.get_output_embeddings()
+    for row in range(len(PROMPTS)):
+        n = int(trajs.lengths[row])
+        moved = states[row, : n - 1] * (1 - 0.8 * 0.5)  # X + 0.8 · (−X/2)
+        with torch.no_grad():
+            logp = torch.log_softmax(head(moved), dim=-1)
+        expected = logp.gather(1, trajs.tokens[row, 1:n, None]).squeeze(1)
+        torch.testing.assert_close(trajs.logprobs[row, 1:n], expected, rtol=1e-4, atol=1e-4)
+    # The recorded states are the model's own: a replay of the drawn tokens gives them back.
+    torch.testing.assert_close(
+        replay_states(llama, trajs, 0)[-1], states[0, : int(trajs.lengths[0])], atol=1e-4, rtol=0
+    )
+
+
+def test_the_random_placebo_moves_as_far_in_another_direction(llama):
+    dim = llama.hidden_size
+    projection = identity_projection(dim, llama.n_layers)
+    drift = control.DriftNudge(LinearDrift(dim), projection)
+    placebo = control.DriftNudge(LinearDrift(dim), projection, direction="random", seed=3)
+    state = torch.randn(4, dim)
+    along, across = drift.displacement(2, state), placebo.displacement(2, state)
+    torch.testing.assert_close(along.norm(dim=1), across.norm(dim=1))
+    cosine = torch.nn.functional.cosine_similarity(along, across, dim=1)
+    assert cosine.abs().max() < 0.99
+    assert torch.equal(across, placebo.displacement(2, state))  # seeded
+
+
+def test_nudges_that_cannot_work_are_refused(llama, monkeypatch):
+    dim = llama.hidden_size
+    with pytest.raises(ValueError, match="direction"):
+        control.DriftNudge(LinearDrift(dim), identity_projection(dim, 0), direction="up")
+    middle = control.DriftNudge(LinearDrift(dim), identity_projection(dim, 1))
+    with pytest.raises(ValueError, match="fit the SDE on layer 3"):
+        extract(llama, PROMPTS, max_new_tokens=3, nudge=middle, progress=False)
+    head = llama.model.get_output_embeddings()
+    doubled = torch.nn.Linear(dim, head.out_features, bias=False)
+    doubled.weight.data = 2 * head.weight.data
+    monkeypatch.setattr(llama.model, "get_output_embeddings", lambda: doubled)
+    last = control.DriftNudge(LinearDrift(dim), identity_projection(dim, llama.n_layers))
+    with pytest.raises(ValueError, match="temperature control instead"):
+        extract(llama, PROMPTS, max_new_tokens=3, nudge=last, progress=False)
