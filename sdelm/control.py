@@ -116,6 +116,14 @@ def _weights_digest(model: SDEModel) -> str:
     return digest.hexdigest()[:16]
 
 
+def _check_projection(model: SDEModel, projection: Projection) -> None:
+    if projection.components.shape[0] != model.dim:
+        raise ValueError(
+            f"The projection has {projection.components.shape[0]} components but the model "
+            f"has dimension {model.dim}; use the projection its data were prepared with."
+        )
+
+
 def _check_law(reference: float, strength: float, bounds: Sequence[float]) -> tuple[float, float]:
     low, high = (float(b) for b in bounds)
     if not reference > 0 or not np.isfinite(reference):
@@ -168,11 +176,7 @@ class DiffusionTemperature:
         dt: float = 1.0,
     ) -> None:
         self.bounds = _check_law(reference, strength, bounds)
-        if projection.components.shape[0] != model.dim:
-            raise ValueError(
-                f"The projection has {projection.components.shape[0]} components but the model "
-                f"has dimension {model.dim}; use the projection its data were prepared with."
-            )
+        _check_projection(model, projection)
         self.model, self.projection = model.eval(), projection
         self.reference, self.strength, self.dt = float(reference), float(strength), float(dt)
         self.layer = projection.layer
@@ -359,11 +363,7 @@ class DriftNudge:
     ) -> None:
         if direction not in ("drift", "random"):
             raise ValueError(f"direction must be 'drift' or 'random', got {direction!r}.")
-        if projection.components.shape[0] != model.dim:
-            raise ValueError(
-                f"The projection has {projection.components.shape[0]} components but the model "
-                f"has dimension {model.dim}; use the projection its data were prepared with."
-            )
+        _check_projection(model, projection)
         self.model, self.projection = model.eval(), projection
         self.strength, self.direction, self.dt, self.seed = float(strength), direction, dt, seed
         self.layer = projection.layer
