@@ -1,24 +1,51 @@
-"""A parameter-keyed disk cache for trajectories and fitted models.
+"""A disk cache for trajectories and fitted models that knows the code behind each entry.
 
 Everything lives under one folder: ``$SDELM_CACHE`` if set, else ``$XDG_CACHE_HOME/sdelm``, else
-``~/.cache/sdelm``. Entries are keyed by a hash of the parameters that produced them, so a
-chapter re-executed with the same parameters reuses what an earlier chapter computed, and a
-change of any parameter computes afresh. Nothing here is ever committed to the repository.
+``~/.cache/sdelm``. Nothing here is ever committed to the repository.
+
+An entry is keyed by the parameters that produced it, the sdelm version, a fingerprint of the
+package's source (its syntax trees: comments and formatting do not count) and the code of the
+``compute`` function itself. A change of any parameter, of any sdelm function, or of the body of
+the function that fills the entry therefore computes afresh: the cache never serves a result
+that the current code would not produce.
+
+Each entry is a safetensors file plus a JSON record beside it that repeats the parameters and
+fingerprints and holds the file's SHA-256. A load checks all of them, so a damaged, truncated,
+swapped or copied entry is recomputed, not served. Both files are written atomically, the record
+last; two processes filling one entry at once leave either one's complete result.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
+import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from safetensors import SafetensorError
+
+from sdelm.files import write_json_atomically
 from sdelm.models import SDEModel, load_checkpoint, save_checkpoint
-from sdelm.trajectories import Trajectories, TrajectoryFileError
+from sdelm.trajectories import Trajectories
 
-__all__ = ["cache_dir", "cache_key", "cached_model", "cached_trajectories"]
+__all__ = [
+    "cache_dir",
+    "cache_key",
+    "cached_model",
+    "cached_trajectories",
+    "code_fingerprint",
+    "source_fingerprint",
+]
+
+#: The package whose source keys every entry.
+SOURCE_ROOT = Path(__file__).resolve().parent
+
+_Entry = TypeVar("_Entry")
+_parsed: dict[tuple[str, int, int], str] = {}
 
 
 def cache_dir() -> Path:
@@ -29,57 +56,148 @@ def cache_dir() -> Path:
     return Path(base) / "sdelm"
 
 
+def _version() -> str:
+    from sdelm import __version__  # the package imports this module: import at call time
+
+    return __version__
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tree_hash(path: Path) -> str:
+    """SHA-256 of a Python file's syntax tree (without line numbers), memoised by mtime."""
+    stat = path.stat()
+    memo = (str(path), stat.st_mtime_ns, stat.st_size)
+    if memo not in _parsed:
+        tree = ast.dump(ast.parse(path.read_bytes(), filename=str(path)))
+        _parsed[memo] = hashlib.sha256(tree.encode()).hexdigest()
+    return _parsed[memo]
+
+
+def source_fingerprint(root: Path | None = None) -> str:
+    """Return a fingerprint of the package under ``root``: its modules and data files.
+
+    Python modules count by their syntax trees: two source trees that differ only in comments or
+    formatting share a fingerprint; any change of a statement, name or constant gives another.
+    Data files (the bundled prompts) count byte for byte.
+
+    Args:
+        root: The package folder; default: the installed sdelm.
+
+    Returns:
+        A 64-character hex digest.
+
+    """
+    root = SOURCE_ROOT if root is None else root
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        content = _tree_hash(path) if path.suffix == ".py" else _file_hash(path)
+        digest.update(f"{path.relative_to(root).as_posix()}:{content}\n".encode())
+    return digest.hexdigest()
+
+
+def _code_parts(code: types.CodeType) -> list[object]:
+    parts: list[object] = [code.co_code.hex(), list(code.co_names)]
+    for const in code.co_consts:
+        parts.append(_code_parts(const) if isinstance(const, types.CodeType) else repr(const))
+    return parts
+
+
+def code_fingerprint(function: Callable[..., object]) -> str:
+    """Return a fingerprint of a function's own code: its bytecode, names and constants.
+
+    Line numbers and file names do not count, so the same cell executed again (or in another
+    notebook) keeps its fingerprint; a changed argument or call inside it changes it.
+
+    Args:
+        function: A Python function or lambda (other callables give a fingerprint of their type).
+
+    Returns:
+        A 64-character hex digest.
+
+    """
+    code = getattr(function, "__code__", None)
+    parts = _code_parts(code) if code is not None else [type(function).__qualname__]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
 def cache_key(params: dict[str, Any]) -> str:
     """Return a short, stable hash of JSON-serialisable parameters."""
     text = json.dumps(params, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _cached(
+    kind: str,
+    params: dict[str, Any],
+    compute: Callable[[], _Entry],
+    load: Callable[[Path], _Entry],
+    save: Callable[[_Entry, Path], object],
+    refresh: bool,
+) -> _Entry:
+    """Serve the entry for (params, code) when its record and file check out; else compute it."""
+    record = {
+        "params": json.loads(json.dumps(params, sort_keys=True, default=str)),
+        "sdelm": _version(),
+        "source": source_fingerprint(),
+        "compute": code_fingerprint(compute),
+    }
+    key = cache_key(record)
+    path = cache_dir() / kind / f"{key}.safetensors"
+    record_path = path.with_suffix(".json")
+    if not refresh:
+        try:
+            stored = json.loads(record_path.read_text())
+            if stored.pop("sha256") == _file_hash(path) and stored == record:
+                return load(path)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError):
+            pass  # missing, damaged, swapped or from other code: computed afresh below
+        for stale in (record_path, path):
+            stale.unlink(missing_ok=True)  # another reader may have removed it already
+    entry = compute()
+    save(entry, path)
+    write_json_atomically({**record, "sha256": _file_hash(path)}, record_path)
+    return entry
+
+
 def cached_trajectories(
     params: dict[str, Any], compute: Callable[[], Trajectories], *, refresh: bool = False
 ) -> Trajectories:
-    """Load trajectories computed earlier with the same parameters, or compute and store them.
+    """Load trajectories computed earlier by the same code and parameters, or compute them.
 
     Args:
         params: Everything that determines the result (JSON-serialisable).
-        compute: Produces the trajectories when they are not cached.
+        compute: Produces the trajectories when they are not cached; its code is part of the key.
         refresh: Recompute even when cached.
 
     Returns:
         The trajectories.
 
     """
-    path = cache_dir() / "trajectories" / f"{cache_key(params)}.safetensors"
-    if path.is_file() and not refresh:
-        try:
-            return Trajectories.load(path)
-        except TrajectoryFileError:
-            path.unlink()  # a damaged entry is recomputed
-    trajectories = compute()
-    trajectories.save(path)
-    return trajectories
+    return _cached("trajectories", params, compute, Trajectories.load, Trajectories.save, refresh)
 
 
 def cached_model(
     params: dict[str, Any], compute: Callable[[], SDEModel], *, refresh: bool = False
 ) -> SDEModel:
-    """Load a model fitted earlier with the same parameters, or fit and store it.
+    """Load a model fitted earlier by the same code and parameters, or fit and store it.
 
     Args:
         params: Everything that determines the fit (data, model and fit arguments).
-        compute: Fits and returns the model when it is not cached.
+        compute: Fits and returns the model when it is not cached; its code is part of the key.
         refresh: Refit even when cached.
 
     Returns:
         The fitted model (on the CPU, in eval mode).
 
     """
-    path = cache_dir() / "fits" / f"{cache_key(params)}.safetensors"
-    if path.is_file() and not refresh:
-        try:
-            return load_checkpoint(path)
-        except ValueError:
-            path.unlink()  # a damaged entry is refitted
-    model = compute()
-    save_checkpoint(model, path)
-    return model.eval()
+    model = _cached("fits", params, compute, load_checkpoint, save_checkpoint, refresh)
+    return model.cpu().eval()

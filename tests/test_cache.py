@@ -1,0 +1,204 @@
+"""The cache serves only what the current code and parameters would compute."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import sdelm
+from sdelm import cache
+
+
+@pytest.fixture(autouse=True)
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDELM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+class Counter:
+    """Counts how often the cache calls compute."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def trajectories(self, scale: float = 1.0) -> sdelm.Trajectories:
+        self.calls += 1
+        states = scale * torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+        return sdelm.Trajectories.from_states(states)
+
+    def model(self) -> sdelm.NeuralSDE:
+        self.calls += 1
+        torch.manual_seed(self.calls)
+        return sdelm.NeuralSDE(3, hidden=8)
+
+
+def entries(folder: Path, kind: str) -> list[Path]:
+    return sorted((folder / kind).glob("*.safetensors"))
+
+
+def test_a_second_call_is_served_and_equal():
+    count = Counter()
+    first = sdelm.cached_trajectories({"n": 2}, lambda: count.trajectories())
+    second = sdelm.cached_trajectories({"n": 2}, lambda: count.trajectories())
+    assert count.calls == 1
+    assert torch.equal(first.states, second.states)
+    other = sdelm.cached_trajectories({"n": 3}, lambda: count.trajectories())
+    assert count.calls == 2 and torch.equal(other.states, first.states)
+
+
+def test_changed_compute_code_computes_afresh():
+    count = Counter()
+    sdelm.cached_trajectories({"n": 2}, lambda: count.trajectories(1.0))
+    again = sdelm.cached_trajectories({"n": 2}, lambda: count.trajectories(2.0))
+    assert count.calls == 2
+    assert again.states.max() == 2 * 29
+
+
+def test_changed_sdelm_function_computes_afresh(tmp_path, monkeypatch):
+    source = tmp_path / "sdelm-source"
+    shutil.copytree(cache.SOURCE_ROOT, source, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "SOURCE_ROOT", source)
+    count = Counter()
+    sdelm.cached_model({"fit": 1}, count.model)
+    sdelm.cached_model({"fit": 1}, count.model)
+    assert count.calls == 1
+    fit_py = source / "fit.py"
+    text = fit_py.read_text()
+    assert "def nll(" in text
+    # A comment and blank lines are not code: the entry is still served.
+    fit_py.write_text(text.replace("def nll(", "# a comment\n\n\ndef nll(", 1))
+    sdelm.cached_model({"fit": 1}, count.model)
+    assert count.calls == 1
+    # A changed signature of a function that fits depend on: computed afresh.
+    fit_py.write_text(text.replace("def nll(", "def nll(_changed: int = 0, *, ", 1))
+    sdelm.cached_model({"fit": 1}, count.model)
+    assert count.calls == 2
+
+
+def test_changed_version_computes_afresh(monkeypatch):
+    count = Counter()
+    sdelm.cached_trajectories({"n": 2}, count.trajectories)
+    monkeypatch.setattr(sdelm, "__version__", "999.0")
+    sdelm.cached_trajectories({"n": 2}, count.trajectories)
+    assert count.calls == 2
+
+
+def entry_for(folder: Path, kind: str, params: dict) -> Path:
+    for path in entries(folder, kind):
+        if json.loads(path.with_suffix(".json").read_text())["params"] == params:
+            return path
+    raise AssertionError(f"no entry for {params}")
+
+
+def test_swapped_or_copied_entries_are_recomputed(empty_cache):
+    count = Counter()
+    sdelm.cached_trajectories({"n": 1}, lambda: count.trajectories(1.0))
+    sdelm.cached_trajectories({"n": 2}, lambda: count.trajectories(1.0))
+    one = entry_for(empty_cache, "trajectories", {"n": 1})
+    two = entry_for(empty_cache, "trajectories", {"n": 2})
+    # Entry 2 is overwritten by another data file: its checksum no longer matches.
+    other = sdelm.Trajectories.from_states(torch.zeros(2, 5, 3))
+    other.save(two)
+    served = sdelm.cached_trajectories({"n": 2}, lambda: count.trajectories(1.0))
+    assert count.calls == 3 and served.states.max() == 29
+    # Data file and record of entry 1 copied together over entry 2: the record names n = 1.
+    shutil.copy(one, two)
+    shutil.copy(one.with_suffix(".json"), two.with_suffix(".json"))
+    sdelm.cached_trajectories({"n": 2}, lambda: count.trajectories(1.0))
+    assert count.calls == 4
+    sdelm.cached_trajectories({"n": 1}, lambda: count.trajectories(1.0))
+    assert count.calls == 4  # entry 1 itself was untouched
+
+
+def test_a_truncated_fit_is_refitted_not_raised(empty_cache):
+    count = Counter()
+    model = sdelm.cached_model({"fit": 1}, count.model)
+    (path,) = entries(empty_cache, "fits")
+    path.write_bytes(path.read_bytes()[:100])
+    refitted = sdelm.cached_model({"fit": 1}, count.model)
+    assert count.calls == 2
+    assert isinstance(refitted, sdelm.NeuralSDE)
+    served = sdelm.cached_model({"fit": 1}, count.model)
+    assert count.calls == 2
+    for a, b in zip(refitted.parameters(), served.parameters(), strict=True):
+        assert torch.equal(a, b)
+    del model
+
+
+def test_a_checkpoint_of_another_shape_with_a_forged_record_is_refitted(empty_cache):
+    count = Counter()
+    sdelm.cached_model({"fit": 1}, count.model)
+    (path,) = entries(empty_cache, "fits")
+    sdelm.save_checkpoint(sdelm.NeuralSDE(3, hidden=16), path)  # wrong `hidden`
+    record = json.loads(path.with_suffix(".json").read_text())
+    record["sha256"] = cache._file_hash(path)
+    record["params"] = {"fit": 2}
+    path.with_suffix(".json").write_text(json.dumps(record))
+    model = sdelm.cached_model({"fit": 1}, count.model)
+    assert count.calls == 2
+    assert model.config["hidden"] == 8
+
+
+def test_a_missing_record_is_recomputed(empty_cache):
+    count = Counter()
+    sdelm.cached_trajectories({"n": 1}, count.trajectories)
+    (path,) = entries(empty_cache, "trajectories")
+    path.with_suffix(".json").unlink()
+    sdelm.cached_trajectories({"n": 1}, count.trajectories)
+    assert count.calls == 2
+    assert path.with_suffix(".json").is_file()
+
+
+def test_two_readers_of_a_damaged_entry_do_not_race(empty_cache):
+    count = Counter()
+    sdelm.cached_trajectories({"n": 1}, count.trajectories)
+    (path,) = entries(empty_cache, "trajectories")
+    path.write_bytes(b"damaged")
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        barrier.wait()
+        try:
+            sdelm.cached_trajectories({"n": 1}, count.trajectories)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sdelm.Trajectories.load(path).n_sequences == 2
+
+
+def _fill(folder: str, start: multiprocessing.synchronize.Barrier) -> None:
+    import os
+
+    os.environ["SDELM_CACHE"] = folder
+    start.wait()
+    sdelm.cached_trajectories({"n": 7}, Counter().trajectories)
+
+
+def test_two_processes_filling_one_entry_leave_a_complete_one(empty_cache):
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    workers = [context.Process(target=_fill, args=(str(empty_cache), start)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    (path,) = entries(empty_cache, "trajectories")
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporaries
+    count = Counter()
+    served = sdelm.cached_trajectories({"n": 7}, count.trajectories)
+    assert count.calls == 0
+    assert torch.equal(served.states, Counter().trajectories().states)
