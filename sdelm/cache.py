@@ -111,11 +111,24 @@ def _code_parts(code: types.CodeType) -> list[object]:
     return parts
 
 
-def code_fingerprint(function: Callable[..., object]) -> str:
-    """Return a fingerprint of a function's own code: its bytecode, names and constants.
+_PLAIN = (bool, int, float, str, type(None))
 
-    Line numbers and file names do not count, so the same cell executed again (or in another
-    notebook) keeps its fingerprint; a changed argument or call inside it changes it.
+
+def _plain(value: object) -> bool:
+    """Whether a value is a number, string, None, or a list/tuple of those."""
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(item, _PLAIN) for item in value)
+    return isinstance(value, _PLAIN)
+
+
+def code_fingerprint(function: Callable[..., object]) -> str:
+    """Return a fingerprint of a function's own code and the plain values it reads.
+
+    The code counts by its bytecode, names and constants; line numbers and file names do not,
+    so the same cell executed again (or in another notebook) keeps its fingerprint, and a
+    changed argument or call inside it changes it. Numbers, strings and lists of them that the
+    function reads from its globals, closure or default arguments (a chapter's parameters, such
+    as ``dim`` or ``seed``) count by value.
 
     Args:
         function: A Python function or lambda (other callables give a fingerprint of their type).
@@ -125,7 +138,23 @@ def code_fingerprint(function: Callable[..., object]) -> str:
 
     """
     code = getattr(function, "__code__", None)
-    parts = _code_parts(code) if code is not None else [type(function).__qualname__]
+    if code is None:
+        parts: list[object] = [type(function).__qualname__]
+    else:
+        namespace = getattr(function, "__globals__", {})
+        read = {name: namespace[name] for name in code.co_names if name in namespace}
+        cells = getattr(function, "__closure__", None) or ()
+        for name, cell in zip(code.co_freevars, cells, strict=True):
+            try:
+                read[name] = cell.cell_contents
+            except ValueError:  # a cell not filled yet
+                continue
+        values = {name: repr(value) for name, value in sorted(read.items()) if _plain(value)}
+        defaults = [
+            *(getattr(function, "__defaults__", None) or ()),
+            *(getattr(function, "__kwdefaults__", None) or {}).items(),
+        ]
+        parts = [_code_parts(code), values, [repr(d) for d in defaults if _plain(d)]]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 

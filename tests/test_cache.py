@@ -202,3 +202,17 @@ def test_two_processes_filling_one_entry_leave_a_complete_one(empty_cache):
     served = sdelm.cached_trajectories({"n": 7}, count.trajectories)
     assert count.calls == 0
     assert torch.equal(served.states, Counter().trajectories().states)
+
+
+def test_a_changed_value_that_compute_reads_computes_afresh():
+    count = Counter()
+    for scale in (1.0, 1.0, 2.0):
+        sdelm.cached_trajectories({"n": 2}, lambda scale=scale: count.trajectories(scale))
+    assert count.calls == 2  # a default argument counts by value
+
+    def reading(scale: float):
+        return lambda: count.trajectories(scale)  # `scale` from the enclosing scope
+
+    served = [sdelm.cached_trajectories({"n": 3}, reading(s)) for s in (1.0, 1.0, 2.0)]
+    assert count.calls == 4
+    assert [float(t.states.max()) for t in served] == [29.0, 29.0, 58.0]
