@@ -9,13 +9,16 @@ from sdelm import (
     analysis,
     applications,
     baselines,
+    branching,
     control,
     corpus,
     describe,
     plots,
+    stats,
     synthetic,
     theory,
 )
+from sdelm.branching import Branches, branch
 from sdelm.cache import cache_dir, cached_model, cached_trajectories
 from sdelm.claims import ClaimFailedError, Claims
 from sdelm.collect import collect_layer_trajectories, collect_trajectories
@@ -36,6 +39,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "LM",
+    "Branches",
     "ClaimFailedError",
     "Claims",
     "FitResult",
@@ -51,6 +55,8 @@ __all__ = [
     "analysis",
     "applications",
     "baselines",
+    "branch",
+    "branching",
     "cache_dir",
     "cached_model",
     "cached_trajectories",
@@ -76,6 +82,7 @@ __all__ = [
     "save_checkpoint",
     "simulate",
     "standard_models",
+    "stats",
     "summarise",
     "synthetic",
     "theory",

@@ -35,6 +35,7 @@ from sdelm.trajectories import Trajectories
 __all__ = [
     "cache_dir",
     "cache_key",
+    "cached",
     "cached_model",
     "cached_trajectories",
     "code_fingerprint",
@@ -164,15 +165,29 @@ def cache_key(params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _cached(
+def cached(
     kind: str,
     params: dict[str, Any],
     compute: Callable[[], _Entry],
+    *,
     load: Callable[[Path], _Entry],
     save: Callable[[_Entry, Path], object],
-    refresh: bool,
+    refresh: bool = False,
 ) -> _Entry:
-    """Serve the entry for (params, code) when its record and file check out; else compute it."""
+    """Serve the entry for (params, code) when its record and file check out; else compute it.
+
+    Args:
+        kind: Sub-folder of the cache, e.g. ``"trajectories"``.
+        params: Everything that determines the result (JSON-serialisable).
+        compute: Produces the entry when it is not cached; its code is part of the key.
+        load: Reads an entry from a file; any error it raises means "recompute".
+        save: Writes an entry to a file, atomically.
+        refresh: Recompute even when cached.
+
+    Returns:
+        The entry.
+
+    """
     record = {
         "params": json.loads(json.dumps(params, sort_keys=True, default=str)),
         "sdelm": _version(),
@@ -211,7 +226,14 @@ def cached_trajectories(
         The trajectories.
 
     """
-    return _cached("trajectories", params, compute, Trajectories.load, Trajectories.save, refresh)
+    return cached(
+        "trajectories",
+        params,
+        compute,
+        load=Trajectories.load,
+        save=Trajectories.save,
+        refresh=refresh,
+    )
 
 
 def cached_model(
@@ -228,5 +250,7 @@ def cached_model(
         The fitted model (on the CPU, in eval mode).
 
     """
-    model = _cached("fits", params, compute, load_checkpoint, save_checkpoint, refresh)
+    model = cached(
+        "fits", params, compute, load=load_checkpoint, save=save_checkpoint, refresh=refresh
+    )
     return model.cpu().eval()

@@ -1,5 +1,5 @@
 """Analyses of fitted SDEs on held-out trajectories (chapters 4 onwards)."""
 
-from sdelm.analysis import drift_diffusion, kramers_moyal, phase, properties
+from sdelm.analysis import branching, drift_diffusion, kramers_moyal, phase, properties
 
-__all__ = ["drift_diffusion", "kramers_moyal", "phase", "properties"]
+__all__ = ["branching", "drift_diffusion", "kramers_moyal", "phase", "properties"]

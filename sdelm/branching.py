@@ -1,0 +1,306 @@
+"""The branching experiment: many next tokens sampled from one prefix, and the states they lead to.
+
+A fitted SDE claims that the next state X_{k+1}, given the state X_k, is Gaussian with mean
+X_k + μ Δt and covariance σσᵀ Δt. Sampling at temperature T, the only randomness of one
+generation step is the token draw, so the conditional law of X_{k+1} given the prefix can be
+measured directly: read the prefix once, draw the next token ``n_branches`` times from the same
+distribution, and read each drawn token from one shared KV cache. :func:`branch` does that for
+prefixes taken from recorded generations; :mod:`sdelm.analysis.branching` compares what it
+measures with fitted models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load
+from transformers import DynamicCache
+
+from sdelm.corpus import check_integers
+from sdelm.extract import (
+    _check_layers,
+    _check_temperatures,
+    _entropy,
+    _row_generator,
+    _sample,
+    _sampling_distribution,
+)
+from sdelm.files import save_atomically
+from sdelm.lm import LM, cache_keyword, check_cache_used
+from sdelm.trajectories import Trajectories
+
+__all__ = ["Branches", "branch", "prefix_positions"]
+
+FORMAT = "sdelm-branches-1"
+_TENSORS = ("prefix_states", "states", "tokens", "logprobs", "entropies", "top_mass")
+PREFIX_COLUMNS = ("prompt_id", "prompt", "category", "temperature", "sample", "sequence", "step")
+
+
+@dataclass
+class Branches:
+    """Next-step states of many continuations drawn from the same prefixes.
+
+    Prefix ``p`` is the prompt of a recorded sequence and its generated tokens ``y_0 … y_k``;
+    its state ``X_k`` is the state after reading ``y_k``. Branch ``b`` at temperature ``T``
+    draws ``y_{k+1}`` from the model's next-token distribution at ``T`` and records the state
+    ``X_{k+1}`` after reading it.
+
+    Attributes:
+        prefix_states: Float tensor of size (n_prefixes, n_layers, hidden): ``X_k``.
+        states: Float tensor of size (n_prefixes, n_temperatures, n_branches, n_layers,
+            hidden): ``X_{k+1}`` of each branch.
+        tokens: Long tensor of size (n_prefixes, n_temperatures, n_branches): the drawn tokens.
+        logprobs: Float tensor of the same size: each drawn token's untempered log-probability.
+        entropies: Float tensor of size (n_prefixes, n_temperatures): entropy in nats of the
+            distribution the branches were drawn from.
+        top_mass: Long tensor of size (n_prefixes, n_temperatures): how many tokens carry 90%
+            of that distribution's mass.
+        prefixes: One row per prefix: ``prompt_id``, ``prompt``, ``category``, ``temperature``
+            and ``sample`` of the recorded sequence, its index ``sequence`` and ``step`` k.
+        temperatures: The branching temperatures.
+        layers: Hidden-state layers recorded.
+        meta: Model name, seed, number of branches, top-p.
+
+    """
+
+    prefix_states: torch.Tensor
+    states: torch.Tensor
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    entropies: torch.Tensor
+    top_mass: torch.Tensor
+    prefixes: pd.DataFrame
+    temperatures: tuple[float, ...]
+    layers: tuple[int, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, n_temps, n_branches, n_layers, hidden = self.states.shape
+        expected = {
+            "prefix_states": (n, n_layers, hidden),
+            "tokens": (n, n_temps, n_branches),
+            "logprobs": (n, n_temps, n_branches),
+            "entropies": (n, n_temps),
+            "top_mass": (n, n_temps),
+        }
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(
+                    f"{name} has size {tuple(getattr(self, name).shape)}, not {shape}."
+                )
+        if len(self.prefixes) != n or len(self.temperatures) != n_temps:
+            raise ValueError("prefixes and temperatures must match the states' first two axes.")
+        if len(self.layers) != n_layers:
+            raise ValueError(f"{len(self.layers)} layer labels for {n_layers} recorded layers.")
+
+    @property
+    def n_prefixes(self) -> int:
+        """Number of prefixes."""
+        return int(self.states.shape[0])
+
+    @property
+    def n_branches(self) -> int:
+        """Branches per prefix and temperature."""
+        return int(self.states.shape[2])
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(X_k, X_{k+1})`` at one layer: sizes (P, hidden) and (P, T, B, hidden)."""
+        if layer not in self.layers:
+            raise KeyError(f"Layer {layer} was not recorded; recorded: {list(self.layers)}.")
+        i = self.layers.index(layer)
+        return self.prefix_states[:, i], self.states[:, :, :, i]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to one safetensors file, atomically."""
+        header = {
+            "format": FORMAT,
+            "temperatures": list(self.temperatures),
+            "layers": list(self.layers),
+            "prefixes": self.prefixes.to_dict(orient="list"),
+            "meta": self.meta,
+        }
+        tensors = {name: getattr(self, name) for name in _TENSORS}
+        return save_atomically(tensors, path, {"sdelm_branches": json.dumps(header)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Branches:
+        """Read a file written by :meth:`save` into memory.
+
+        Raises:
+            ValueError: If the file is missing, damaged or not a branches file.
+
+        """
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                header = json.loads((handle.metadata() or {})["sdelm_branches"])
+            tensors = load(path.read_bytes())
+            if header["format"] != FORMAT:
+                raise ValueError(f"format {header['format']!r}, expected {FORMAT!r}")
+            return cls(
+                **{name: tensors[name] for name in _TENSORS},
+                prefixes=pd.DataFrame(header["prefixes"], columns=list(PREFIX_COLUMNS)),
+                temperatures=tuple(header["temperatures"]),
+                layers=tuple(header["layers"]),
+                meta=header["meta"],
+            )
+        except (OSError, SafetensorError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{path} is not a readable branches file ({error}); delete it and branch again."
+            ) from error
+
+
+def prefix_positions(
+    trajs: Trajectories, steps: Sequence[int], *, n_prefixes: int | None = None, seed: int = 0
+) -> list[tuple[int, int]]:
+    """Choose prefixes: (sequence, step) pairs where the sequence goes on after the step.
+
+    Args:
+        trajs: Generated trajectories.
+        steps: Candidate positions k (0-based generated-token indices).
+        n_prefixes: Keep this many, drawn at random without replacement; default all.
+        seed: Seed of that draw.
+
+    Returns:
+        Sorted (sequence, step) pairs whose steps k and k + 1 are both recorded.
+
+    """
+    pairs = [
+        (i, k)
+        for i in range(trajs.n_sequences)
+        for k in steps
+        if 0 <= k < trajs.n_steps - 1 and trajs.mask[i, k] and trajs.mask[i, k + 1]
+    ]
+    if n_prefixes is not None and n_prefixes < len(pairs):
+        picks = np.random.default_rng(seed).choice(len(pairs), n_prefixes, replace=False)
+        pairs = [pairs[j] for j in sorted(picks)]
+    return pairs
+
+
+def _top_mass(logp: torch.Tensor, mass: float = 0.9) -> torch.Tensor:
+    """Tokens needed to reach ``mass`` of each row's probability: (rows, vocab) -> (rows,)."""
+    sorted_p = logp.exp().sort(dim=-1, descending=True).values
+    return (sorted_p.cumsum(dim=-1) < mass).sum(dim=-1) + 1
+
+
+@torch.inference_mode()
+def branch(
+    lm: LM,
+    trajs: Trajectories,
+    positions: Sequence[tuple[int, int]],
+    *,
+    n_branches: int = 32,
+    temperatures: Sequence[float] = (1.0,),
+    top_p: float = 1.0,
+    layers: Sequence[int] | None = None,
+    seed: int = 0,
+) -> Branches:
+    """Draw many next tokens from recorded prefixes and record the states they lead to.
+
+    Each prefix is read once; its KV cache is then repeated for every branch and temperature,
+    and all branches' tokens are read in one batched one-token forward pass.
+
+    Args:
+        lm: The model that generated ``trajs``.
+        trajs: Generated trajectories from :func:`sdelm.extract`.
+        positions: (sequence, step) pairs, e.g. from :func:`prefix_positions`.
+        n_branches: Tokens drawn per prefix and temperature.
+        temperatures: Branching temperatures, each > 0.
+        top_p: Nucleus mass in (0, 1].
+        layers: Layers to record; default those recorded in ``trajs``.
+        seed: Seed of the draws; each (prefix, temperature) has its own random stream.
+
+    Returns:
+        :class:`Branches`.
+
+    Raises:
+        ValueError: On trajectories from another model or not generated, an empty or invalid
+            position, or invalid counts, temperatures, layers or seed.
+
+    """
+    if trajs.meta.get("model") != lm.name or not (trajs.rows["source"] == "generated").all():
+        raise ValueError(
+            f"branch needs trajectories that {lm.name!r} generated (got model "
+            f"{trajs.meta.get('model')!r}); select generated rows with where(source=...)."
+        )
+    check_integers(1, n_branches=n_branches)
+    check_integers(0, seed=seed)
+    temps = tuple(_check_temperatures(temperatures))
+    layers = _check_layers(lm, trajs.layers if layers is None else layers)
+    positions = [(int(i), int(k)) for i, k in positions]
+    bad = [
+        (i, k)
+        for i, k in positions
+        if not (0 <= i < trajs.n_sequences and 0 <= k < trajs.n_steps and trajs.mask[i, k])
+    ]
+    if not positions or bad:
+        raise ValueError(
+            f"positions must be recorded (sequence, step) pairs; {bad[:3] or 'none given'}. "
+            "Choose them with sdelm.branching.prefix_positions."
+        )
+    chat = bool(trajs.meta.get("chat", False))
+    model, device = lm.model, lm.device
+    width = len(temps) * n_branches
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in _TENSORS}
+    for i, k in positions:
+        prompt = lm.format_prompt(trajs.rows["prompt"].iloc[i], chat=chat)
+        ids = lm.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+        ids = torch.tensor([ids + trajs.tokens[i, : k + 1].tolist()], device=device)
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=ids, output_hidden_states=True, **{cache_keyword(model): cache})
+        check_cache_used(cache, ids.shape[1])
+        parts["prefix_states"].append(
+            torch.stack([out.hidden_states[layer][0, -1] for layer in layers]).float().cpu()
+        )
+        logits = out.logits[:, -1].float()
+        logp = _sampling_distribution(
+            logits.expand(len(temps), -1), torch.tensor(temps, device=device), top_p
+        )
+        uniforms = torch.stack(
+            [
+                torch.rand(n_branches, generator=_row_generator(seed, i, k, t))
+                for t in range(len(temps))
+            ]
+        )
+        drawn = _sample(logp.repeat_interleave(n_branches, 0), uniforms.flatten())
+        untempered = torch.log_softmax(logits[0], dim=-1)
+        cache.batch_repeat_interleave(width)
+        branched = model(
+            input_ids=drawn[:, None],
+            attention_mask=torch.ones(width, ids.shape[1] + 1, dtype=torch.long, device=device),
+            position_ids=torch.full((width, 1), ids.shape[1], device=device),
+            output_hidden_states=True,
+            **{cache_keyword(model): cache},
+        )
+        states = torch.stack([branched.hidden_states[layer][:, -1] for layer in layers], dim=1)
+        parts["states"].append(states.float().cpu().view(len(temps), n_branches, len(layers), -1))
+        parts["tokens"].append(drawn.view(len(temps), n_branches).cpu())
+        parts["logprobs"].append(untempered[drawn].view(len(temps), n_branches).cpu())
+        parts["entropies"].append(_entropy(logp).cpu())
+        parts["top_mass"].append(_top_mass(logp).cpu())
+    rows = trajs.rows.iloc[[i for i, _ in positions]].reset_index(drop=True)
+    prefixes = rows[["prompt_id", "prompt", "category", "temperature", "sample"]].assign(
+        sequence=[i for i, _ in positions], step=[k for _, k in positions]
+    )
+    return Branches(
+        **{name: torch.stack(values) for name, values in parts.items()},
+        prefixes=prefixes,
+        temperatures=temps,
+        layers=layers,
+        meta={
+            "model": lm.name,
+            "seed": seed,
+            "n_branches": n_branches,
+            "top_p": top_p,
+            "chat": chat,
+        },
+    )
