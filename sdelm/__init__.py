@@ -19,9 +19,9 @@ from sdelm import (
     theory,
 )
 from sdelm.branching import Branches, branch
-from sdelm.cache import cache_dir, cached_model, cached_trajectories
+from sdelm.cache import cache_dir, cached_fit, cached_model, cached_trajectories
 from sdelm.claims import ClaimFailedError, Claims
-from sdelm.collect import collect_layer_trajectories, collect_trajectories
+from sdelm.collect import collect_branches, collect_layer_trajectories, collect_trajectories
 from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
 from sdelm.devices import resolve_device
 from sdelm.evaluate import compare_models, standard_models, summarise
@@ -58,8 +58,10 @@ __all__ = [
     "branch",
     "branching",
     "cache_dir",
+    "cached_fit",
     "cached_model",
     "cached_trajectories",
+    "collect_branches",
     "collect_layer_trajectories",
     "collect_trajectories",
     "compare_models",

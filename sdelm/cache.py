@@ -18,6 +18,7 @@ last; two processes filling one entry at once leave either one's complete result
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 import json
 import os
@@ -26,9 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from safetensors import SafetensorError
 
+from sdelm.data import PreparedData
+from sdelm.devices import resolve_device
 from sdelm.files import write_json_atomically
+from sdelm.fit import fit
 from sdelm.models import SDEModel, load_checkpoint, save_checkpoint
 from sdelm.trajectories import Trajectories
 
@@ -36,6 +41,7 @@ __all__ = [
     "cache_dir",
     "cache_key",
     "cached",
+    "cached_fit",
     "cached_model",
     "cached_trajectories",
     "code_fingerprint",
@@ -254,3 +260,43 @@ def cached_model(
         "fits", params, compute, load=load_checkpoint, save=save_checkpoint, refresh=refresh
     )
     return model.cpu().eval()
+
+
+def _tensor_digest(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def cached_fit(model: SDEModel, data: PreparedData, **fit_args: Any) -> SDEModel:
+    """Fit ``model`` on ``data`` with :func:`sdelm.fit`, or load the same fit done earlier.
+
+    The entry is named by everything the fit depends on: the model's class, constructor
+    arguments and starting weights, the training and validation data themselves (their
+    states, masks and time step, by checksum) and the fit's arguments. Chapters that fit the
+    same model on the same data share one entry; a change of any of these fits afresh.
+
+    Args:
+        model: A model with its starting weights (it is not modified).
+        data: Prepared data; the fit uses its train and validation splits.
+        **fit_args: Arguments of :func:`sdelm.fit` (``progress`` is ignored for the key).
+
+    Returns:
+        The fitted model (on the CPU, in eval mode).
+
+    """
+    splits = (data.train, data.val)
+    params = {
+        "what": "fit",
+        "class": type(model).__name__,
+        "config": model.config,
+        "start": _tensor_digest(*model.state_dict().values()),
+        "data": _tensor_digest(*(t for s in splits for t in (s.states, s.mask))),
+        "dt": data.dt,
+        "fit": {k: v for k, v in sorted(fit_args.items()) if k not in ("progress", "device")},
+        "device": resolve_device(fit_args.get("device", "auto")).type,
+    }
+    return cached_model(params, lambda: fit(copy.deepcopy(model), data, **fit_args).model)

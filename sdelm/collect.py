@@ -1,7 +1,8 @@
 """The book's standard data: generated and human trajectories for one set of parameters.
 
-Every chapter calls :func:`collect_trajectories` (token time) or
-:func:`collect_layer_trajectories` (layer time) with its parameters. The first call extracts
+Every chapter calls :func:`collect_trajectories` (token time),
+:func:`collect_layer_trajectories` (layer time) or :func:`collect_branches` (the branching
+experiment) with its parameters. The first call extracts
 (and caches on disk, keyed by the parameters); later calls, in the same or another chapter,
 load the cached file, so a chapter still runs on its own from a clean checkout.
 """
@@ -11,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sdelm.cache import cached_trajectories
+from sdelm.branching import Branches, branch, prefix_positions
+from sdelm.cache import cached, cached_trajectories
 from sdelm.control import StateNudge, TemperatureControl
 from sdelm.corpus import Passage, prompts, shakespeare_passages
 from sdelm.extract import encode_texts, extract, layer_trajectories
 from sdelm.lm import load_lm, untrained
 from sdelm.trajectories import Trajectories
 
-__all__ = ["collect_layer_trajectories", "collect_trajectories"]
+__all__ = ["collect_branches", "collect_layer_trajectories", "collect_trajectories"]
 
 
 def collect_trajectories(
@@ -202,3 +204,76 @@ def collect_layer_trajectories(
     if not cache:
         return compute()
     return cached_trajectories(params, compute)
+
+
+def collect_branches(
+    model: str = "smollm2-135m-instruct",
+    *,
+    first_prompt: int = 24,
+    n_prompts: int = 24,
+    source_temperature: float = 0.9,
+    samples_per_prompt: int = 2,
+    max_new_tokens: int = 48,
+    steps: Sequence[int] = (3, 11, 23, 35),
+    n_branches: int = 32,
+    temperatures: Sequence[float] = (0.5, 0.9, 1.3),
+    layers: Sequence[int] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    cache: bool = True,
+) -> tuple[Trajectories, Branches]:
+    """Generate from bundled prompts, then branch many next tokens at chosen steps.
+
+    Args:
+        model: Name for :func:`sdelm.load_lm`.
+        first_prompt: Position of the first bundled prompt: 24 takes prompts that no model
+            fitted on ``collect_trajectories(n_prompts=24)`` has seen.
+        n_prompts: Number of prompts.
+        source_temperature: Temperature of the recorded generations the prefixes come from.
+        samples_per_prompt: Recorded generations per prompt.
+        max_new_tokens: Length of those generations.
+        steps: Positions k at which to branch (where a generation goes on after k).
+        n_branches: Tokens drawn per prefix and temperature.
+        temperatures: Branching temperatures.
+        layers: Layers to record; default ``lm.default_layers()``.
+        seed: Seed of generation and branching.
+        device: Device for the LLM.
+        cache: Reuse (and store) results computed by the same code and parameters.
+
+    Returns:
+        The recorded generations and the :class:`~sdelm.branching.Branches` of their prefixes.
+
+    """
+    source = collect_trajectories(
+        model,
+        first_prompt=first_prompt,
+        n_prompts=n_prompts,
+        temperatures=[source_temperature],
+        samples_per_prompt=samples_per_prompt,
+        max_new_tokens=max_new_tokens,
+        n_passages=0,
+        layers=layers,
+        seed=seed,
+        device=device,
+        cache=cache,
+    )
+    positions = prefix_positions(source, steps)
+    params: dict[str, Any] = {
+        "what": "collect_branches",
+        "source": source.meta,
+        "first_prompt": first_prompt,
+        "positions": positions,
+        "n_branches": n_branches,
+        "temperatures": [float(t) for t in temperatures],
+        "seed": seed,
+    }
+
+    def compute() -> Branches:
+        lm = load_lm(model, device=device)
+        return branch(
+            lm, source, positions, n_branches=n_branches, temperatures=temperatures, seed=seed
+        )
+
+    if not cache:
+        return source, compute()
+    return source, cached("branches", params, compute, load=Branches.load, save=Branches.save)

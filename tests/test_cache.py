@@ -216,3 +216,34 @@ def test_a_changed_value_that_compute_reads_computes_afresh():
     served = [sdelm.cached_trajectories({"n": 3}, reading(s)) for s in (1.0, 1.0, 2.0)]
     assert count.calls == 4
     assert [float(t.states.max()) for t in served] == [29.0, 29.0, 58.0]
+
+
+def test_cached_fit_is_named_by_model_data_and_arguments(monkeypatch):
+    fits = []
+    real_fit = cache.fit
+
+    def counting_fit(*args, **kwargs):
+        fits.append(kwargs)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "fit", counting_fit)
+    paths = sdelm.synthetic.ou_paths(n=40, steps=12, seed=0)
+    data = sdelm.prepare(sdelm.synthetic.as_trajectories(paths, dt=0.1), dim=None, seed=0)
+    args = dict(epochs=3, seed=0, progress=False)
+
+    def chapter_a():
+        return sdelm.cache.cached_fit(sdelm.NeuralSDE(data.dim, hidden=8, seed=0), data, **args)
+
+    def chapter_b():  # other code, same fit: shared
+        model = sdelm.NeuralSDE(data.dim, hidden=8, seed=0)
+        return sdelm.cache.cached_fit(model, data, **{**args, "progress": True})
+
+    first, second = chapter_a(), chapter_b()
+    assert len(fits) == 1
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)
+    sdelm.cache.cached_fit(sdelm.NeuralSDE(data.dim, hidden=8, seed=0), data, **args, lr=1e-2)
+    sdelm.cache.cached_fit(sdelm.NeuralSDE(data.dim, hidden=8, seed=1), data, **args)
+    other = sdelm.prepare(sdelm.synthetic.as_trajectories(paths, dt=0.1), dim=None, seed=1)
+    sdelm.cache.cached_fit(sdelm.NeuralSDE(data.dim, hidden=8, seed=0), other, **args)
+    assert len(fits) == 4
