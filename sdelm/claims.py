@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from IPython.display import Markdown
+
+if TYPE_CHECKING:  # IPython is a book dependency: imported where a chapter shows the report
+    from IPython.display import Markdown
 
 __all__ = ["ClaimFailedError", "Claims"]
 
@@ -67,8 +69,17 @@ class Claims:
 
         Raises:
             KeyError: On a name that was not checked.
+            ModuleNotFoundError: If IPython is not installed (it comes with the book extra).
 
         """
+        try:
+            from IPython.display import Markdown
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(
+                "Claims.report() returns IPython Markdown for a notebook, and IPython is not "
+                "installed: pip install 'sdelm[book]' (or pip install ipython); "
+                "Claims.table() gives the same statements as a DataFrame without it."
+            ) from error
         by_name = {r["name"]: r for r in self.results}
         unknown = [n for n in names or [] if n not in by_name]
         if unknown:

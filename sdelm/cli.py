@@ -1,8 +1,14 @@
 """The ``sdelm`` command line: extract, fit, simulate, re-execute a chapter, build the book.
 
-Exit codes: 0 success, 2 bad input (a usage error, a missing file, an invalid value; the
-message says what to do), 1 a failure while running (the traceback's last line is printed).
-``sdelm COMMAND --help`` documents each command.
+Exit codes: 0 success, 2 bad input (a usage error, a missing or damaged file, an invalid value,
+a model that cannot be loaded; one line says what to do), 1 a failure while running (one line:
+the error's type and message). ``sdelm COMMAND --help`` documents each command.
+
+Every argument is checked before the language model is loaded or any work starts, and an output
+is only replaced once the new result is complete. ``sdelm chapter`` checks ``-p`` overrides
+against the chapter's ``parameters`` cell (known names; the same type as the default); when the
+chapter's code then raises ``ValueError`` or ``TypeError`` with overridden parameters, the
+values are taken to be at fault (exit 2), since the default run does not raise.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -23,10 +31,58 @@ __all__ = ["main"]
 #: Exit codes.
 OK, FAILURE, BAD_INPUT = 0, 1, 2
 MODELS = ("neural", "ou", "random-walk", "lines-of-thought")
+#: Errors that mean the input is at fault (besides sdelm.lm.LMLoadError): exit code 2.
+BAD_INPUT_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+_ANY = object()  # a parameter default that is not a literal: any value goes
 
 
 class UsageError(ValueError):
     """Bad input from the user: reported without a traceback, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (and exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` on one line and exit with code 2."""
+        self.exit(BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """Return an argparse type: an integer in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+_count, _natural, _seed = _integer(1), _integer(0), _integer(0, 2**63 - 1)
+
+
+def _temperature(text: str) -> float:
+    """Argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
 
 
 def _existing(path: str) -> Path:
@@ -37,11 +93,59 @@ def _existing(path: str) -> Path:
 
 
 def _output(path: str, force: bool) -> Path:
+    """Check an output file's path before any work: not a folder, no file in its way.
+
+    Nothing is created: the file and its folders are written once the result is complete.
+
+    Args:
+        path: The ``--out`` argument.
+        force: Whether an existing file may be replaced.
+
+    Returns:
+        The path.
+
+    Raises:
+        UsageError: If the path is a folder, lies under a file, or exists without ``force``.
+
+    """
     result = Path(path)
+    if result.is_dir():
+        raise UsageError(f"--out {path} is a folder; name a file to write.")
     if result.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it.")
-    result.parent.mkdir(parents=True, exist_ok=True)
+    folder = next(parent for parent in result.parents if parent.exists())
+    if not folder.is_dir():
+        raise UsageError(f"--out {path} lies under {folder}, which is a file, not a folder.")
     return result
+
+
+def _device(name: str) -> torch.device:
+    """Resolve ``--device`` and check that it works here, before anything is loaded onto it.
+
+    Args:
+        name: The ``--device`` argument (``auto``, ``cpu``, ``cuda``, ``cuda:1``...).
+
+    Returns:
+        The device.
+
+    Raises:
+        UsageError: If it is not a device, or not one this machine's PyTorch can use.
+
+    """
+    from sdelm.devices import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except ValueError as error:
+        raise UsageError(f"--device: {error}") from error
+    try:
+        torch.empty(0, device=device)
+    except RuntimeError as error:  # e.g. mps, or a GPU index that is not present
+        raise UsageError(
+            f"--device {name} is not usable here ({str(error).splitlines()[0]}); use auto, cpu "
+            "or cuda."
+        ) from error
+    return device
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, object]:
@@ -55,25 +159,35 @@ def _sampling(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _prompts(n: int) -> list:
+    """Return the first ``n`` bundled prompts; the error names ``--n-prompts``."""
+    import sdelm
+
+    try:
+        return sdelm.corpus.prompts(n)
+    except ValueError as error:
+        raise UsageError(f"--n-prompts: {error}") from error
+
+
 def _extract(args: argparse.Namespace) -> None:
     import sdelm
 
-    if any(t <= 0 for t in args.temperatures):
-        raise UsageError(f"--temperatures must all be > 0, got {args.temperatures}.")
     if args.shard_size:
         _extract_shards(args)
         return
+    device = _device(args.device)
     out = _output(args.out, args.force)
-    lm = sdelm.load_lm(args.model, device=args.device, progress=args.progress)
-    parts = [
-        sdelm.extract(
-            lm, sdelm.corpus.prompts(args.n_prompts), progress=args.progress, **_sampling(args)
-        )
-    ]
-    if args.n_passages:
-        passages = sdelm.corpus.shakespeare_passages(
+    prompts = _prompts(args.n_prompts)
+    passages = (
+        sdelm.corpus.shakespeare_passages(
             args.n_passages, n_tokens=args.max_new_tokens, seed=args.seed
         )
+        if args.n_passages
+        else []
+    )
+    lm = sdelm.load_lm(args.model, device=device, progress=args.progress)
+    parts = [sdelm.extract(lm, prompts, progress=args.progress, **_sampling(args))]
+    if passages:
         parts.append(
             sdelm.encode_texts(
                 lm,
@@ -89,14 +203,13 @@ def _extract(args: argparse.Namespace) -> None:
 
 
 def _extract_shards(args: argparse.Namespace) -> None:
-    import sdelm
     from sdelm.shards import extract_shards
 
     if args.n_passages:
         raise UsageError("A sharded extraction holds generated text only: add --n-passages 0.")
     written = extract_shards(
         args.model,
-        sdelm.corpus.prompts(args.n_prompts),
+        _prompts(args.n_prompts),
         args.out,
         shard_size=args.shard_size,
         progress=args.progress,
@@ -120,8 +233,14 @@ def _build_model(name: str, dim: int, n_steps: int, seed: int) -> torch.nn.Modul
 def _fit(args: argparse.Namespace) -> None:
     import sdelm
 
-    trajs = sdelm.Trajectories.load(_existing(args.trajectories))
+    device = _device(args.device)
     out = _output(args.out, args.force)
+    trajs = sdelm.Trajectories.load(args.trajectories)  # a file or a folder of shards
+    if args.layer is not None and args.layer not in trajs.layers:
+        raise UsageError(
+            f"--layer {args.layer} was not recorded in {args.trajectories}; it has layers "
+            f"{list(trajs.layers)}."
+        )
     if args.source != "all":
         trajs = trajs.where(source=args.source)
         if len(trajs) == 0:
@@ -136,7 +255,7 @@ def _fit(args: argparse.Namespace) -> None:
             data,
             epochs=args.epochs,
             seed=args.seed,
-            device=args.device,
+            device=device,
             progress=args.progress,
         ).model
     sdelm.save_checkpoint(model.cpu(), out, projection=data.projection)
@@ -148,11 +267,12 @@ def _simulate(args: argparse.Namespace) -> None:
     import sdelm
     from sdelm.files import save_atomically
 
-    model = sdelm.load_checkpoint(_existing(args.checkpoint))
+    checkpoint = _existing(args.checkpoint)
     out = _output(args.out, args.force)
+    model = sdelm.load_checkpoint(checkpoint)
     if args.start_from:
-        projection = sdelm.load_projection(args.checkpoint)
-        trajs = sdelm.Trajectories.load(_existing(args.start_from))
+        projection = sdelm.load_projection(checkpoint)
+        trajs = sdelm.Trajectories.load(args.start_from)  # a file or a folder of shards
         starts = sdelm.project(trajs, projection).states[:, 0]
     else:
         starts = torch.zeros(1, model.dim)
@@ -180,9 +300,92 @@ def _value(text: str) -> object:
         return text
 
 
+def _defaults(source: str, chapter: str) -> dict[str, object]:
+    """Return the names a parameters cell assigns, with their literal defaults.
+
+    Args:
+        source: The cell's code.
+        chapter: The chapter's name, for the message.
+
+    Returns:
+        Default value by name; ``_ANY`` where the value is not a Python literal.
+
+    Raises:
+        UsageError: If the cell is not Python.
+
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as error:
+        raise UsageError(f"The parameters cell of {chapter} is not Python ({error}).") from error
+    defaults: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        try:
+            default = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError):
+            default = _ANY
+        defaults.update({t.id: default for t in targets if isinstance(t, ast.Name)})
+    return defaults
+
+
+def _fits(value: object, default: object) -> bool:
+    """Return whether an override has the type of a parameter's default.
+
+    ``None`` (or a non-literal) default takes anything, a float takes an int, and a list or
+    tuple takes a list or tuple whose items each fit one of the default's items.
+    """
+    if default is None or default is _ANY:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple)) and (
+            not default or all(any(_fits(item, d) for d in default) for item in value)
+        )
+    return isinstance(value, type(default))
+
+
+def _check_parameters(
+    parameters: dict[str, object], defaults: dict[str, object], chapter: str
+) -> None:
+    """Check ``-p`` overrides against a chapter's parameters cell.
+
+    Args:
+        parameters: The overrides, by name.
+        defaults: The cell's defaults, from :func:`_defaults`.
+        chapter: The chapter's name, for the message.
+
+    Raises:
+        UsageError: On an unknown name, or a value whose type differs from the default's.
+
+    """
+    unknown = sorted(set(parameters) - set(defaults))
+    if unknown:
+        raise UsageError(f"Unknown parameters {unknown}; {chapter} has {sorted(defaults)}.")
+    wrong = [
+        f"-p {name} expects a value like its default {defaults[name]!r} "
+        f"({type(defaults[name]).__name__}), got {value!r} ({type(value).__name__})"
+        for name, value in parameters.items()
+        if not _fits(value, defaults[name])
+    ]
+    if wrong:
+        raise UsageError("; ".join(wrong) + " (values are Python literals; quote strings).")
+
+
 def _chapter(args: argparse.Namespace) -> None:
     import jupytext
     import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from sdelm.files import atomic_path
 
     root = _book_root(args.root)
     source = root / "book" / f"{args.name}.md"
@@ -193,27 +396,30 @@ def _chapter(args: argparse.Namespace) -> None:
     tagged = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if not tagged:
         raise UsageError(f"Chapter {args.name!r} has no parameters cell.")
-    known = set()
-    for line in tagged[0].source.splitlines():
-        name = line.split("=", 1)[0].strip()
-        if "=" in line and name.isidentifier():
-            known.add(name)
     parameters = {key: _value(value) for key, value in args.parameter}
-    unknown = sorted(set(parameters) - known)
-    if unknown:
-        raise UsageError(f"Unknown parameters {unknown}; {args.name} has {sorted(known)}.")
+    _check_parameters(parameters, _defaults(tagged[0].source, args.name), args.name)
     out = _output(args.out or f"{args.name}.ipynb", args.force)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, atomic_path(out) as partial:
         plain = Path(folder) / f"{args.name}.ipynb"
         jupytext.write(notebook, plain)
-        papermill.execute_notebook(
-            str(plain),
-            str(out),
-            parameters=parameters,
-            kernel_name="python3",
-            cwd=str(root / "book"),
-            progress_bar=args.progress,
-        )
+        try:
+            with warnings.catch_warnings():  # the temporary name does not end in .ipynb
+                warnings.filterwarnings("ignore", "The specified file", UserWarning)
+                papermill.execute_notebook(
+                    str(plain),
+                    str(partial),
+                    parameters=parameters,
+                    kernel_name="python3",
+                    cwd=str(root / "book"),
+                    progress_bar=args.progress,
+                )
+        except PapermillExecutionError as error:
+            failure = f"cell [{error.exec_count}] raised {error.ename}: {error.evalue}"
+            if parameters and error.ename in ("ValueError", "TypeError"):
+                raise UsageError(
+                    f"{args.name} rejected the parameters {parameters}: {failure}"
+                ) from None
+            raise RuntimeError(f"{args.name} failed: {failure}") from None
     print(f"wrote {out}")
 
 
@@ -235,7 +441,7 @@ def _book(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sdelm",
         description="Text generation by an LLM as a stochastic differential equation.",
         epilog="Exit codes: 0 success, 1 failure while running, 2 bad input.",
@@ -253,17 +459,17 @@ def _parser() -> argparse.ArgumentParser:
     extract = command("extract", "Record hidden-state trajectories of generated and human text.")
     extract.add_argument("--out", required=True, help="output .safetensors file")
     extract.add_argument("--model", default="smollm2-135m-instruct", help="name, folder or HF id")
-    extract.add_argument("--n-prompts", type=int, default=32)
-    extract.add_argument("--temperatures", type=float, nargs="+", default=[0.7, 1.3])
-    extract.add_argument("--samples-per-prompt", type=int, default=2)
-    extract.add_argument("--max-new-tokens", type=int, default=48)
-    extract.add_argument("--n-passages", type=int, default=16, help="Shakespeare passages")
-    extract.add_argument("--layers", type=int, nargs="+", default=None)
-    extract.add_argument("--seed", type=int, default=0)
+    extract.add_argument("--n-prompts", type=_count, default=32)
+    extract.add_argument("--temperatures", type=_temperature, nargs="+", default=[0.7, 1.3])
+    extract.add_argument("--samples-per-prompt", type=_count, default=2)
+    extract.add_argument("--max-new-tokens", type=_count, default=48)
+    extract.add_argument("--n-passages", type=_natural, default=16, help="Shakespeare passages")
+    extract.add_argument("--layers", type=_natural, nargs="+", default=None)
+    extract.add_argument("--seed", type=_seed, default=0)
     extract.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     extract.add_argument(
         "--shard-size",
-        type=int,
+        type=_natural,
         default=0,
         help="write --out as a resumable folder of shards of this many prompts (generated text "
         "only; under `accelerate launch` or `torchrun` the processes share the shards)",
@@ -271,25 +477,27 @@ def _parser() -> argparse.ArgumentParser:
     extract.set_defaults(run=_extract)
 
     fit = command("fit", "Fit an SDE to a trajectories file; print validation and test NLL.")
-    fit.add_argument("trajectories", help="a file written by `sdelm extract`")
+    fit.add_argument("trajectories", help="a file or shard folder written by `sdelm extract`")
     fit.add_argument("--out", required=True, help="output checkpoint .safetensors")
     fit.add_argument("--model", choices=MODELS, default="neural")
     fit.add_argument("--source", choices=("generated", "human", "all"), default="generated")
-    fit.add_argument("--layer", type=int, default=None, help="default: the last recorded")
-    fit.add_argument("--dim", type=int, default=16)
-    fit.add_argument("--epochs", type=int, default=200)
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--layer", type=_natural, default=None, help="default: the last recorded")
+    fit.add_argument("--dim", type=_count, default=16)
+    fit.add_argument("--epochs", type=_count, default=200)
+    fit.add_argument("--seed", type=_seed, default=0)
     fit.add_argument("--device", default="auto")
     fit.set_defaults(run=_fit)
 
     simulate = command("simulate", "Simulate paths of a fitted SDE checkpoint.")
     simulate.add_argument("checkpoint", help="a file written by `sdelm fit`")
     simulate.add_argument("--out", required=True, help="output .safetensors with 'paths'")
-    simulate.add_argument("--steps", type=int, default=47)
-    simulate.add_argument("--n-paths", type=int, default=16)
+    simulate.add_argument("--steps", type=_count, default=47)
+    simulate.add_argument("--n-paths", type=_count, default=16)
     simulate.add_argument("--method", default="euler", help="euler, milstein or srk")
-    simulate.add_argument("--start-from", help="trajectories file: start at their first states")
-    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument(
+        "--start-from", help="trajectories file or shard folder: start at their first states"
+    )
+    simulate.add_argument("--seed", type=_seed, default=0)
     simulate.set_defaults(run=_simulate)
 
     chapter = command("chapter", "Re-execute one chapter with papermill, as readers do.")
@@ -314,6 +522,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_bad_input(error: Exception) -> bool:
+    """Return whether an error means the input is at fault (exit code 2)."""
+    lm = sys.modules.get("sdelm.lm")  # imported whenever a model was loaded
+    return isinstance(error, BAD_INPUT_ERRORS) or (
+        lm is not None and isinstance(error, lm.LMLoadError)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -331,13 +547,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:  # UsageError and the package's own errors
-        print(f"sdelm {args.command}: {error}", file=sys.stderr)
-        return BAD_INPUT
     except KeyboardInterrupt:
         print(f"sdelm {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        print(f"sdelm {args.command} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line
+        if _is_bad_input(error):
+            print(f"sdelm {args.command}: {message}", file=sys.stderr)
+            return BAD_INPUT
+        print(f"sdelm {args.command} failed: {type(error).__name__}: {message}", file=sys.stderr)
         return FAILURE
     return OK

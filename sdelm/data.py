@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sdelm.trajectories import Trajectories
+from sdelm.trajectories import Trajectories, check_time_step
 
 __all__ = ["PreparedData", "Projection", "SDEData", "Transitions", "prepare", "project"]
 
@@ -208,18 +208,23 @@ def prepare(
         trajs: Trajectories (generated, human, or both).
         layer: Recorded layer to use; default the last recorded one.
         dim: Number of PCA components; ``None`` keeps every hidden dimension (no projection,
-            only centring).
+            only centring). It cannot exceed the number of directions the training states span
+            (their rank after centring, at most the number of valid training steps minus one).
         split: Fractions of prompts in train, validation and test (they must sum to 1).
         standardise: Divide each component by its training standard deviation.
-        dt: Time step; default ``trajs.dt`` (1 token).
-        seed: Seed of the prompt shuffle.
+        dt: Time step, a positive finite number; default ``trajs.dt`` (1 token).
+        seed: Seed of the prompt shuffle, a non-negative integer.
 
     Returns:
         The three splits and the projection.
 
     Raises:
-        ValueError: If a split would be empty, the fractions are invalid, ``dim`` is not in
-            1..hidden_dim, or there are fewer than two steps.
+        ValueError: If a split would be empty, the fractions are invalid, ``dim`` is not a
+            positive integer in 1..hidden_dim or exceeds the rank of the training states
+            (the message gives the largest usable ``dim``), ``dim=None`` with
+            ``standardise=True`` meets a hidden coordinate that is constant on the training
+            split, ``dt`` or ``seed`` is invalid, a valid step of the layer holds NaN or inf,
+            or there are fewer than two steps.
 
     """
     fractions = np.asarray(split, dtype=float)
@@ -227,11 +232,20 @@ def prepare(
         raise ValueError(f"split must be three non-negative fractions summing to 1, got {split}.")
     if trajs.n_steps < 2:
         raise ValueError("Trajectories need at least two steps to have transitions.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    step = check_time_step(trajs.dt if dt is None else dt)
     layer = trajs.layers[-1] if layer is None else layer
+    trajs.check_finite(layer)
     states = trajs.layer(layer).double()
     hidden_dim = states.shape[-1]
-    if dim is not None and not 0 < dim <= hidden_dim:
-        raise ValueError(f"dim must be in 1..{hidden_dim} (the hidden size) or None, got {dim}.")
+    if dim is not None:
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise ValueError(f"dim must be a positive integer or None, got {dim!r}.")
+        if not 0 < dim <= hidden_dim:
+            raise ValueError(
+                f"dim must be in 1..{hidden_dim} (the hidden size) or None, got {dim}."
+            )
 
     ids = np.array(sorted(trajs.rows["prompt_id"].unique()))
     order = np.random.default_rng(seed).permutation(ids)
@@ -246,18 +260,48 @@ def prepare(
     masks = [torch.tensor(trajs.rows["prompt_id"].isin(g).to_numpy()) for g in groups]
 
     train_states = states[masks[0]][trajs.mask[masks[0]]]  # (n_valid, hidden_dim)
+    if len(train_states) < 2:
+        raise ValueError(
+            f"The training split has {len(train_states)} valid states; a projection needs at "
+            "least two. Use more prompts or another split."
+        )
     mean = train_states.mean(dim=0)
     centred = train_states - mean
     total = (centred**2).sum()
+    if total == 0:
+        raise ValueError(
+            f"The {len(centred)} valid training states of layer {layer} are all identical: "
+            "there is nothing to project or fit. Check the extraction (or use another layer)."
+        )
+    # Below this fraction of the largest, a direction is rounding noise of the float states.
+    resolution = torch.finfo(trajs.states.dtype).eps
     if dim is None:
         components = torch.eye(hidden_dim, dtype=states.dtype)
     else:
-        components = torch.linalg.svd(centred, full_matrices=False)[2][:dim]
+        _, singular, right = torch.linalg.svd(centred, full_matrices=False)
+        rank = int((singular > resolution * singular[0]).sum())
+        if dim > rank:
+            raise ValueError(
+                f"dim={dim} is more than the training split supports: its {len(centred)} valid "
+                f"states of layer {layer} span only {rank} directions after centring, so "
+                f"components beyond {rank} are numerical noise. Use dim <= {rank}, or more "
+                "prompts or longer trajectories."
+            )
+        components = right[:dim]
     along = centred @ components.T
     explained = (along**2).sum(dim=0) / total
     scale = (
         along.std(dim=0) if standardise else torch.ones(components.shape[0], dtype=states.dtype)
     )
+    if dim is None and standardise:
+        flat = (scale <= resolution * scale.max()).nonzero().flatten().tolist()
+        if flat:
+            raise ValueError(
+                f"dim=None with standardise=True: hidden coordinates {flat[:5]} "
+                f"({len(flat)} in all) are constant on the training split, so standardising "
+                "would divide by zero. Use dim=k (PCA onto k <= rank components) or "
+                "standardise=False."
+            )
     projection = Projection(
         mean=mean.float(),
         components=components.float(),
@@ -265,7 +309,6 @@ def prepare(
         explained_variance=explained.float(),
         layer=layer,
     )
-    step = float(trajs.dt if dt is None else dt)
     splits = [
         project(trajs[rows], projection, dt=step, name=name)
         for name, rows in zip(("train", "val", "test"), masks, strict=True)
@@ -285,16 +328,18 @@ def project(
     Args:
         trajs: Trajectories that record ``projection.layer``.
         projection: From :func:`prepare` (``PreparedData.projection``).
-        dt: Time step; default ``trajs.dt``.
+        dt: Time step, a positive finite number; default ``trajs.dt``.
         name: Name of the split.
 
     Returns:
         The projected split.
 
     Raises:
-        ValueError: If the trajectories lack the layer or have another hidden size.
+        ValueError: If the trajectories lack the layer or have another hidden size, a valid
+            step of the layer holds NaN or inf, or ``dt`` is invalid.
 
     """
+    step = check_time_step(trajs.dt if dt is None else dt)
     try:
         states = trajs.layer(projection.layer).float()
     except KeyError as error:
@@ -307,11 +352,12 @@ def project(
             f"The projection is for hidden size {projection.mean.shape[0]}, the trajectories "
             f"have {trajs.dim}: they come from another model."
         )
+    trajs.check_finite(projection.layer)
     z = projection.forward(states)
     return SDEData(
         states=torch.where(trajs.mask[..., None], z, torch.zeros(())),
         mask=trajs.mask,
-        dt=float(trajs.dt if dt is None else dt),
+        dt=step,
         rows=trajs.rows.reset_index(drop=True),
         name=name,
         entropies=trajs.entropies,

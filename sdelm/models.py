@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -30,6 +30,7 @@ from sdelm.files import save_atomically
 
 __all__ = [
     "SILU_LIPSCHITZ",
+    "CheckpointError",
     "NeuralSDE",
     "SDEModel",
     "load_checkpoint",
@@ -227,28 +228,96 @@ def save_checkpoint(
     return save_atomically(tensors, path, metadata)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, or not what :func:`save_checkpoint` writes."""
+
+
 def load_projection(path: str | os.PathLike) -> Projection:
     """Read the projection stored with a checkpoint by ``save_checkpoint(..., projection=)``.
 
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        The projection.
+
     Raises:
-        ValueError: If the checkpoint holds no projection.
+        CheckpointError: If the file is missing, damaged or holds no projection.
 
     """
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if "sdelm_projection_layer" not in metadata:
-            raise ValueError(
-                f"{path} holds no projection; save it with save_checkpoint(..., projection=...)."
-            )
-        parts = {
-            name: handle.get_tensor(f"projection.{name}")
-            for name in ("mean", "components", "scale", "explained_variance")
-        }
-    return Projection(**parts, layer=int(metadata["sdelm_projection_layer"]))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if "sdelm_projection_layer" not in metadata:
+                raise CheckpointError(
+                    f"{path} holds no projection; save it with "
+                    "save_checkpoint(..., projection=...)."
+                )
+            parts = {
+                name: handle.get_tensor(f"projection.{name}")
+                for name in ("mean", "components", "scale", "explained_variance")
+            }
+        return Projection(**parts, layer=int(metadata["sdelm_projection_layer"]))
+    except CheckpointError:
+        raise
+    except (OSError, SafetensorError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable sdelm checkpoint with a projection ({error}); write it "
+            "again with `sdelm fit` or save_checkpoint(..., projection=...)."
+        ) from error
+
+
+def _check_weights(
+    cls: type[SDEModel],
+    dim: int,
+    config: dict[str, Any],
+    stored: dict[str, tuple[int, ...]],
+    path: str | os.PathLike,
+) -> None:
+    """Check that ``cls(dim, **config)`` has exactly the stored tensors' names and sizes.
+
+    The model is built on the ``meta`` device, so a config that asks for a huge model allocates
+    nothing.
+
+    Args:
+        cls: The model class named in the checkpoint.
+        dim: The state dimension from its config.
+        config: The other constructor arguments from its config.
+        stored: Size of every model tensor in the file, by name.
+        path: The checkpoint, for the message.
+
+    Raises:
+        CheckpointError: If the config does not build a model, or its weights differ.
+
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = cls(dim, **config)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise CheckpointError(
+            f"{path}: its config does not build a {cls.__name__} ({error})."
+        ) from error
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    problems = [f"{name} is missing" for name in sorted(set(expected) - set(stored))]
+    problems += [f"{name} is unexpected" for name in sorted(set(stored) - set(expected))]
+    problems += [
+        f"{name} has size {stored[name]}, the config needs {shape}"
+        for name, shape in sorted(expected.items())
+        if name in stored and stored[name] != shape
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path}: the model config {dict(config, dim=dim)} does not match the stored "
+            f"weights ({'; '.join(problems[:3])}). The file is damaged or was edited; write it "
+            "again with `sdelm fit` or save_checkpoint."
+        )
 
 
 def load_checkpoint(path: str | os.PathLike) -> SDEModel:
     """Rebuild a model saved by :func:`save_checkpoint`.
+
+    The config in the file's header is checked against the stored tensors' sizes before the
+    model is built.
 
     Args:
         path: The checkpoint file.
@@ -257,20 +326,33 @@ def load_checkpoint(path: str | os.PathLike) -> SDEModel:
         The model, on the CPU, in eval mode.
 
     Raises:
-        ValueError: If the file is not an sdelm checkpoint or names an unknown model class.
+        CheckpointError: If the file is missing, damaged, not an sdelm checkpoint, names an
+            unknown model class, or its config does not match its weights.
 
     """
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = json.loads((handle.metadata() or {})["sdelm_model"])
-    except (KeyError, OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not an sdelm model checkpoint ({error}).") from error
-    cls = _REGISTRY.get(header["class"])
+            stored = {
+                name: tuple(handle.get_slice(name).get_shape())
+                for name in handle.keys()
+                if not name.startswith("projection.")
+            }
+        name = str(header["class"])
+        config = dict(header["config"])
+        dim = config.pop("dim")
+    except (KeyError, OSError, SafetensorError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} is not an sdelm model checkpoint ({error}).") from error
+    cls = _REGISTRY.get(name)
     if cls is None:
-        raise ValueError(f"{path} holds an unknown model class {header['class']!r}.")
-    config = dict(header["config"])
-    dim = config.pop("dim")
+        raise CheckpointError(f"{path} holds an unknown model class {name!r}.")
+    _check_weights(cls, dim, config, stored, path)
     model = cls(dim, **config)
-    weights = {k: v for k, v in load_file(str(path)).items() if not k.startswith("projection.")}
+    try:
+        weights = {
+            k: v for k, v in load_file(str(path)).items() if not k.startswith("projection.")
+        }
+    except SafetensorError as error:
+        raise CheckpointError(f"{path} is damaged ({error}); write it again.") from error
     model.load_state_dict(weights)
     return model.eval()

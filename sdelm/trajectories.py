@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import operator
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,19 +29,47 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
 from sdelm.files import save_atomically
 
-__all__ = ["ROW_COLUMNS", "Trajectories", "TrajectoryFileError"]
+__all__ = ["ROW_COLUMNS", "Trajectories", "TrajectoryFileError", "check_time_step"]
 
 FORMAT = "sdelm.trajectories/1"
 ROW_COLUMNS = ("prompt_id", "prompt", "category", "temperature", "sample", "source", "text")
 _TENSORS = ("states", "mask", "tokens", "logprobs", "entropies", "temperatures")
+_HEADER_FIELDS = ("format", "layers", "dt", "time_axis", "rows", "meta")
+_FLOAT_TENSORS = ("states", "logprobs", "entropies", "temperatures")
+#: A shard file of a folder written by :func:`sdelm.shards.extract_shards` (see _shard_name).
+_SHARD = re.compile(r"shard-(\d+)\.safetensors")
 
 
 class TrajectoryFileError(ValueError):
     """A trajectory file is missing, truncated, or not in sdelm's format."""
+
+
+def check_time_step(value: object, name: str = "dt") -> float:
+    """Return ``value`` as a float if it is a usable time step, else raise.
+
+    Args:
+        value: The time step to check (a real number, not a bool).
+        name: What to call it in the error, e.g. ``"dt"`` or ``"header field 'dt'"``.
+
+    Returns:
+        ``float(value)``.
+
+    Raises:
+        ValueError: If ``value`` is not a real number, or is zero, negative, NaN or infinite.
+
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a positive, finite number, got {value!r}.")
+    step = float(value)
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(
+            f"{name} must be a positive, finite number, got {value!r}; it is the time between "
+            "consecutive steps (1.0 for one token)."
+        )
+    return step
 
 
 def _empty_rows(n: int) -> pd.DataFrame:
@@ -53,6 +84,99 @@ def _empty_rows(n: int) -> pd.DataFrame:
             "text": [""] * n,
         }
     )
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def _layer_labels(layers: Any) -> tuple[int, ...]:
+    """Return layer labels as a tuple of distinct ints; raise ValueError naming a bad one."""
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise ValueError(f"layers must be a sequence of integers, got {layers!r}.")
+    labels = []
+    for label in layers:
+        try:
+            index = None if isinstance(label, bool) else operator.index(label)
+        except TypeError:
+            index = None
+        if index is None:
+            raise ValueError(
+                f"layers must be integers (layer indices), got {label!r} in {layers!r}."
+            )
+        labels.append(index)
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"layers must be distinct, got {labels}.")
+    return tuple(labels)
+
+
+def _fields_from_file(header: object, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Check a file's header and tensors against each other; return the constructor arguments.
+
+    Args:
+        header: The decoded ``sdelm`` JSON header.
+        tensors: The file's tensors by name.
+
+    Returns:
+        Keyword arguments of :class:`Trajectories`.
+
+    Raises:
+        ValueError: Naming the header field or tensor that is missing or of the wrong type.
+
+    """
+    if not isinstance(header, dict):
+        raise ValueError(f"the sdelm header must be a JSON object, got {type(header).__name__}.")
+    missing = [name for name in _HEADER_FIELDS if name not in header]
+    if missing:
+        raise ValueError(f"the header lacks the fields {missing}.")
+    absent = [name for name in _TENSORS if name not in tensors and name != "temperatures"]
+    if absent:
+        raise ValueError(f"the file lacks the tensors {absent}.")
+    found = {name: tensors[name] for name in _TENSORS if name in tensors}
+    for name in _FLOAT_TENSORS:
+        if name in found:
+            if not found[name].is_floating_point():
+                raise ValueError(
+                    f"tensor {name!r} has dtype {found[name].dtype}; expected a floating type."
+                )
+            if found[name].element_size() < 4:  # float16, bfloat16: widened
+                found[name] = found[name].float()
+    if found["mask"].dtype != torch.bool:
+        raise ValueError(f"tensor 'mask' has dtype {found['mask'].dtype}; expected torch.bool.")
+    tokens = found["tokens"]
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise ValueError(f"tensor 'tokens' has dtype {tokens.dtype}; expected an integer type.")
+    found["tokens"] = tokens.long()
+    rows = header["rows"]
+    if not isinstance(rows, dict):
+        raise ValueError(f"header field 'rows' must be a table (column: values), got {rows!r}.")
+    lacking = [column for column in ROW_COLUMNS if column not in rows]
+    if lacking:
+        raise ValueError(f"header field 'rows' lacks the columns {lacking}.")
+    if found["states"].ndim != 4:
+        raise ValueError(
+            "tensor 'states' must have size (n_sequences, n_layers, n_steps, dim); got "
+            f"{tuple(found['states'].shape)}."
+        )
+    n = found["states"].shape[0]
+    for column in ROW_COLUMNS:
+        if not isinstance(rows[column], list) or len(rows[column]) != n:
+            raise ValueError(
+                f"header field 'rows' column {column!r} must list one value per sequence ({n})."
+            )
+    if not isinstance(header["meta"], dict):
+        raise ValueError(
+            f"header field 'meta' must be a JSON object, got {type(header['meta']).__name__}."
+        )
+    return {
+        **found,
+        "temperatures": found.get("temperatures"),  # absent in older files: from rows
+        "rows": pd.DataFrame(rows, columns=list(ROW_COLUMNS)),
+        "layers": header["layers"],
+        "dt": check_time_step(header["dt"], "header field 'dt'"),
+        "time_axis": header["time_axis"],
+        "meta": header["meta"],
+    }
 
 
 @dataclass
@@ -70,14 +194,19 @@ class Trajectories:
             distribution (NaN where unknown).
         rows: One row per sequence with columns :data:`ROW_COLUMNS`.
         layers: The layer index of each entry of the second axis of ``states`` (0 is the token
-            embedding).
-        dt: Time step between consecutive steps.
+            embedding): distinct integers, equal to ``meta["layers"]`` where that is set.
+        dt: Time step between consecutive steps, a positive finite number.
         time_axis: ``"token"`` (steps are generated tokens) or ``"layer"``.
-        meta: Run metadata (model, seed, sdelm version, extraction arguments).
+        meta: Run metadata (model, seed, sdelm version, extraction arguments), a dict.
         temperatures: Float tensor of size (n_sequences, n_steps): the temperature each token
             was drawn at (NaN where unknown, e.g. for read text). It differs from the row's
             ``temperature`` only under a temperature control (:mod:`sdelm.control`); ``None``
             fills it from the row table.
+
+    Raises:
+        ValueError: On construction, if the parts disagree in size, a layer label or ``dt``
+            is invalid, ``meta["layers"]`` contradicts ``layers``, the mask is not a prefix of
+            each row, or a valid step holds NaN or inf (the message names the field).
 
     """
 
@@ -94,16 +223,15 @@ class Trajectories:
     temperatures: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.layers = tuple(int(layer) for layer in self.layers)
+        self.layers = _layer_labels(self.layers)
+        self.dt = check_time_step(self.dt)
         self.rows = self.rows.reset_index(drop=True)
+        self._validate()
         if self.temperatures is None:
             per_row = torch.tensor(
                 self.rows["temperature"].to_numpy(float, copy=True), dtype=torch.float32
             )
-            self.temperatures = torch.where(
-                self.mask.bool(), per_row[:, None], torch.full((), math.nan)
-            )
-        self._validate()
+            self.temperatures = torch.where(self.mask, per_row[:, None], torch.full((), math.nan))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -133,8 +261,9 @@ class Trajectories:
             Trajectories with source ``"synthetic"`` and unknown tokens and probabilities.
 
         Raises:
-            ValueError: On a wrong number of dimensions, a mask of the wrong size, or NaN/inf
-                in a valid step.
+            ValueError: On a wrong number of dimensions, a mask of the wrong size or that is not
+                a prefix of each row, NaN/inf in a valid step, or a ``dt`` that is not a
+                positive, finite number.
 
         """
         states = torch.as_tensor(states, dtype=torch.float32)
@@ -153,16 +282,8 @@ class Trajectories:
         )
         if mask.shape != (n, n_steps):
             raise ValueError(f"mask must have size {(n, n_steps)}; got {tuple(mask.shape)}.")
-        valid = mask[:, None, :, None].expand_as(states)
-        bad = ~torch.isfinite(states) & valid
-        if bad.any():
-            seq, _, step, _ = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(
-                f"states contain NaN or inf in {int(bad.sum())} valid entries (first at "
-                f"sequence {seq}, step {step}). Remove those sequences, or mark the steps as "
-                "missing with mask=False."
-            )
-        states = torch.where(valid, states, torch.zeros(()))
+        # Valid steps keep their values (NaN/inf there is refused by the constructor).
+        states = torch.where(mask[:, None, :, None], states, torch.zeros(()))
         nan = torch.full((n, n_steps), math.nan)
         return cls(
             states=states,
@@ -172,7 +293,7 @@ class Trajectories:
             entropies=nan.clone(),
             rows=_empty_rows(n),
             layers=layers if layers is not None else tuple(range(n_layers)),
-            dt=float(dt),
+            dt=dt,
             time_axis=time_axis,
             meta=dict(meta or {}),
         )
@@ -318,9 +439,10 @@ class Trajectories:
         return self[torch.from_numpy(keep)]
 
     def with_layers(self, layers: list[int] | tuple[int, ...]) -> Trajectories:
-        """Keep only some recorded layers, in the given order."""
+        """Keep only some recorded layers, in the given order (``meta["layers"]`` follows)."""
         positions = [self.layers.index(layer) for layer in layers]
-        return replace(self, states=self.states[:, positions], layers=tuple(layers))
+        meta = {**self.meta, "layers": list(layers)} if "layers" in self.meta else self.meta
+        return replace(self, states=self.states[:, positions], layers=tuple(layers), meta=meta)
 
     def to_frame(self) -> pd.DataFrame:
         """Return one row per valid step: row attributes, step, token, log-prob and entropy."""
@@ -376,6 +498,10 @@ class Trajectories:
     def load(cls, path: str | os.PathLike) -> Trajectories:
         """Read a file written by :meth:`save`, or a folder of shards as one set.
 
+        The tensors are copied into memory: changing or truncating the file afterwards does not
+        affect the loaded trajectories. States stored in a floating type narrower than float32
+        (float16, bfloat16) are widened to float32; integer tokens are widened to int64.
+
         Args:
             path: The file, or a folder written by :func:`sdelm.shards.extract_shards` (its
                 ``manifest.json`` lists the shards, which are joined in order).
@@ -385,8 +511,10 @@ class Trajectories:
 
         Raises:
             TrajectoryFileError: If the file is missing, truncated, from another program, or
-                its parts disagree in size (re-create it, e.g. re-run the extraction); or if a
-                folder's shards are incomplete (re-run the extraction: it resumes).
+                its parts disagree (sizes, dtypes, layer labels, mask, row table, ``dt``,
+                NaN/inf states); the message names the field (re-create the file, e.g. re-run
+                the extraction). For a folder: if its manifest is unreadable or its shards are
+                incomplete (re-run the extraction: it resumes) or disagree.
 
         """
         path = Path(path)
@@ -398,33 +526,26 @@ class Trajectories:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-            tensors = load_file(str(path))
+                # Copies: a tensor of safe_open is a view of the memory-mapped file, which
+                # changes when the file is overwritten and kills the process (SIGBUS) when the
+                # file is truncated.
+                tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}
         except (SafetensorError, OSError, ValueError) as error:
             raise TrajectoryFileError(
                 f"{path} is truncated or not a safetensors file ({error}). {advice}"
             ) from error
         try:
             header = json.loads(metadata["sdelm"])
-            if header["format"] != FORMAT:
-                raise TrajectoryFileError(
-                    f"{path} has format {header['format']!r}; this sdelm reads {FORMAT!r}. "
-                    + advice
-                )
-            return cls(
-                **{name: tensors[name] for name in _TENSORS if name != "temperatures"},
-                temperatures=tensors.get("temperatures"),  # absent in older files: from rows
-                rows=pd.DataFrame(header["rows"], columns=list(ROW_COLUMNS)),
-                layers=tuple(header["layers"]),
-                dt=float(header["dt"]),
-                time_axis=header["time_axis"],
-                meta=header["meta"],
-            )
-        except TrajectoryFileError:
-            raise
-        except (KeyError, json.JSONDecodeError, TypeError) as error:
+        except (KeyError, json.JSONDecodeError) as error:
             raise TrajectoryFileError(
                 f"{path} is not an sdelm trajectory file (missing {error}). {advice}"
             ) from error
+        if isinstance(header, dict) and header.get("format", FORMAT) != FORMAT:
+            raise TrajectoryFileError(
+                f"{path} has format {header['format']!r}; this sdelm reads {FORMAT!r}. {advice}"
+            )
+        try:
+            return cls(**_fields_from_file(header, tensors))
         except ValueError as error:
             raise TrajectoryFileError(f"{path} is inconsistent: {error} {advice}") from error
 
@@ -433,18 +554,73 @@ class Trajectories:
         manifest = folder / "manifest.json"
         if not manifest.is_file():
             raise TrajectoryFileError(f"{folder} is a folder without a manifest.json of shards.")
-        n_shards = int(json.loads(manifest.read_text())["n_shards"])
-        paths = [folder / f"shard-{i:05d}.safetensors" for i in range(n_shards)]
-        missing = [p.name for p in paths if not p.is_file()]
-        if missing:
+        advice = "Delete the folder and run the extraction again."
+        try:
+            n_shards = json.loads(manifest.read_text())["n_shards"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
             raise TrajectoryFileError(
-                f"{folder} is incomplete: {len(missing)} of {n_shards} shards missing "
-                f"({', '.join(missing[:3])}…). Run the extraction again with the same arguments: "
-                "it resumes and writes only the missing shards."
+                f"{manifest} is not a shard manifest with an 'n_shards' entry ({error!r}). "
+                + advice
+            ) from error
+        if isinstance(n_shards, bool) or not isinstance(n_shards, int) or n_shards <= 0:
+            raise TrajectoryFileError(
+                f"{manifest} says n_shards={n_shards!r}; it must be a positive integer. " + advice
             )
-        return cls.concat([cls.load(p) for p in paths])
+        # Compare with the files present before building anything of size n_shards.
+        indices = {int(m[1]) for m in (_SHARD.fullmatch(f.name) for f in folder.iterdir()) if m}
+        present = {i for i in indices if i < n_shards and (folder / _shard_name(i)).is_file()}
+        if len(present) < n_shards:
+            first_missing = []
+            index = 0
+            while len(first_missing) < 3 and index < n_shards:
+                if index not in present:
+                    first_missing.append(_shard_name(index))
+                index += 1
+            raise TrajectoryFileError(
+                f"{folder} is incomplete: {n_shards - len(present)} of {n_shards} shards missing "
+                f"({', '.join(first_missing)}…). Run the extraction again with the same "
+                "arguments: it resumes and writes only the missing shards."
+            )
+        parts = [cls.load(folder / _shard_name(i)) for i in range(n_shards)]
+        try:
+            return cls.concat(parts)
+        except ValueError as error:
+            raise TrajectoryFileError(
+                f"The shards of {folder} do not fit together: {error} {advice}"
+            ) from error
 
     # ------------------------------------------------------------------ checks
+    def check_finite(self, layer: int | None = None) -> None:
+        """Check that every valid step holds finite states (masked-out steps are not looked at).
+
+        The constructor runs this check; call it again after changing :attr:`states` in place.
+
+        Args:
+            layer: A recorded layer (as in :meth:`layer`); ``None`` checks every layer.
+
+        Raises:
+            ValueError: If a valid step holds NaN or inf; the message names the layer and the
+                first such sequence and step.
+            KeyError: If ``layer`` was not recorded.
+
+        """
+        checked = (
+            list(zip(self.layers, self.states.unbind(1), strict=True))
+            if layer is None
+            else [(layer, self.layer(layer))]
+        )
+        if all(torch.isfinite(states.sum()) for _, states in checked):
+            return  # NaN or inf anywhere makes the sum non-finite; an overflow costs only time
+        for label, states in checked:  # one layer at a time: (n_sequences, n_steps, dim)
+            bad = ~torch.isfinite(states).all(dim=-1) & self.mask.bool()
+            if bad.any():
+                seq, step = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"states contain NaN or inf at {int(bad.sum())} valid step(s) of layer "
+                    f"{label} (first at sequence {seq}, step {step}). Remove those sequences, "
+                    "or mark the steps as missing with mask=False."
+                )
+
     def _validate(self) -> None:
         if self.states.ndim != 4:
             raise ValueError(
@@ -453,6 +629,8 @@ class Trajectories:
             )
         n, n_layers, n_steps, _ = self.states.shape
         for name in ("mask", "tokens", "logprobs", "entropies", "temperatures"):
+            if getattr(self, name) is None:  # temperatures: filled from the rows afterwards
+                continue
             shape = tuple(getattr(self, name).shape)
             if shape != (n, n_steps):
                 raise ValueError(f"{name} has size {shape}, expected {(n, n_steps)}.")
@@ -465,5 +643,22 @@ class Trajectories:
             raise ValueError(f"the row table lacks columns {missing}.")
         if self.time_axis not in ("token", "layer"):
             raise ValueError(f"time_axis must be 'token' or 'layer', got {self.time_axis!r}.")
+        if not isinstance(self.meta, dict):
+            raise ValueError(f"meta must be a dict, got {type(self.meta).__name__}.")
+        recorded = self.meta.get("layers", list(self.layers))
+        if not isinstance(recorded, (list, tuple)) or list(recorded) != list(self.layers):
+            raise ValueError(
+                f"the layer labels {self.layers} contradict meta['layers'] = {recorded!r} (the "
+                "layers the extraction recorded)."
+            )
         if self.mask.dtype != torch.bool:
             self.mask = self.mask.bool()
+        gap = self.mask[:, 1:] & ~self.mask[:, :-1]
+        if gap.any():
+            seq, step = (int(i) for i in gap.nonzero()[0])
+            raise ValueError(
+                f"mask must mark a prefix of each row (valid steps first, then padding); "
+                f"sequence {seq} has a valid step {step + 1} after a missing step {step}. Cut "
+                "the row at its first missing step, or split it into separate rows."
+            )
+        self.check_finite()

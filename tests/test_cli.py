@@ -101,7 +101,7 @@ def test_extract_writes_loadable_trajectories(extracted, tiny_folder, tmp_path):
     assert bad.returncode == 2 and "> 0" in bad.stderr
     missing = sdelm_cli("extract", "--model", str(tmp_path / "nowhere"), "--out",
                         str(tmp_path / "y.safetensors"), "--device", "cpu")  # fmt: skip
-    assert missing.returncode == 1 and "smollm2-135m-instruct" in missing.stderr
+    assert missing.returncode == 2 and "smollm2-135m-instruct" in missing.stderr
     assert not (tmp_path / "y.safetensors").exists()
 
 
@@ -172,6 +172,11 @@ def test_sharded_extract_resumes_and_loads_as_one_set(tiny_folder, tmp_path):
     first = sdelm_cli(*args)
     assert first.returncode == 0 and "wrote 3 shard(s)" in first.stdout, first.stderr
     assert "wrote 0 shard(s)" in sdelm_cli(*args).stdout
+    assert len(sdelm.Trajectories.load(tmp_path / "shards")) == 10
+    truncated = tmp_path / "shards" / "shard-00001.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:-10])
+    again = sdelm_cli(*args)
+    assert again.returncode == 0 and "wrote 1 shard(s)" in again.stdout, again.stderr
     assert len(sdelm.Trajectories.load(tmp_path / "shards")) == 10
     human = sdelm_cli(*args[:-3], "--no-progress")
     assert human.returncode == 2 and "--n-passages 0" in human.stderr

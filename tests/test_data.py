@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -50,6 +52,14 @@ def test_transitions_respect_the_mask_and_dt():
         ({"split": (0.98, 0.01, 0.01), "dim": 2}, "a split would be empty"),
         ({"dim": 0}, "dim must be in 1..3"),
         ({"dim": 4}, "dim must be in 1..3"),
+        ({"dim": -2}, "dim must be in 1..3"),
+        ({"dim": 2.5}, "dim must be a positive integer or None, got 2.5"),
+        ({"dim": True}, "dim must be a positive integer or None, got True"),
+        ({"dim": 2, "dt": 0}, "dt must be a positive, finite number, got 0"),
+        ({"dim": 2, "dt": -0.1}, "dt must be a positive, finite number"),
+        ({"dim": 2, "dt": math.nan}, "dt must be a positive, finite number, got nan"),
+        ({"dim": 2, "dt": math.inf}, "dt must be a positive, finite number, got inf"),
+        ({"dim": 2, "seed": -1}, "seed must be a non-negative integer"),
     ],
 )
 def test_bad_input(kwargs, message):
@@ -98,3 +108,53 @@ def test_concat_joins_splits_and_rejects_mismatches():
         )
     with pytest.raises(ValueError, match="at least one"):
         sdelm.SDEData.concat([])
+
+
+def test_dim_beyond_the_training_states_is_refused_with_the_largest_usable_dim():
+    # 10 prompts x 2 steps: the 8 training prompts give 16 states, which span 15 directions.
+    trajs = as_trajectories(
+        torch.randn(10, 2, 50, generator=torch.Generator().manual_seed(0)), 1.0
+    )
+    with pytest.raises(ValueError, match=r"16 valid states .* span only 15 .* Use dim <= 15"):
+        sdelm.prepare(trajs, dim=16)
+    assert sdelm.prepare(trajs, dim=15).dim == 15
+
+
+def test_dim_beyond_the_rank_of_the_states_is_refused():
+    # States in a 2-D plane of a 10-D space (float32 rounding leaves them just off it).
+    basis = torch.randn(2, 10, generator=torch.Generator().manual_seed(1))
+    plane = as_trajectories(torch.randn(60, 8, 2) @ basis, dt=1.0)
+    with pytest.raises(ValueError, match=r"span only 2 directions.*Use dim <= 2"):
+        sdelm.prepare(plane, dim=3)
+    data = sdelm.prepare(plane, dim=2)
+    assert data.dim == 2 and (data.projection.scale > 0.1).all()
+    assert data.test.states.abs().max() < 100
+
+
+def test_dim_none_refuses_to_standardise_a_constant_coordinate():
+    paths = ou_paths(n=40, steps=6)
+    paths[..., 1] = 2.0
+    trajs = as_trajectories(paths, dt=0.1)
+    with pytest.raises(ValueError, match=r"coordinates \[1\] .* constant .* standardise=False"):
+        sdelm.prepare(trajs, dim=None)
+    data = sdelm.prepare(trajs, dim=None, standardise=False)
+    assert torch.isfinite(data.test.states).all() and (data.test.states[..., 1] == 0).all()
+
+
+def test_identical_training_states_are_refused():
+    trajs = as_trajectories(torch.ones(20, 5, 3), dt=1.0)
+    with pytest.raises(ValueError, match="all identical"):
+        sdelm.prepare(trajs, dim=None, standardise=False)
+
+
+def test_nan_states_written_in_place_are_refused_by_prepare_and_project():
+    trajs = as_trajectories(ou_paths(n=20, steps=5), dt=0.1)
+    projection = sdelm.prepare(trajs, dim=2).projection
+    trajs.states[3, 0, 2, 1] = math.nan
+    message = r"NaN or inf at 1 valid step\(s\) of layer 0 \(first at sequence 3, step 2\)"
+    with pytest.raises(ValueError, match=message):
+        sdelm.prepare(trajs, dim=None)
+    with pytest.raises(ValueError, match=message):
+        sdelm.project(trajs, projection)
+    with pytest.raises(ValueError, match="dt must be a positive, finite number"):
+        sdelm.project(trajs[:2], projection, dt=math.inf)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -105,3 +107,48 @@ def test_checkpoint_carries_the_projection(tmp_path):
     plain = sdelm.save_checkpoint(model, tmp_path / "b.safetensors")
     with pytest.raises(ValueError, match="no projection"):
         sdelm.load_projection(plain)
+
+
+def rewrite_config(path, out, **changes):
+    """Copy a checkpoint with its header's model config changed."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    header = json.loads(metadata["sdelm_model"])
+    header["config"].update(changes)
+    save_file(load_file(path), out, metadata={**metadata, "sdelm_model": json.dumps(header)})
+    return out
+
+
+def test_a_config_that_disagrees_with_the_weights_is_refused_before_building(tmp_path):
+    path = sdelm.save_checkpoint(sdelm.NeuralSDE(4, hidden=8), tmp_path / "m.safetensors")
+    huge = rewrite_config(path, tmp_path / "huge.safetensors", hidden=10**6)
+    # Building this model would allocate terabytes: the sizes are compared first.
+    with pytest.raises(sdelm.models.CheckpointError, match="does not match the stored weights"):
+        sdelm.load_checkpoint(huge)
+    deeper = rewrite_config(path, tmp_path / "deep.safetensors", depth=3)
+    with pytest.raises(sdelm.models.CheckpointError, match=r"diffusion_net\.6\.weight is missing"):
+        sdelm.load_checkpoint(deeper)
+    odd = rewrite_config(path, tmp_path / "odd.safetensors", width=3)
+    with pytest.raises(sdelm.models.CheckpointError, match="does not build a NeuralSDE"):
+        sdelm.load_checkpoint(odd)
+
+
+def test_damaged_checkpoints_are_refused_naming_the_file(tmp_path):
+    trajs = sdelm.synthetic.as_trajectories(sdelm.synthetic.ou_paths(n=40, steps=8), 0.1, 2)
+    data = sdelm.prepare(trajs, dim=2)
+    path = sdelm.save_checkpoint(sdelm.NeuralSDE(2, hidden=8), tmp_path / "m.safetensors",
+                                 projection=data.projection)  # fmt: skip
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-40])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a checkpoint at all")
+    for bad in (truncated, garbage, tmp_path / "missing.safetensors"):
+        with pytest.raises(sdelm.models.CheckpointError, match=re.escape(str(bad))):
+            sdelm.load_checkpoint(bad)
+        with pytest.raises(sdelm.models.CheckpointError, match=re.escape(str(bad))):
+            sdelm.load_projection(bad)

@@ -106,3 +106,32 @@ def test_two_processes_share_the_shards(tiny_folder, whole, tmp_path):
         p.name for p in shard_paths(tmp_path / "out", 3)
     ]
     same_sequences(sdelm.Trajectories.load(tmp_path / "out"), whole)
+
+
+def test_a_damaged_shard_is_extracted_again(tiny_folder, whole, tmp_path):
+    extract_shards(str(tiny_folder), PROMPTS, tmp_path, shard_size=2, **ARGS)
+    damaged = shard_paths(tmp_path, 3)[1]
+    damaged.write_bytes(damaged.read_bytes()[:-100])  # e.g. a copy that broke off
+    with pytest.raises(TrajectoryFileError, match="truncated"):
+        sdelm.Trajectories.load(tmp_path)
+    with pytest.warns(UserWarning, match="Extracting a damaged shard again.*shard-00001"):
+        written = extract_shards(str(tiny_folder), PROMPTS, tmp_path, shard_size=2, **ARGS)
+    assert written == [damaged]
+    same_sequences(sdelm.Trajectories.load(tmp_path), whole)
+
+
+def test_a_file_or_a_foreign_manifest_is_refused_before_any_work(tmp_path):
+    not_a_folder = tmp_path / "trajs.safetensors"
+    not_a_folder.write_bytes(b"a file")
+    with pytest.raises(ValueError, match="is a file, but a sharded extraction writes a folder"):
+        extract_shards("no-model-needed", PROMPTS, not_a_folder, shard_size=2)
+    # A 35-byte manifest that claims a billion shards: compared, never sized from.
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / "manifest.json").write_text(json.dumps({"n_shards": 1_000_000_000}))
+    with pytest.raises(ValueError, match="different extraction"):
+        extract_shards("no-model-needed", PROMPTS, tmp_path / "huge", shard_size=2)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text('{"n_shards": ')
+    with pytest.raises(ValueError, match=r"manifest\.json is not a JSON manifest"):
+        extract_shards("no-model-needed", PROMPTS, tmp_path / "broken", shard_size=2)
+    assert os.listdir(tmp_path / "huge") == ["manifest.json"]

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -167,3 +168,56 @@ def test_mismatched_file_is_refused(tmp_path):
     rewrite_header(path, lambda h: h.update(format="sdelm.trajectories/999"))
     with pytest.raises(TrajectoryFileError, match="format"):
         Trajectories.load(path)
+
+
+@pytest.mark.parametrize("dt", [0, -0.5, math.nan, math.inf, True, "0.5"])
+def test_bad_dt_is_refused(dt):
+    with pytest.raises(ValueError, match="dt must be a positive, finite number"):
+        Trajectories.from_states(torch.zeros(2, 4, 3), dt=dt)
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        ((2.7,), r"layers must be integers .* got 2\.7"),
+        ((True,), "layers must be integers"),
+        ((3, 3), r"layers must be distinct, got \[3, 3\]"),
+    ],
+)
+def test_bad_layer_labels_are_refused(layers, message):
+    with pytest.raises(ValueError, match=message):
+        Trajectories.from_states(torch.zeros(2, len(layers), 4, 3), layers=layers)
+
+
+def test_a_mask_that_is_not_a_prefix_is_refused():
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[2, 1] = False
+    with pytest.raises(
+        ValueError, match=r"mask must mark a prefix .* sequence 2 has a valid step 2"
+    ):
+        Trajectories.from_states(torch.zeros(3, 5, 2), mask)
+
+
+def test_meta_must_be_a_dict_that_agrees_with_the_layers():
+    trajs = Trajectories.from_states(
+        torch.zeros(2, 2, 4, 3), layers=(0, 6), meta={"layers": [0, 6]}
+    )
+    with pytest.raises(ValueError, match="meta must be a dict, got list"):
+        replace(trajs, meta=["not", "a", "dict"])
+    with pytest.raises(
+        ValueError, match=r"labels \(0, 7\) contradict meta\['layers'\] = \[0, 6\]"
+    ):
+        replace(trajs, layers=(0, 7))
+    assert trajs.with_layers([6]).meta["layers"] == [6]
+
+
+def test_nan_states_are_refused_by_the_constructor_naming_the_layer():
+    trajs = Trajectories.from_states(torch.zeros(2, 2, 4, 3), layers=(0, 6))
+    states = trajs.states.clone()
+    states[1, 1, 3, 2] = math.inf
+    with pytest.raises(ValueError, match=r"layer 6 \(first at sequence 1, step 3\)"):
+        replace(trajs, states=states)
+    trajs.states[0, 0, 0, 0] = math.nan  # in place: check_finite finds it
+    with pytest.raises(ValueError, match=r"layer 0 \(first at sequence 0, step 0\)"):
+        trajs.check_finite()
+    trajs.check_finite(6)  # the other layer is clean
