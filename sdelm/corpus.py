@@ -17,13 +17,44 @@ import importlib.resources
 import importlib.util
 import itertools
 import json
+import numbers
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Passage", "Prompt", "helpsteer", "prompts", "shakespeare_passages"]
+__all__ = [
+    "Passage",
+    "Prompt",
+    "check_integers",
+    "helpsteer",
+    "is_integer",
+    "prompts",
+    "shakespeare_passages",
+]
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy); a bool is not."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_integers(minimum: int, **values: object) -> None:
+    """Refuse any value that is not an integer >= ``minimum``, naming its argument.
+
+    Args:
+        minimum: Smallest allowed value (1: a count, 0: a seed or a position).
+        **values: The arguments to check, by name.
+
+    Raises:
+        ValueError: ``"<name> must be a positive integer, got ..."`` (or ``an integer >= 0``).
+
+    """
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    for name, value in values.items():
+        if not is_integer(value) or value < minimum:
+            raise ValueError(f"{name} must be {what}, got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -145,11 +176,16 @@ def shakespeare_passages(n: int, *, n_tokens: int = 48, seed: int = 0) -> list[P
         A list of ``n`` :class:`Passage`, distinct by start position.
 
     Raises:
-        ValueError: If ``n`` or ``n_tokens`` is not positive.
+        ValueError: If ``n`` or ``n_tokens`` is not a positive integer, or ``seed`` is not an
+            integer >= 0.
 
     """
-    if n <= 0 or n_tokens <= 0:
-        raise ValueError(f"n and n_tokens must be positive (got n={n}, n_tokens={n_tokens}).")
+    if not (is_integer(n) and is_integer(n_tokens)) or n <= 0 or n_tokens <= 0:
+        raise ValueError(
+            f"n and n_tokens must be positive integers (got n={n!r}, n_tokens={n_tokens!r}); "
+            "pass n_passages=0 (or leave the passages out) for no human text."
+        )
+    check_integers(0, seed=seed)
     works = _shakespeare_works()
     names = sorted(works)
     rng = np.random.default_rng(seed)

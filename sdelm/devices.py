@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["available_memory", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -30,3 +33,29 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Device {device!r} was asked for but CUDA is not available; use 'auto'.")
     return resolved
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes of memory that can still be allocated on a device.
+
+    Args:
+        device: A CUDA device (its free memory) or the CPU (``MemAvailable`` of
+            ``/proc/meminfo``, else the free physical pages).
+
+    Returns:
+        The number of bytes, or None where the platform does not say.
+
+    """
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

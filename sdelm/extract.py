@@ -12,11 +12,17 @@ one uniform number of that stream. Same arguments give bit-identical trajectorie
 machine; CPU and CUDA use the same uniform numbers; and the random numbers a sequence uses do
 not depend on which other sequences share its batch (padding still changes floating-point
 rounding, so another ``batch_size`` can give other samples).
+
+Device cost: a batch draws its uniform numbers once, as a (batch, max_new_tokens) table (the
+same numbers as one draw per step), and on a GPU keeps the recorded steps on the device,
+copying them to the CPU every :data:`STEPS_PER_COPY` steps, so the sampling loop does not wait
+for the device at every token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
@@ -26,25 +32,33 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from sdelm.corpus import Passage, Prompt
-from sdelm.lm import LM
+from sdelm.corpus import Passage, Prompt, check_integers, is_integer
+from sdelm.devices import available_memory
+from sdelm.lm import LM, cache_keyword, check_cache_used
 from sdelm.trajectories import Trajectories
 
 if TYPE_CHECKING:
     from sdelm.control import StateNudge, TemperatureControl
 
-__all__ = ["encode_texts", "extract", "layer_trajectories", "rescore"]
+__all__ = ["STEPS_PER_COPY", "encode_texts", "extract", "layer_trajectories", "rescore"]
 
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, (int, np.integer)) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+#: On a GPU, recorded steps are copied to the CPU in blocks of this many steps.
+STEPS_PER_COPY = 32
 
 
 def _check_layers(lm: LM, layers: Sequence[int] | None) -> tuple[int, ...]:
+    """Return the layers to record, refusing non-integers, duplicates and out-of-range ones."""
     if layers is None:
         return lm.default_layers()
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise ValueError(f"layers must be a list of layer indices such as [0, 3], got {layers!r}.")
+    layers = list(layers)
+    not_integers = [layer for layer in layers if not is_integer(layer)]
+    if not_integers:
+        raise ValueError(
+            f"Layer indices must be integers, got {not_integers} in layers={layers}; "
+            f"{lm.name} has hidden-state layers 0 to {lm.n_layers}."
+        )
     layers = tuple(int(layer) for layer in layers)
     bad = [layer for layer in layers if not 0 <= layer <= lm.n_layers]
     if not layers or bad:
@@ -52,7 +66,47 @@ def _check_layers(lm: LM, layers: Sequence[int] | None) -> tuple[int, ...]:
             f"Layer indices {bad or '[]'} are out of range: {lm.name} has hidden-state layers 0 "
             f"(token embedding) to {lm.n_layers} (last block). Default: {lm.default_layers()}."
         )
+    repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if repeated:
+        raise ValueError(
+            f"Layers {repeated} are listed more than once in layers={list(layers)}; "
+            "give each layer once."
+        )
     return layers
+
+
+def _as_float(value: object) -> float | None:
+    """Return ``value`` as a float, or None if it is not a number (a bool or string is not)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_temperatures(temperatures: Sequence[float]) -> list[float]:
+    """Return the temperatures as floats, refusing a scalar, NaN, inf and values <= 0."""
+    if isinstance(temperatures, (str, bytes)) or not isinstance(temperatures, Iterable):
+        raise ValueError(
+            f"temperatures must be a list of values > 0 such as [1.0], got {temperatures!r}."
+        )
+    temperatures = list(temperatures)
+    values = [_as_float(t) for t in temperatures]
+    if None in values:
+        raise ValueError(f"temperatures must be numbers, got {temperatures!r}.")
+    if any(not math.isfinite(t) for t in values):
+        raise ValueError(
+            f"temperatures must be finite, got {values}: NaN samples nonsense and inf samples "
+            "uniformly from the vocabulary. Use values > 0 such as 0.7 or 1.3."
+        )
+    if not values or min(values) <= 0:
+        raise ValueError(
+            f"temperatures must be a non-empty list of values > 0, got {values}. "
+            "For greedy decoding use top_p=1e-9 (only the most likely token survives), or a "
+            "tiny temperature such as 1e-4."
+        )
+    return values
 
 
 def _as_prompts(prompts: Sequence[str | Prompt]) -> list[Prompt]:
@@ -65,6 +119,11 @@ def _as_prompts(prompts: Sequence[str | Prompt]) -> list[Prompt]:
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str):
             prompt = Prompt(f"prompt-{i:03d}", "", prompt)
+        if not isinstance(prompt, Prompt) or not isinstance(prompt.text, str):
+            raise ValueError(
+                f"Prompt {i} is {prompt!r}, not a string or an sdelm.corpus.Prompt with text; "
+                "give every prompt some text."
+            )
         if not prompt.text.strip():
             raise ValueError(f"Prompt {i} ({prompt.id}) is empty; give every prompt some text.")
         out.append(prompt)
@@ -108,12 +167,21 @@ def _sample(logp: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target).squeeze(1).clamp(max=logp.shape[-1] - 1)
 
 
+def _steps_per_copy(device: torch.device) -> int:
+    """Return how many recorded steps wait on ``device`` before one copy to the CPU.
+
+    Every step on the CPU, where a copy costs nothing and a batch whose sequences have all
+    ended stops at once; :data:`STEPS_PER_COPY` elsewhere, where each copy waits for the device.
+    """
+    return 1 if device.type == "cpu" else STEPS_PER_COPY
+
+
 @torch.inference_mode()
 def _generate_batch(
     lm: LM,
     texts: list[str],
     temperatures: torch.Tensor,
-    generators: list[torch.Generator],
+    uniforms: torch.Tensor,
     *,
     max_new_tokens: int,
     top_p: float,
@@ -122,7 +190,31 @@ def _generate_batch(
     control: TemperatureControl | None = None,
     nudge: StateNudge | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sample one batch; returns CPU tensors with a step axis of length ``max_new_tokens``."""
+    """Sample one batch.
+
+    Args:
+        lm: The model.
+        texts: The formatted prompts, one per sequence.
+        temperatures: Float tensor of size (batch,): each sequence's base temperature.
+        uniforms: Float tensor of size (batch, max_new_tokens): the uniform number each
+            sequence draws its token from at each step.
+        max_new_tokens: Steps at most.
+        top_p: Nucleus mass.
+        layers: Hidden-state layers to record.
+        add_special_tokens: Let the tokenizer add its special tokens (when there is no chat
+            template).
+        control: Optional temperature control.
+        nudge: Optional state nudge.
+
+    Returns:
+        CPU tensors with a step axis of length ``max_new_tokens``: ``states`` (batch, layers,
+        steps, hidden), ``tokens``, ``logprobs``, ``entropies``, ``temperatures`` and ``mask``
+        (batch, steps).
+
+    Raises:
+        LMLoadError: If the model's forward pass ignores the KV cache.
+
+    """
     model, device = lm.model, lm.device
     encoded = lm.tokenizer(
         texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
@@ -132,23 +224,30 @@ def _generate_batch(
     eos = torch.tensor(lm.eos_token_ids or [-1], device=device)
     pad_id = lm.tokenizer.pad_token_id
     temperatures = temperatures.to(device)
+    uniforms = uniforms.to(device)
 
     shape = (batch, max_new_tokens)
-    states = torch.zeros(batch, len(layers), max_new_tokens, lm.hidden_size)
-    tokens = torch.full(shape, -1, dtype=torch.long)
-    logprobs = torch.full(shape, torch.nan)
-    entropies = torch.full(shape, torch.nan)
-    used = torch.full(shape, torch.nan)
-    mask = torch.zeros(shape, dtype=torch.bool)
+    out = {
+        "states": torch.zeros(batch, len(layers), max_new_tokens, lm.hidden_size),
+        "tokens": torch.full(shape, -1, dtype=torch.long),
+        "logprobs": torch.full(shape, torch.nan),
+        "entropies": torch.full(shape, torch.nan),
+        "temperatures": torch.full(shape, torch.nan),
+        "mask": torch.zeros(shape, dtype=torch.bool),
+    }
+    steps_per_copy = _steps_per_copy(device)
+    pending: dict[str, list[torch.Tensor]] = {key: [] for key in out}
+    first_pending = 0
 
     cache = DynamicCache(config=model.config)
+    with_cache = {cache_keyword(model): cache, "use_cache": True}
     output = model(
         input_ids=encoded["input_ids"],
         attention_mask=attention,
         position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
-        cache=cache,
-        use_cache=True,
+        **with_cache,
     )
+    check_cache_used(cache, attention.shape[1])
     alive = torch.ones(batch, dtype=torch.bool, device=device)
     previous = None  # the state, at the control's layer, after reading the last token
     read_out = None  # the last layer's state after reading the last token
@@ -162,8 +261,7 @@ def _generate_batch(
         if control is not None:
             now = control(step, previous, logits, temperatures).to(device)
         logp = _sampling_distribution(logits, now, top_p)
-        uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
-        token = _sample(logp, uniforms)
+        token = _sample(logp, uniforms[:, step])
         token_logp = logp.gather(1, token[:, None]).squeeze(1)
         entropy = _entropy(logp)
         token = torch.where(alive, token, pad_id)
@@ -173,38 +271,41 @@ def _generate_batch(
             input_ids=token[:, None],
             attention_mask=attention,
             position_ids=attention.sum(-1, keepdim=True) - 1,
-            cache=cache,
-            use_cache=True,
             output_hidden_states=True,
+            **with_cache,
         )
         hidden = torch.stack([output.hidden_states[layer][:, -1] for layer in layers], dim=1)
         if control is not None and control.layer is not None:
             previous = output.hidden_states[control.layer][:, -1].float()
         if nudge is not None:
             read_out = output.hidden_states[lm.n_layers][:, -1].float()
-        states[:, :, step] = hidden.float().cpu()
-        used[:, step] = now.cpu()
-        tokens[:, step] = token.cpu()
-        logprobs[:, step] = token_logp.cpu()
-        entropies[:, step] = entropy.cpu()
-        mask[:, step] = alive.cpu()
-        alive &= ~torch.isin(token, eos)
-        if not alive.any():
-            break
-    not_recorded = ~mask
-    tokens[not_recorded] = -1
-    logprobs[not_recorded] = torch.nan
-    entropies[not_recorded] = torch.nan
-    used[not_recorded] = torch.nan
-    states[not_recorded[:, None].expand(-1, len(layers), -1)] = 0.0
-    return {
-        "states": states,
-        "tokens": tokens,
-        "logprobs": logprobs,
-        "entropies": entropies,
-        "temperatures": used,
-        "mask": mask,
-    }
+        recorded = {
+            "states": hidden.float(),
+            "tokens": token,
+            "logprobs": token_logp,
+            "entropies": entropy,
+            "temperatures": now,
+            "mask": alive,
+        }
+        for key, value in recorded.items():
+            pending[key].append(value)
+        alive = alive & ~torch.isin(token, eos)
+        if len(pending["mask"]) == steps_per_copy or step == max_new_tokens - 1:
+            steps = slice(first_pending, step + 1)
+            out["states"][:, :, steps] = torch.stack(pending.pop("states"), dim=2).cpu()
+            for key, values in pending.items():
+                out[key][:, steps] = torch.stack(values, dim=1).cpu()
+            pending = {key: [] for key in out}
+            first_pending = step + 1
+            if not alive.any():
+                break
+    not_recorded = ~out["mask"]
+    out["tokens"][not_recorded] = -1
+    out["logprobs"][not_recorded] = torch.nan
+    out["entropies"][not_recorded] = torch.nan
+    out["temperatures"][not_recorded] = torch.nan
+    out["states"][not_recorded[:, None].expand(-1, len(layers), -1)] = 0.0
+    return out
 
 
 def _read_out(lm: LM, state: torch.Tensor) -> torch.Tensor:
@@ -229,6 +330,68 @@ def _row_generator(seed: int, *key: int) -> torch.Generator:
     """Return a CPU generator for one sequence, seeded from (seed, *key)."""
     state = np.random.SeedSequence([seed, *key]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _uniform_table(seed: int, keys: list[tuple[int, ...]], n_steps: int) -> torch.Tensor:
+    """Return the first ``n_steps`` uniform numbers of each sequence's random stream.
+
+    A CPU generator gives the same numbers in one draw of ``n_steps`` as in ``n_steps`` draws
+    of one, so the table holds exactly the numbers a step-by-step loop would draw.
+
+    Args:
+        seed: Seed of all sampling.
+        keys: One key per sequence (its prompt's position, temperature and sample index).
+        n_steps: Numbers per sequence.
+
+    Returns:
+        Float tensor of size (len(keys), n_steps) on the CPU.
+
+    """
+    return torch.stack([torch.rand(n_steps, generator=_row_generator(seed, *key)) for key in keys])
+
+
+def _check_memory(
+    lm: LM, n_sequences: int, batch_size: int, n_layers: int, max_new_tokens: int
+) -> None:
+    """Refuse an extraction whose recorded states cannot fit in memory, before it starts.
+
+    Counts the CPU output (states of ``n_sequences x n_layers x max_new_tokens x hidden``
+    float32 numbers plus the per-step values, twice: the batches and their concatenation) and
+    one batch's KV cache on the model's device.
+
+    Args:
+        lm: The model.
+        n_sequences: Sequences to generate.
+        batch_size: Sequences generated together.
+        n_layers: Layers recorded.
+        max_new_tokens: Steps per sequence at most.
+
+    Raises:
+        ValueError: If a device lacks the memory; the message gives the figures in GiB.
+
+    """
+    text = lm.model.config.get_text_config()
+    heads = getattr(text, "num_attention_heads", None) or 1
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or lm.hidden_size // heads
+    per_step = n_layers * lm.hidden_size * 4 + 8 + 4 * 4 + 1  # states, token, 4 floats, mask
+    recorded = 2 * n_sequences * max_new_tokens * per_step
+    per_token = 2 * lm.n_layers * kv_heads * head_dim * lm.model.dtype.itemsize  # keys, values
+    kv_cache = batch_size * max_new_tokens * per_token
+    cpu = torch.device("cpu")
+    needs = {cpu: recorded} if lm.device == cpu else {cpu: recorded, lm.device: 0}
+    needs[lm.device] += kv_cache
+    for device, need in needs.items():
+        free = available_memory(device)
+        if free is not None and need > free:
+            raise ValueError(
+                f"extract would need about {need / 2**30:.1f} GiB of {device} memory for the "
+                f"recorded trajectories ({n_sequences} sequences x {n_layers} layers x "
+                f"max_new_tokens={max_new_tokens} x hidden size {lm.hidden_size}) and the KV "
+                f"cache of a batch (on {lm.device}), but {free / 2**30:.1f} GiB are available. "
+                "Lower max_new_tokens, batch_size, the number of layers or of sequences, or "
+                "extract in shards (sdelm.shards.extract_shards)."
+            )
 
 
 def _decode(lm: LM, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -295,7 +458,7 @@ def extract(
         lm: The model, from :func:`sdelm.load_lm`.
         prompts: Non-empty list of strings or :class:`sdelm.corpus.Prompt`.
         max_new_tokens: Number of tokens to generate per sequence at most.
-        temperatures: Sampling temperatures, each > 0.
+        temperatures: List of sampling temperatures, each finite and > 0.
         samples_per_prompt: Independent samples per prompt and temperature.
         top_p: Nucleus sampling mass in (0, 1]; 1.0 samples from the whole vocabulary.
         layers: Hidden-state layers to record: 0 is the token embedding (the paper's state),
@@ -317,22 +480,26 @@ def extract(
         :class:`Trajectories` with source ``"generated"``.
 
     Raises:
-        ValueError: On an empty prompt list or an empty prompt, a non-positive count, a
-            temperature <= 0, top_p outside (0, 1], or a layer out of range.
+        ValueError: On an empty prompt list, an empty prompt or one that is not text, a count
+            that is not a positive integer (a bool is not), a negative or non-integer seed or
+            first_index, temperatures that are not a list of finite numbers > 0, top_p
+            outside (0, 1], a layer that is not an integer, out of range or repeated, or an
+            output that would not fit in memory (the message gives the estimate in GiB).
+        LMLoadError: If the model's forward pass ignores the KV cache (an unsupported
+            transformers version).
 
     """
     items = _as_prompts(prompts)
-    _check_positive(
-        max_new_tokens=max_new_tokens, samples_per_prompt=samples_per_prompt, batch_size=batch_size
+    check_integers(
+        1,
+        max_new_tokens=max_new_tokens,
+        samples_per_prompt=samples_per_prompt,
+        batch_size=batch_size,
     )
-    temperatures = [float(t) for t in temperatures]
-    if not temperatures or min(temperatures) <= 0:
-        raise ValueError(
-            f"temperatures must be a non-empty list of values > 0, got {temperatures}. "
-            "For greedy decoding use top_p=1e-9 (only the most likely token survives), or a "
-            "tiny temperature such as 1e-4."
-        )
-    if not 0 < top_p <= 1:
+    check_integers(0, seed=seed, first_index=first_index)
+    temperatures = _check_temperatures(temperatures)
+    nucleus = _as_float(top_p)
+    if nucleus is None or not 0 < nucleus <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}; 1.0 disables nucleus sampling.")
     layers = _check_layers(lm, layers)
     if control is not None and control.layer is not None:
@@ -350,6 +517,7 @@ def extract(
         for t in range(len(temperatures))
         for s in range(samples_per_prompt)
     ]
+    _check_memory(lm, len(jobs), min(batch_size, len(jobs)), len(layers), max_new_tokens)
     parts = []
     bar = tqdm(total=len(jobs), desc="extract", unit="seq", disable=not progress)
     for start in range(0, len(jobs), batch_size):
@@ -359,7 +527,9 @@ def extract(
                 lm,
                 [lm.format_prompt(items[p].text, chat=chat) for p, _, _ in chunk],
                 torch.tensor([temperatures[t] for _, t, _ in chunk]),
-                [_row_generator(seed, first_index + p, t, s) for p, t, s in chunk],
+                _uniform_table(
+                    seed, [(first_index + p, t, s) for p, t, s in chunk], max_new_tokens
+                ),
                 max_new_tokens=max_new_tokens,
                 top_p=top_p,
                 layers=layers,
@@ -492,8 +662,8 @@ def encode_texts(
         :class:`Trajectories` with source ``"human"``.
 
     Raises:
-        ValueError: On an empty list, a text with fewer than two tokens, a non-positive count,
-            or a layer out of range.
+        ValueError: On an empty list, a text with fewer than two tokens, a count that is not a
+            positive integer, or a layer that is not an integer, out of range or repeated.
 
     """
     if isinstance(texts, str) or len(texts) == 0:
@@ -501,7 +671,7 @@ def encode_texts(
             "texts must be a non-empty list of strings or sdelm.corpus.Passage; try "
             "sdelm.corpus.shakespeare_passages(16)."
         )
-    _check_positive(max_tokens=max_tokens, batch_size=batch_size)
+    check_integers(1, max_tokens=max_tokens, batch_size=batch_size)
     layers = _check_layers(lm, layers)
     passages = [
         t if isinstance(t, Passage) else Passage(f"text-{i:03d}", "", t)
@@ -605,8 +775,8 @@ def layer_trajectories(
         NaN; ``meta["n_tokens"]``, ``meta["shuffled"]`` and ``meta["skipped"]`` record the set-up.
 
     Raises:
-        ValueError: On an empty list, a non-positive count, or (unless ``skip_short``) a text
-            shorter than ``n_tokens`` tokens.
+        ValueError: On an empty list, a count that is not a positive integer, a negative seed,
+            or (unless ``skip_short``) a text shorter than ``n_tokens`` tokens.
 
     """
     if isinstance(texts, str) or len(texts) == 0:
@@ -614,7 +784,8 @@ def layer_trajectories(
             "texts must be a non-empty list of strings or sdelm.corpus.Passage; try "
             "sdelm.corpus.shakespeare_passages(16, n_tokens=48)."
         )
-    _check_positive(n_tokens=n_tokens, batch_size=batch_size)
+    check_integers(1, n_tokens=n_tokens, batch_size=batch_size)
+    check_integers(0, seed=seed)
     passages = [
         t if isinstance(t, Passage) else Passage(f"text-{i:03d}", "", t)
         for i, t in enumerate(texts)

@@ -6,12 +6,20 @@ load dequantises it (about 18 s on two CPU cores) and caches a float32 safetenso
 user cache folder (:func:`sdelm.cache.cache_dir`), so later loads take about a second.
 
 Any other name is handed to ``transformers``' ``from_pretrained``: a local folder, or a Hugging
-Face model id where the hub is reachable. ``trust_remote_code`` stays off.
+Face model id where the hub is reachable. ``trust_remote_code`` stays off, and only safetensors
+weights are read: a pickled checkpoint (``pytorch_model.bin``) is refused, never unpickled.
+
+Supported ``transformers`` versions: :data:`SUPPORTED_TRANSFORMERS`. The keyword under which a
+model's forward pass takes its KV cache changed within that range (``past_key_values`` up to
+5.23, ``cache`` from 5.24, and an unknown keyword is silently dropped), so
+:func:`cache_keyword` reads it off the model and :func:`check_cache_used` verifies it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
+import inspect
 import os
 import shutil
 import subprocess
@@ -20,10 +28,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub.constants
 import torch
+import transformers
+from huggingface_hub.utils import get_session
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    Cache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -32,7 +46,31 @@ from transformers.utils import logging as hf_logging
 from sdelm.cache import cache_dir
 from sdelm.devices import resolve_device
 
-__all__ = ["EMBEDDED", "LM", "LMLoadError", "load_lm", "untrained"]
+__all__ = [
+    "EMBEDDED",
+    "LM",
+    "SUPPORTED_TRANSFORMERS",
+    "LMLoadError",
+    "cache_keyword",
+    "check_cache_used",
+    "check_transformers",
+    "load_lm",
+    "untrained",
+]
+
+#: The transformers versions sdelm is tested with (5.18 is the oldest that accepts the
+#: huggingface_hub and tokenizers versions sdelm installs).
+SUPPORTED_TRANSFORMERS = ">=5.18,<6"
+
+_INSTALL_SUPPORTED = f"pip install 'transformers{SUPPORTED_TRANSFORMERS}'"
+
+#: Seconds to wait for the Hugging Face hub before deciding it is unreachable.
+HUB_TIMEOUT_S = 3.0
+
+#: Files a model folder needs, as (what, any of these file names or patterns).
+_WEIGHTS = ("*.safetensors",)
+_PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "*.model")
 
 #: Embedded models: short name -> (package holding the GGUF file, file name).
 EMBEDDED = {
@@ -41,7 +79,67 @@ EMBEDDED = {
 
 
 class LMLoadError(OSError):
-    """A language model could not be loaded."""
+    """A language model could not be loaded, or not used with the installed transformers."""
+
+
+def check_transformers() -> None:
+    """Refuse to run under a transformers version outside :data:`SUPPORTED_TRANSFORMERS`.
+
+    Raises:
+        LMLoadError: If the installed version is outside the range; the message says what to
+            install.
+
+    """
+    installed = transformers.__version__
+    if not SpecifierSet(SUPPORTED_TRANSFORMERS).contains(installed, prereleases=True):
+        raise LMLoadError(
+            f"sdelm supports transformers {SUPPORTED_TRANSFORMERS}, but {installed} is installed; "
+            f"install a supported version: {_INSTALL_SUPPORTED}."
+        )
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """Return the keyword under which ``model``'s forward pass takes its KV cache.
+
+    transformers up to 5.23 calls it ``past_key_values``, 5.24 and later ``cache``; a forward
+    pass silently drops the keyword it does not know, so the name is read off the signature
+    (the installed version decides where the signature does not name either).
+
+    Args:
+        model: A causal language model.
+
+    Returns:
+        ``"cache"`` or ``"past_key_values"``.
+
+    """
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    return "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
+
+
+def check_cache_used(cache: Cache, n_tokens: int) -> None:
+    """Verify that a forward pass over ``n_tokens`` tokens filled the KV cache it was given.
+
+    Args:
+        cache: The cache passed to the forward pass (under :func:`cache_keyword`).
+        n_tokens: Positions the pass read (padding included).
+
+    Raises:
+        LMLoadError: If the cache holds another number of positions: the model ignored it, and
+            every later step would read its token without context. The message names the
+            installed transformers version and the supported range.
+
+    """
+    held = int(cache.get_seq_length())
+    if held != n_tokens:
+        raise LMLoadError(
+            f"The model's forward pass did not use the KV cache it was given (it holds {held} "
+            f"positions after reading {n_tokens}), so generated tokens would be read without "
+            f"their context. transformers {transformers.__version__} is installed; sdelm "
+            f"supports {SUPPORTED_TRANSFORMERS}: {_INSTALL_SUPPORTED}."
+        )
 
 
 @dataclass
@@ -54,6 +152,9 @@ class LM:
         name: The name it was loaded by.
         device: Where the model lives.
 
+    Raises:
+        LMLoadError: If the installed transformers is outside :data:`SUPPORTED_TRANSFORMERS`.
+
     """
 
     model: PreTrainedModel
@@ -62,6 +163,7 @@ class LM:
     device: torch.device
 
     def __post_init__(self) -> None:
+        check_transformers()
         self.model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -173,14 +275,69 @@ def _cached_copy(name: str, dtype: torch.dtype, progress: bool) -> Path:
     return folder
 
 
+def _matching(files: set[str], patterns: tuple[str, ...]) -> list[str]:
+    return sorted(f for f in files if any(fnmatch.fnmatch(f, p) for p in patterns))
+
+
+def _check_model_folder(folder: Path, name: str) -> None:
+    """Refuse a local folder that lacks a part of a model, or holds pickled weights only.
+
+    Raises:
+        LMLoadError: Naming what is missing, or the pickle files (which are never loaded).
+
+    """
+    files = {path.name for path in folder.iterdir() if path.is_file()}
+    pickles = _matching(files, _PICKLES)
+    if pickles and not _matching(files, _WEIGHTS):
+        raise LMLoadError(
+            f"The model folder {name!r} holds its weights only as pickle files "
+            f"({', '.join(pickles)}); sdelm never unpickles (it can run arbitrary code). Convert "
+            "them once, in an environment you trust: AutoModelForCausalLM.from_pretrained("
+            "folder, use_safetensors=False).save_pretrained(folder) writes model.safetensors."
+        )
+    missing = [
+        what
+        for what, patterns in (
+            ("config.json", ("config.json",)),
+            ("model weights (*.safetensors)", _WEIGHTS),
+            (f"tokenizer files ({' or '.join(_TOKENIZER)})", _TOKENIZER),
+        )
+        if not _matching(files, patterns)
+    ]
+    if missing:
+        raise LMLoadError(
+            f"{name!r} is a local folder but not a model: it lacks {', '.join(missing)}. Save a "
+            "model and its tokenizer into it with model.save_pretrained(folder) and "
+            "tokenizer.save_pretrained(folder)."
+        )
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a folder (a hub id is ``"name"`` or ``"owner/name"``)."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _hub_unreachable() -> str | None:
+    """Return why the Hugging Face hub does not answer within a few seconds, or None."""
+    try:
+        get_session().head(huggingface_hub.constants.ENDPOINT, timeout=HUB_TIMEOUT_S)
+    except Exception as error:  # the transport's error types vary with huggingface_hub
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 def load_lm(
-    name: str = "smollm2-135m-instruct",
+    name: str | os.PathLike = "smollm2-135m-instruct",
     *,
     device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
 ) -> LM:
     """Load a causal language model and its tokenizer.
+
+    A hub id is looked up only where the hub answers within :data:`HUB_TIMEOUT_S` seconds
+    (and ``HF_HUB_OFFLINE`` is not set); otherwise only the local hub cache is read, so an
+    unreachable hub fails in seconds, not after a minute of retries.
 
     Args:
         name: ``"smollm2-135m-instruct"`` (the embedded, offline default), a local folder saved
@@ -193,24 +350,64 @@ def load_lm(
         An :class:`LM`.
 
     Raises:
-        LMLoadError: If the model cannot be found or downloaded; the message names the embedded
-            offline default.
+        TypeError: If ``name`` is not a string or a path.
+        LMLoadError: If the model cannot be found or downloaded (the message names the embedded
+            offline default), a local folder lacks a part of a model (the message names it) or
+            holds pickled weights only, or the installed transformers is not supported.
 
     """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(
+            f"name must be a model name, folder or hub id (a string), got {name!r}; "
+            f"e.g. sdelm.load_lm({next(iter(EMBEDDED))!r})."
+        )
+    name = os.fspath(name)
     device = resolve_device(device)
+    check_transformers()
+    folder = Path(name).expanduser()
+    local_only, why = False, ""
+    if name in EMBEDDED:
+        pass
+    elif folder.is_dir():
+        _check_model_folder(folder, name)
+    elif _looks_like_path(name):
+        raise LMLoadError(
+            f"There is no folder {name!r}. Give a folder saved with save_pretrained, a Hugging "
+            "Face model id such as 'HuggingFaceTB/SmolLM2-135M-Instruct', or the embedded "
+            f"offline default {next(iter(EMBEDDED))!r}."
+        )
+    elif huggingface_hub.constants.HF_HUB_OFFLINE:
+        local_only, why = True, "HF_HUB_OFFLINE is set"
+    else:
+        unreachable = _hub_unreachable()
+        if unreachable is not None:
+            local_only = True
+            why = f"{huggingface_hub.constants.ENDPOINT} did not answer: {unreachable}"
     bars_were_on = hf_logging.is_progress_bar_enabled()
     if not progress:
         hf_logging.disable_progress_bar()
     try:
         source = _cached_copy(name, dtype, progress) if name in EMBEDDED else name
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=False)
+        if folder.is_dir() and name not in EMBEDDED:
+            source = str(folder)
+        options = {"trust_remote_code": False, "local_files_only": local_only}
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, use_safetensors=True, **options
+        )
     except (OSError, ValueError) as error:
+        if folder.is_dir():
+            where = "The local folder holds the files of a model but they could not be read."
+        elif local_only:
+            where = (
+                f"The Hugging Face hub was not asked ({why}) and the local hub cache does not "
+                "hold this model."
+            )
+        else:
+            where = "It is neither a local folder nor a model the Hugging Face hub served."
         raise LMLoadError(
-            f"Could not load the language model {name!r}: {error}\n"
-            "It is neither a local folder nor a model the Hugging Face hub served (the hub may be "
-            "unreachable from this machine). The embedded offline default works everywhere: "
-            f"sdelm.load_lm({next(iter(EMBEDDED))!r})."
+            f"Could not load the language model {name!r}: {error}\n{where} The embedded offline "
+            f"default works everywhere: sdelm.load_lm({next(iter(EMBEDDED))!r})."
         ) from error
     finally:
         if bars_were_on:

@@ -47,9 +47,45 @@ def test_shakespeare_passages_are_deterministic_and_long_enough():
         corpus.shakespeare_passages(0)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": -1}, r"must be positive integers \(got n=-1.*n_passages=0"),
+        ({"n": True}, r"must be positive integers \(got n=True"),
+        ({"n": 2.5}, r"must be positive integers \(got n=2\.5"),
+        ({"n": 3, "n_tokens": 0}, r"n_tokens=0"),
+        ({"n": 3, "seed": -1}, r"seed must be an integer >= 0, got -1"),
+    ],
+)
+def test_shakespeare_passages_bad_counts_get_one_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        corpus.shakespeare_passages(**kwargs)
+
+
+def test_integer_checks():
+    corpus.check_integers(1, n=3)
+    corpus.check_integers(0, seed=0)
+    assert corpus.is_integer(5) and not corpus.is_integer(True) and not corpus.is_integer(5.0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        corpus.check_integers(1, batch_size=0)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got False"):
+        corpus.check_integers(0, seed=False)
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("datasets") is not None, reason="tests the message without datasets"
 )
 def test_helpsteer_without_datasets_names_the_offline_alternatives():
     with pytest.raises(ModuleNotFoundError, match=r"corpus\.prompts\(\)"):
         corpus.helpsteer(10)
+
+
+def test_collect_refuses_a_bad_n_passages_before_loading_the_model(monkeypatch):
+    import sdelm.collect as collect
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before n_passages was checked")
+
+    monkeypatch.setattr(collect, "load_lm", no_model)
+    with pytest.raises(ValueError, match="n_passages"):
+        collect.collect_trajectories(n_passages=-1, cache=False)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
 import sdelm
 from sdelm import LM, extract
+
+EXTRACT_MODULE = importlib.import_module("sdelm.extract")  # `sdelm.extract` is the function
 
 PROMPTS = ["hello there", "a", "the quick brown fox"]
 
@@ -169,12 +173,98 @@ def test_layers_can_be_chosen(llama):
         ({"top_p": 0.0}, "top_p must be in"),
         ({"layers": [0, 4]}, "out of range"),
         ({"layers": [-1]}, "out of range"),
+        ({"temperatures": [float("nan")]}, "must be finite"),
+        ({"temperatures": [1.0, float("inf")]}, "must be finite"),
+        ({"temperatures": 1.0}, r"temperatures must be a list of values > 0 such as \[1.0\]"),
+        ({"temperatures": ["hot"]}, "temperatures must be numbers"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"seed": 1.5}, "seed must be an integer >= 0"),
+        ({"first_index": -3}, "first_index must be an integer >= 0"),
+        ({"prompts": ["ok", None]}, "Prompt 1 is None, not a string"),
+        ({"layers": [2.7]}, r"Layer indices must be integers, got \[2.7\]"),
+        ({"layers": [1, 3, 1]}, r"Layers \[1\] are listed more than once"),
+        ({"layers": 2}, "layers must be a list"),
+        ({"max_new_tokens": True}, "max_new_tokens must be a positive integer, got True"),
+        ({"batch_size": 2.0}, "batch_size must be a positive integer"),
+        ({"top_p": float("nan")}, "top_p must be in"),
+        ({"max_new_tokens": 10**9}, r"GiB of cpu memory .* are available"),
     ],
 )
 def test_bad_input_gets_one_clear_error(llama, kwargs, message):
     arguments = {"prompts": PROMPTS, "max_new_tokens": 3, "progress": False, **kwargs}
     with pytest.raises(ValueError, match=message):
         extract(llama, **arguments)
+
+
+def test_a_refused_extraction_runs_no_forward_pass(llama, monkeypatch):
+    """Every argument is checked before the model reads anything."""
+
+    def forward(*args, **kwargs):
+        raise AssertionError("the model ran before the arguments were checked")
+
+    monkeypatch.setattr(llama.model, "forward", forward)
+    with pytest.raises(ValueError, match="GiB"):
+        extract(llama, PROMPTS * 50, max_new_tokens=10**9, progress=False)
+    with pytest.raises(ValueError, match="listed more than once"):
+        sdelm.encode_texts(llama, ["to be or not"], layers=[0, 0], progress=False)
+
+
+def test_uniform_table_holds_the_numbers_of_one_draw_per_step():
+    """One draw of n numbers equals n draws of one, so the bulk table changes no sample."""
+    keys = [(0, 0, 0), (5, 1, 2), (17, 0, 1)]
+    table = EXTRACT_MODULE._uniform_table(11, keys, 300)
+    for row, key in enumerate(keys):
+        generator = EXTRACT_MODULE._row_generator(11, *key)
+        one_by_one = torch.stack([torch.rand((), generator=generator) for _ in range(300)])
+        assert torch.equal(table[row], one_by_one)
+
+
+def test_outputs_equal_those_recorded_before_the_bulk_draws(llama):
+    """Tokens and log-probabilities recorded by the step-by-step sampler (before the uniform
+    numbers were drawn in bulk and the steps copied in blocks), for a fixed seed."""
+    trajs = extract(
+        llama,
+        PROMPTS,
+        max_new_tokens=9,
+        temperatures=[0.7, 1.3],
+        samples_per_prompt=2,
+        batch_size=3,
+        seed=5,
+        progress=False,
+    )
+    assert trajs.tokens[:2].tolist() == [
+        [119, 151, 47, 196, 237, 237, 258, 218, 172],
+        [99, 150, 92, 257, 38, 243, 108, 73, 96],
+    ]
+    assert float(trajs.logprobs.nansum()) == pytest.approx(-566.4674072265625, abs=1e-3)
+    assert float(trajs.states.double().sum()) == pytest.approx(-109.02502805064978, abs=1e-3)
+
+
+def eos_likely(lm: LM, **kwargs) -> sdelm.Trajectories:
+    """Extract with the end token made likely, so that sequences end at different steps."""
+    bias = torch.zeros(lm.model.config.vocab_size)
+    bias[lm.eos_token_ids[0]] = 3.5
+    hook = lm.model.lm_head.register_forward_hook(lambda m, i, out: out + bias)
+    try:
+        return extract(lm, PROMPTS, samples_per_prompt=4, batch_size=5, progress=False, **kwargs)
+    finally:
+        hook.remove()
+
+
+def test_early_ends_equal_those_recorded_before_the_bulk_draws(llama):
+    trajs = eos_likely(llama, max_new_tokens=30)
+    assert trajs.lengths.tolist() == [7, 2, 13, 2, 8, 30, 5, 3, 12, 6, 4, 30]
+
+
+def test_steps_copied_in_blocks_equal_steps_copied_one_by_one(llama, monkeypatch):
+    """A GPU's block copies (and its later stop) give the CPU's per-step trajectories."""
+    per_step = eos_likely(llama, max_new_tokens=30, seed=4)
+    monkeypatch.setattr(EXTRACT_MODULE, "_steps_per_copy", lambda device: 4)
+    blocks = eos_likely(llama, max_new_tokens=30, seed=4)
+    for name in ("states", "tokens", "logprobs", "entropies", "temperatures", "mask"):
+        torch.testing.assert_close(
+            getattr(blocks, name), getattr(per_step, name), rtol=0, atol=0, equal_nan=True
+        )
 
 
 def test_encode_texts_matches_the_models_predictions(lm):
@@ -207,6 +297,15 @@ def test_encode_texts_bad_input(llama):
         sdelm.encode_texts(llama, ["ok", "x"], progress=False)
     with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
         sdelm.encode_texts(llama, ["ok"], max_tokens=0, progress=False)
+    with pytest.raises(ValueError, match="max_tokens must be a positive integer, got True"):
+        sdelm.encode_texts(llama, ["ok"], max_tokens=True, progress=False)
+    with pytest.raises(ValueError, match="Layer indices must be integers"):
+        sdelm.encode_texts(llama, ["ok"], layers=[0.5], progress=False)
+
+
+def test_layer_trajectories_refuses_a_negative_seed(llama):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        sdelm.layer_trajectories(llama, ["to be or not to be"], n_tokens=3, seed=-2)
 
 
 @pytest.mark.integration

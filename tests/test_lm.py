@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import time
+
 import huggingface_hub.constants
 import pytest
 import torch
@@ -9,6 +12,8 @@ import torch
 import sdelm
 from sdelm import LMLoadError, load_lm, resolve_device
 from tests.conftest import byte_tokenizer, tiny_model
+
+lm_module = importlib.import_module("sdelm.lm")
 
 
 def test_a_local_folder_loads_through_from_pretrained(tmp_path):
@@ -26,6 +31,68 @@ def test_an_unreachable_or_unknown_model_names_the_offline_default(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(LMLoadError, match="smollm2-135m-instruct"):
         load_lm("no-such-organisation/no-such-model")
+
+
+def test_an_unknown_model_fails_fast_when_the_hub_is_unreachable(monkeypatch):
+    """No hub here: the probe fails in seconds instead of a minute of download retries."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    probed = []
+    original = lm_module._hub_unreachable
+    monkeypatch.setattr(lm_module, "_hub_unreachable", lambda: probed.append(1) or original())
+    start = time.perf_counter()
+    with pytest.raises(LMLoadError, match="smollm2-135m-instruct"):
+        load_lm("no-such-organisation/no-such-model-sdelm", device="cpu")
+    assert time.perf_counter() - start < 10
+    assert probed == [1]
+
+
+def test_a_silent_hub_means_the_local_cache_only(monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(lm_module, "_hub_unreachable", lambda: "ConnectTimeout: timed out")
+    with pytest.raises(LMLoadError, match=r"did not answer: ConnectTimeout.*local hub cache"):
+        load_lm("no-such-organisation/no-such-model-sdelm", device="cpu")
+
+
+def test_a_folder_that_is_not_a_model_says_what_it_lacks(tmp_path):
+    with pytest.raises(
+        LMLoadError, match=r"local folder but not a model: it lacks config\.json, "
+    ):
+        load_lm(str(tmp_path), device="cpu")
+    byte_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(
+        LMLoadError, match=r"lacks config\.json, model weights \(\*\.safetensors\)\."
+    ):
+        load_lm(str(tmp_path), device="cpu")
+    tokenizer_only = {p.name for p in tmp_path.iterdir()}
+    tiny_model("llama").save_pretrained(tmp_path)
+    for name in tokenizer_only:
+        (tmp_path / name).unlink()
+    with pytest.raises(LMLoadError, match=r"lacks tokenizer files \(tokenizer\.json or"):
+        load_lm(str(tmp_path), device="cpu")
+
+
+def test_a_missing_folder_is_named(tmp_path):
+    with pytest.raises(LMLoadError, match="There is no folder"):
+        load_lm(str(tmp_path / "not" / "here"), device="cpu")
+    with pytest.raises(LMLoadError, match="There is no folder"):
+        load_lm(tmp_path / "not-here", device="cpu")  # a Path is a folder name too
+    with pytest.raises(TypeError, match="name must be a model name, folder or hub id"):
+        load_lm(None, device="cpu")
+
+
+def test_pickled_weights_are_refused_never_loaded(tmp_path, monkeypatch):
+    model = tiny_model("llama")
+    model.config.save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("a pickle was loaded")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(LMLoadError, match=r"only as pickle files \(pytorch_model\.bin\)"):
+        load_lm(str(tmp_path), device="cpu")
 
 
 def test_device_resolution():
