@@ -1,12 +1,17 @@
 """Simulation speed as ratios measured side by side in one process.
 
 1. ``sdelm.simulate`` / a hand-written vectorised Euler–Maruyama loop on the same model and
-   the same number of paths and steps (goal <= 1.5): what torchsde and its seeded
-   ``BrownianInterval`` cost over the simplest correct loop.
-2. ``torchsde.sdeint`` with its default Brownian motion / ``sdelm.simulate``: the trap that
-   ``sdelm.simulate`` avoids (torchsde issue #109; about 50x in our notes).
+   the same number of paths and steps (goal <= 1.2 from 64 to 4,096 paths): what torchsde and
+   sdelm's seeded Brownian increments cost over the simplest correct loop.
+2. The same Euler solve driven by a seeded :class:`torchsde.BrownianInterval` (sdelm's
+   Brownian motion for Euler until issue 14) / ``sdelm.simulate``: what the increments drawn
+   from a seeded generator save, most at small ensembles.
+3. With ``--trap``: ``torchsde.sdeint`` with its default Brownian motion / ``sdelm.simulate``,
+   the trap that ``sdelm.simulate`` avoids (torchsde issue #109; about 50x in our notes).
 
-Runs alternate and medians are compared. Usage: ``python benchmarks/simulation.py``.
+For each number of paths the runs alternate and medians are compared; the machine's load is
+printed first (run it on a quiet machine, or with ``--threads 1`` on a shared one).
+Usage: ``python benchmarks/simulation.py [--paths 64 256 1024 4096] [--threads 1] [--trap]``.
 """
 
 from __future__ import annotations
@@ -40,51 +45,71 @@ def hand_written_euler(model: sdelm.SDEModel, y0: torch.Tensor, steps: int, dt: 
     return torch.stack(out, dim=1)
 
 
+@torch.no_grad()
+def interval_euler(model: sdelm.SDEModel, y0: torch.Tensor, steps: int, substeps: int):
+    """Euler with a seeded BrownianInterval, as ``sdelm.simulate`` did before issue 14."""
+    ts = torch.arange(steps + 1, dtype=torch.float32)
+    bm = torchsde.BrownianInterval(
+        t0=0.0, t1=float(steps), size=tuple(y0.shape), dt=1.0 / substeps, entropy=0
+    )
+    return torchsde.sdeint(model, y0, ts, bm=bm, method="euler", dt=1.0 / substeps)
+
+
+def compare(model: sdelm.SDEModel, paths: int, args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds of each way to simulate ``paths`` paths, run alternately."""
+    y0 = torch.randn(paths, args.dim, generator=torch.Generator().manual_seed(1))
+    runs = {
+        "sdelm": lambda: sdelm.simulate(model, y0, args.steps, substeps=args.substeps, seed=0),
+        "loop": lambda: hand_written_euler(
+            model, y0, args.steps * args.substeps, 1.0 / args.substeps
+        ),
+        "interval": lambda: interval_euler(model, y0, args.steps, args.substeps),
+    }
+    if args.trap:
+        ts = torch.arange(args.steps + 1, dtype=torch.float32)
+        runs["default"] = lambda: torchsde.sdeint(
+            model, y0, ts, method="euler", dt=1.0 / args.substeps
+        )
+    with torch.no_grad():
+        for run in runs.values():
+            run()  # warm up
+        seconds: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                seconds[name].append(timed(run))
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--paths", type=int, default=1024)
+    parser.add_argument("--paths", type=int, nargs="+", default=[64, 256, 1024, 4096])
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--substeps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--trap", action="store_true", help="also time the default BM")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.steps} tokens x {args.substeps} solver steps, dim {args.dim}, "
+        f"{args.repeats} alternating repeats, medians"
+    )
     model = sdelm.NeuralSDE(args.dim, seed=0).eval()
-    y0 = torch.randn(args.paths, args.dim, generator=torch.Generator().manual_seed(1))
-    dt = 1.0 / args.substeps
-    n_steps = args.steps * args.substeps
-
-    def run_sdelm():
-        sdelm.simulate(model, y0, args.steps, substeps=args.substeps, seed=0)
-
-    def run_loop():
-        hand_written_euler(model, y0, n_steps, dt)
-
-    def run_default():
-        with torch.no_grad():
-            ts = torch.arange(args.steps + 1, dtype=torch.float32)
-            torchsde.sdeint(model, y0, ts, method="euler", dt=dt)
-
-    for warm in (run_sdelm, run_loop, run_default):
-        warm()
-    sdelm_s, loop_s, default_s = [], [], []
-    for _ in range(args.repeats):
-        sdelm_s.append(timed(run_sdelm))
-        loop_s.append(timed(run_loop))
-        default_s.append(timed(run_default))
-    median = statistics.median
-    print(
-        f"{args.paths} paths x {args.steps} tokens x {args.substeps} solver steps, "
-        f"dim {args.dim}, {args.repeats} alternating repeats"
-    )
-    print(
-        f"sdelm.simulate {median(sdelm_s):.3f} s; hand-written loop {median(loop_s):.3f} s; "
-        f"torchsde default Brownian motion {median(default_s):.3f} s"
-    )
-    print(
-        f"ratio sdelm / hand-written loop = {median(sdelm_s) / median(loop_s):.2f} (goal <= 1.5)"
-    )
-    print(f"ratio torchsde default / sdelm = {median(default_s) / median(sdelm_s):.1f}")
+    header = "paths  sdelm s  loop s  sdelm/loop (goal <= 1.2)  interval/sdelm"
+    print(header + ("  default/sdelm" if args.trap else ""))
+    for paths in args.paths:
+        m = compare(model, paths, args)
+        line = (
+            f"{paths:5d}  {m['sdelm']:7.3f}  {m['loop']:6.3f}  {m['sdelm'] / m['loop']:24.2f}"
+            f"  {m['interval'] / m['sdelm']:14.2f}"
+        )
+        if args.trap:
+            line += f"  {m['default'] / m['sdelm']:13.1f}"
+        print(line, flush=True)
+    print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ weighs every dimension and state equally, the likelihood by 1/σ².
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from sdelm.corpus import check_integers
 from sdelm.data import PreparedData, SDEData, Transitions
 from sdelm.devices import resolve_device
 from sdelm.models import SDEModel
@@ -35,6 +37,14 @@ __all__ = ["LOSSES", "FitResult", "fit", "loss_terms", "nll"]
 
 LOSSES = ("nll", "paper")
 _LOG_2PI = math.log(2 * math.pi)
+
+#: ``batch_size="auto"``: transitions per step on the CPU (the default of every fit so far) and
+#: on CUDA, where a batch of 65,536 reaches about 9 times the throughput of 4,096.
+AUTO_BATCH_SIZE = {"cpu": 4096, "cuda": 65536}
+
+#: A fit has diverged when its validation NLL rises more than this many times
+#: ``max(1, |starting NLL|)`` nats per dimension per step above the starting NLL.
+DIVERGENCE_FACTOR = 1e3
 
 
 def _transitions(data: SDEData | Transitions) -> Transitions:
@@ -104,6 +114,32 @@ def nll(model: SDEModel, data: SDEData | Transitions) -> float:
     return value
 
 
+def _resolve_batch_size(batch_size: int | str, device: torch.device) -> int:
+    """Return the transitions per step: ``batch_size`` itself, or the default of ``device``.
+
+    Args:
+        batch_size: A positive integer, or ``"auto"``.
+        device: Where the fit runs.
+
+    Returns:
+        ``batch_size``, or for ``"auto"`` :data:`AUTO_BATCH_SIZE` of CUDA on a CUDA device and
+        of the CPU elsewhere.
+
+    Raises:
+        ValueError: If ``batch_size`` is neither ``"auto"`` nor a positive integer.
+
+    """
+    if isinstance(batch_size, str) and batch_size == "auto":
+        return AUTO_BATCH_SIZE["cuda" if device.type == "cuda" else "cpu"]
+    try:
+        check_integers(1, batch_size=batch_size)
+    except ValueError as error:
+        raise ValueError(
+            f"batch_size must be a positive integer or 'auto', got {batch_size!r}."
+        ) from error
+    return int(batch_size)
+
+
 def _world() -> tuple[int, int]:
     """Return (rank, world size); (0, 1) unless a torch.distributed process group is running."""
     if dist.is_available() and dist.is_initialized():
@@ -143,10 +179,15 @@ class FitResult:
             start of training, for benchmarks; not reproducible).
         best_epoch: Epoch with the lowest validation NLL (0 is before training).
         best_val_nll: That NLL, nats per dimension per step.
-        stopped: ``"patience"``, ``"epochs"`` or ``"non-finite"``.
+        stopped: ``"patience"``, ``"epochs"``, ``"non-finite"`` (a loss was NaN or infinite) or
+            ``"diverged"`` (the validation NLL rose more than :data:`DIVERGENCE_FACTOR` times
+            ``max(1, |starting NLL|)`` above the starting NLL).
         seconds: Wall time of the fit.
         device: Where it ran.
         transitions_per_second: Training transitions processed per second.
+        batch_size: Transitions per optimiser step (``batch_size="auto"`` resolved).
+        improved: Whether some epoch beat the starting weights' validation NLL; when False the
+            model has its starting weights (and :func:`fit` warned).
 
     """
 
@@ -158,6 +199,8 @@ class FitResult:
     seconds: float
     device: str
     transitions_per_second: float
+    batch_size: int
+    improved: bool
 
 
 def fit(
@@ -167,7 +210,7 @@ def fit(
     loss: str = "nll",
     epochs: int = 300,
     lr: float = 3e-3,
-    batch_size: int = 4096,
+    batch_size: int | str = "auto",
     weight_decay: float = 0.0,
     patience: int = 30,
     device: str | torch.device = "auto",
@@ -178,7 +221,9 @@ def fit(
 
     All transitions are gathered once into tensors and shuffled into minibatches each epoch;
     there is no Python loop over sequences or steps. The best validation epoch's weights are
-    restored at the end. A non-finite loss stops the fit with a warning (best weights restored).
+    restored at the end. A non-finite loss, or a validation NLL that explodes (see
+    :attr:`FitResult.stopped`), stops the fit with a warning (best weights restored); a fit in
+    which no epoch improved on the starting weights also warns (:attr:`FitResult.improved`).
 
     Args:
         model: A model from :mod:`sdelm.models` or :mod:`sdelm.baselines`, of ``data.dim``.
@@ -186,7 +231,11 @@ def fit(
         loss: ``"nll"`` (likelihood) or ``"paper"`` (drift MSE + diffusion KL).
         epochs: Maximum passes over the training transitions.
         lr: Adam learning rate.
-        batch_size: Transitions per step.
+        batch_size: Transitions per step, or ``"auto"``: 4,096 on the CPU (bit-identical to
+            ``batch_size=4096``) and 65,536 on CUDA, where larger batches reach about 9 times
+            the throughput (fewer optimiser steps per epoch, so a CUDA fit follows another path
+            than a CPU one). A batch at least as large as the training split takes it whole.
+            :attr:`FitResult.batch_size` records the value used.
         weight_decay: AdamW weight decay.
         patience: Stop after this many epochs without a better validation NLL.
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
@@ -203,23 +252,27 @@ def fit(
         A :class:`FitResult`.
 
     Raises:
-        ValueError: On an unknown loss, non-positive epochs, lr, batch size or patience, a
-            model of the wrong dimension, or an empty split.
+        ValueError: On an unknown loss, epochs, batch size or patience that are not positive
+            integers (bools included), an lr that is not a positive finite number, a model of
+            the wrong dimension, or an empty split.
+
+    Warns:
+        RuntimeWarning: When the fit stopped on a non-finite or diverging loss, or no epoch
+            improved on the starting weights.
 
     """
     if loss not in LOSSES:
         raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
-    for name, value in {"epochs": epochs, "batch_size": batch_size, "patience": patience}.items():
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}; 1e-3 to 1e-2 suits Adam here.")
+    check_integers(1, epochs=epochs, patience=patience)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be > 0 and finite, got {lr!r}; 1e-3 to 1e-2 suits Adam here.")
     if model.dim != data.dim:
         raise ValueError(
             f"The model is {model.dim}-dimensional but the data are {data.dim}-dimensional; "
             f"build the model with dim={data.dim}."
         )
     device = resolve_device(device)
+    batch_size = _resolve_batch_size(batch_size, device)
     train, val = data.train.transitions().to(device), data.val.transitions().to(device)
     for split, tr in (("train", train), ("val", val)):
         if len(tr) == 0:
@@ -272,9 +325,11 @@ def fit(
         return True
 
     history = evaluate(0, 0.0)
-    best_nll, best_epoch = history[-1]["nll"], 0
+    start_nll = best_nll = history[-1]["nll"]
+    best_epoch = 0
+    exploded = start_nll + DIVERGENCE_FACTOR * max(1.0, abs(start_nll))
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    stopped = "epochs"
+    stopped, problem = "epochs", ""
     start = time.perf_counter()
     bar = tqdm(
         range(1, epochs + 1),
@@ -286,15 +341,16 @@ def fit(
         finite = all(step(batch) for batch in order.split(batch_size))
         rows = evaluate(epoch, time.perf_counter() - start)
         if not finite or not math.isfinite(rows[-1]["nll"]):
-            warnings.warn(
-                f"Fitting {type(model).__name__} produced a non-finite loss at epoch {epoch}; "
-                f"stopped and restored epoch {best_epoch}. Try a smaller lr.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            stopped = "non-finite"
+            stopped, problem = "non-finite", f"produced a non-finite loss at epoch {epoch}"
             break
         history.extend(rows)
+        if rows[-1]["nll"] > exploded:
+            stopped = "diverged"
+            problem = (
+                f"diverged at epoch {epoch}: the validation NLL rose from {start_nll:.4g} to "
+                f"{rows[-1]['nll']:.4g} nats per dimension per step"
+            )
+            break
         if rows[-1]["nll"] < best_nll - 1e-6:
             best_nll, best_epoch = rows[-1]["nll"], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -306,6 +362,28 @@ def fit(
     seconds = time.perf_counter() - start
     model.load_state_dict(best_state)
     model.to("cpu").eval()
+    name = type(model).__name__
+    if problem:
+        restored = " (the starting weights)" if best_epoch == 0 else ""
+        warnings.warn(
+            f"Fitting {name} {problem}; stopped and restored epoch {best_epoch}{restored}. "
+            f"Try a smaller lr than {lr:g}, e.g. {lr / 10:g}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    elif best_epoch == 0:
+        # Validation rows after epoch 0: did the NLL get worse, or stay where it started?
+        rose = min(row["nll"] for row in history[3::2]) > start_nll + 1e-6
+        advice = (
+            f"a smaller lr than {lr:g}" if rose else f"a larger lr than {lr:g}, or more epochs"
+        )
+        warnings.warn(
+            f"No epoch of fitting {name} improved the validation NLL of the starting weights "
+            f"({start_nll:.4g} nats per dimension per step), so the result has its starting "
+            f"weights (FitResult.improved is False). Try {advice}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     epochs_run = max(row["epoch"] for row in history)
     return FitResult(
         model=model,
@@ -316,4 +394,6 @@ def fit(
         seconds=seconds,
         device=str(device),
         transitions_per_second=epochs_run * len(train) / max(seconds, 1e-9),
+        batch_size=batch_size,
+        improved=best_epoch > 0,
     )

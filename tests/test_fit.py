@@ -9,6 +9,7 @@ import torch
 
 import sdelm
 from sdelm.baselines import OrnsteinUhlenbeck, RandomWalk
+from sdelm.fit import AUTO_BATCH_SIZE, _resolve_batch_size
 from sdelm.synthetic import (
     OU_MATRIX,
     OU_SIGMA,
@@ -106,6 +107,77 @@ def test_fit_is_deterministic_and_keeps_the_best_epoch(ou_data):
     assert runs[0].best_val_nll == pytest.approx(val.min())
     assert sdelm.nll(runs[0].model, ou_data.val) == pytest.approx(val.min(), abs=1e-5)
     assert set(runs[0].history.columns) >= {"epoch", "split", "total", "drift", "diffusion"}
+    assert runs[0].improved and runs[0].best_epoch > 0
+
+
+def test_auto_batch_size_is_4096_on_the_cpu_and_bit_identical(ou_data):
+    def run(batch_size):
+        return sdelm.fit(
+            sdelm.NeuralSDE(3, hidden=16, seed=2),
+            ou_data,
+            epochs=4,
+            batch_size=batch_size,
+            device="cpu",
+            progress=False,
+        )
+
+    auto, fixed = run("auto"), run(4096)
+    assert auto.batch_size == fixed.batch_size == 4096
+    assert len(ou_data.train.transitions()) > 4096  # several batches per epoch
+    assert auto.history.drop(columns="seconds").equals(fixed.history.drop(columns="seconds"))
+    for a, b in zip(auto.model.parameters(), fixed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert sdelm.fit(RandomWalk(3), ou_data, epochs=1, progress=False).batch_size == 4096
+
+
+def test_auto_batch_size_resolves_per_device():
+    assert _resolve_batch_size("auto", torch.device("cpu")) == AUTO_BATCH_SIZE["cpu"] == 4096
+    assert _resolve_batch_size("auto", torch.device("cuda")) == AUTO_BATCH_SIZE["cuda"] == 65536
+    assert _resolve_batch_size(512, torch.device("cuda")) == 512
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_batch_size_on_cuda(ou_data):
+    result = sdelm.fit(
+        sdelm.NeuralSDE(3, hidden=16, seed=1), ou_data, epochs=3, device="cuda", progress=False
+    )
+    assert result.device.startswith("cuda")
+    assert result.batch_size == 65536
+    assert result.history[["total", "nll"]].notna().all().all()
+    fixed = sdelm.fit(
+        sdelm.NeuralSDE(3, hidden=16, seed=1),
+        ou_data,
+        epochs=3,
+        batch_size=4096,
+        device="cuda",
+        progress=False,
+    )
+    assert fixed.batch_size == 4096
+
+
+def test_a_diverging_fit_stops_warns_and_keeps_the_starting_weights(ou_data):
+    model = sdelm.NeuralSDE(3, seed=0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(RuntimeWarning, match=r"diverged at epoch 1.*restored epoch 0.*smaller lr"):
+        result = sdelm.fit(model, ou_data, lr=1e3, epochs=20, progress=False)
+    assert result.stopped == "diverged"
+    assert not result.improved and result.best_epoch == 0
+    val = result.history[result.history["split"] == "val"]["nll"]
+    assert val.max() > 1e3 * max(1, abs(val.iloc[0]))  # the exploding epoch is in the history
+    assert result.history["epoch"].max() == 1  # stopped at once, not after every epoch
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value, start[name])
+
+
+def test_a_fit_that_never_improves_says_so(ou_data):
+    with pytest.warns(RuntimeWarning, match=r"No epoch .* improved.*larger lr than 1e-12"):
+        result = sdelm.fit(
+            sdelm.NeuralSDE(3, hidden=8, seed=0), ou_data, lr=1e-12, epochs=2, progress=False
+        )
+    assert result.stopped == "epochs"
+    assert not result.improved and result.best_epoch == 0
+    assert result.best_val_nll == result.history["nll"].iloc[1]  # the starting validation NLL
 
 
 def test_paper_loss_trains_and_reports_its_terms(ou_data):
@@ -140,8 +212,17 @@ def test_a_non_finite_loss_stops_with_a_warning_and_the_best_weights(ou_data):
     [
         ({"lr": 0.0}, "lr must be > 0"),
         ({"lr": -1e-3}, "lr must be > 0"),
+        ({"lr": math.inf}, "lr must be > 0 and finite"),
+        ({"lr": math.nan}, "lr must be > 0 and finite"),
+        ({"lr": True}, "lr must be > 0 and finite"),
         ({"epochs": 0}, "epochs must be a positive integer"),
-        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"epochs": True}, "epochs must be a positive integer"),
+        ({"epochs": 10.0}, "epochs must be a positive integer"),
+        ({"patience": -1}, "patience must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer or 'auto'"),
+        ({"batch_size": True}, "batch_size must be a positive integer or 'auto'"),
+        ({"batch_size": 512.0}, "batch_size must be a positive integer or 'auto'"),
+        ({"batch_size": "big"}, "batch_size must be a positive integer or 'auto'"),
         ({"loss": "mse"}, "Unknown loss"),
     ],
 )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
 import sdelm
-from sdelm.simulate import METHODS, convergence, energy_distance
+from sdelm.simulate import METHODS, _SeededIncrements, convergence, energy_distance
 from sdelm.synthetic import ou_model
 
 
@@ -32,19 +34,90 @@ def test_euler_paths_follow_the_exact_ou_moments():
     assert torch.allclose(paths.var(0).sum(-1)[1:], trace, rtol=0.05)
 
 
+@pytest.mark.parametrize("substeps", [1, 4])
+def test_euler_is_euler_maruyama_with_seeded_gaussian_increments(substeps):
+    model, dt, steps, seed = ou_model(), 0.5, 6, 11  # binary fractions: exact solver times
+    x0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    paths = sdelm.simulate(model, x0, steps, n_paths=3, dt=dt, substeps=substeps, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    y, h = x0.repeat_interleave(3, dim=0), dt / substeps
+    expected = [y]
+    for k in range(steps * substeps):
+        t = torch.full((len(y),), k * h)
+        increment = torch.randn(y.shape, generator=generator) * math.sqrt(h)
+        y = y + model.drift(y, t) * h + model.diffusion(y, t) * increment
+        if (k + 1) % substeps == 0:
+            expected.append(y)
+    torch.testing.assert_close(paths, torch.stack(expected, dim=1), rtol=1e-5, atol=1e-5)
+
+
+def test_seeded_increments_refuse_a_query_out_of_order():
+    bm = _SeededIncrements(0.0, (4, 2), torch.float32, torch.device("cpu"), seed=0)
+    assert bm(0.0, 0.5).shape == (4, 2)
+    with pytest.raises(RuntimeError, match="consecutive increments"):
+        bm(0.0, 0.5)  # the same interval again
+    with pytest.raises(RuntimeError, match="consecutive increments"):
+        bm(0.5, 0.5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"n_paths": 0}, "n_paths must be a positive integer"),
+        ({"n_paths": -3}, "n_paths must be a positive integer"),
+        ({"n_paths": True}, "n_paths must be a positive integer"),
+        ({"n_paths": 2.0}, "n_paths must be a positive integer"),
         ({"steps": 0}, "steps must be a positive integer"),
+        ({"steps": True}, "steps must be a positive integer"),
+        ({"steps": 5.5}, "steps must be a positive integer"),
+        ({"substeps": 0}, "substeps must be a positive integer"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
         ({"method": "heun"}, "Unknown method"),
-        ({"dt": 0.0}, "dt must be > 0"),
+        ({"dt": 0.0}, "dt must be a positive, finite number"),
+        ({"dt": -0.1}, "dt must be a positive, finite number"),
+        ({"dt": math.nan}, "dt must be a positive, finite number"),
+        ({"dt": math.inf}, "dt must be a positive, finite number"),
+        ({"dt": True}, "dt must be a positive, finite number"),
+        ({"t0": math.inf}, "t0 must be a finite number"),
+        ({"t0": math.nan}, "t0 must be a finite number"),
+        ({"t0": 1e9}, "float32 cannot represent or tell apart"),
+        ({"dt": 1e38, "steps": 10}, "float32 cannot represent or tell apart"),
     ],
 )
 def test_bad_simulation_input(kwargs, message):
     arguments = {"steps": 5, "n_paths": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
         sdelm.simulate(ou_model(), torch.zeros(3), **arguments)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_starting_states_are_refused_by_row(bad):
+    x0 = torch.zeros(4, 3)
+    x0[2, 1] = bad
+    with pytest.raises(ValueError, match=r"x0 rows \[2\] are NaN or infinite.*row i starts paths"):
+        sdelm.simulate(ou_model(), x0, 5, n_paths=2)
+
+
+@pytest.mark.parametrize(("n_paths", "steps"), [(10**12, 5), (1, 10**12)])
+def test_a_simulation_too_large_for_memory_is_refused_before_it_starts(n_paths, steps):
+    with pytest.raises(ValueError, match=r"simulate would need about [\d,.]+ GiB.*fewer paths"):
+        sdelm.simulate(ou_model(), torch.zeros(3), steps, n_paths=n_paths)
+
+
+class Exploding(sdelm.SDEModel):
+    """dX = 30 X dt: overflows float32 within a few dozen unit steps."""
+
+    def drift(self, x, t):
+        return 30 * x
+
+    def diffusion(self, x, t):
+        return torch.full_like(x, 0.1)
+
+
+def test_paths_that_blow_up_are_reported():
+    with pytest.warns(RuntimeWarning, match=r"2 of 2 simulated paths became NaN or infinite"):
+        paths = sdelm.simulate(Exploding(1), torch.ones(1), 40, n_paths=2)
+    assert not torch.isfinite(paths[:, -1]).any()
 
 
 def test_starting_states_of_the_wrong_dimension():
