@@ -159,3 +159,90 @@ def test_plane_states_lists_every_valid_state():
     assert np.allclose(table["pc3"], split.states[..., 2].reshape(-1).numpy())
     with pytest.raises(ValueError, match="components"):
         phase.plane_states(split, components=(0, 3))
+
+
+def test_map_reading_of_fixed_points_uses_one_plus_lambda():
+    by_x = sorted(phase.fixed_points(DoubleWell(), starts()), key=lambda p: float(p.location[0]))
+    # Wells: J = diag(−2, −1), so I + J = diag(−1, 0): a multiplier on the unit circle.
+    assert by_x[0].kind == "stable"
+    assert np.allclose(np.sort(by_x[0].multipliers.real), [-1, 0], atol=1e-4)
+    (edge,) = phase.fixed_points(linear_model(torch.diag(torch.tensor([-2.0, -1.0]))), starts())
+    assert edge.kind == "stable" and edge.map_kind == "marginal"
+    assert by_x[1].map_kind == "saddle" and by_x[1].map_unstable_directions == 1
+    halved = phase.fixed_points(DoubleWell(), starts(), dt=0.5)
+    assert sorted(p.map_kind for p in halved) == ["saddle", "stable", "stable"]
+    # A drift eigenvalue below −2: a stable flow, but the map overshoots and grows.
+    (point,) = phase.fixed_points(linear_model(torch.diag(torch.tensor([-2.5, -0.2]))), starts())
+    assert point.kind == "stable" and point.map_kind == "saddle"
+    table = phase.fixed_point_table([point], starts())
+    row = table.iloc[0]
+    assert row["flips"] == 1 and row["max_modulus"] == pytest.approx(1.5)
+    assert row["min_modulus"] == pytest.approx(0.8) and np.isinf(row["relaxation"])
+    assert row["flow_relaxation"] == pytest.approx(5.0)
+    (point,) = phase.fixed_points(linear_model(torch.diag(torch.tensor([-0.5, -0.2]))), starts())
+    row = phase.fixed_point_table([point], starts()).iloc[0]
+    assert row["map_kind"] == "stable" and row["flips"] == 0
+    assert row["relaxation"] == pytest.approx(-1 / np.log(0.8))
+    with pytest.raises(ValueError, match="dt must be > 0"):
+        phase.fixed_points(DoubleWell(), starts(), dt=0.0)
+
+
+def test_relaxation_times_of_multipliers():
+    times = phase.relaxation_times(np.array([0.5, -0.5, 0.6 + 0.8j, 1.2, 0.0]), dt=2.0)
+    assert np.allclose(times[:2], 2 / np.log(2))
+    assert np.isinf(times[2]) and np.isinf(times[3]) and times[4] == 0.0
+
+
+def test_drift_orbits_iterate_the_map():
+    matrix = torch.tensor([[-0.2, 1.0], [0.0, -0.7]])
+    orbits = phase.drift_orbits(linear_model(matrix), starts(3), 5, dt=0.5)
+    step = torch.eye(2) + 0.5 * matrix
+    expected = starts(3) @ torch.linalg.matrix_power(step, 5).T
+    assert orbits.shape == (3, 6, 2) and torch.allclose(orbits[:, -1], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        phase.drift_orbits(linear_model(matrix), starts(3), 0)
+
+
+def test_map_lyapunov_of_a_linear_map_is_log_of_its_eigenvalue_moduli():
+    matrix = torch.tensor([[-0.2, 1.0], [0.0, -0.7]])  # I + A: eigenvalues 0.8 and 0.3
+    model = linear_model(matrix)
+    paths = phase.drift_orbits(model, starts(4), 400)
+    exponents = phase.map_lyapunov(model, paths)
+    assert exponents.shape == (4, 2)
+    assert np.allclose(exponents, [[np.log(0.8), np.log(0.3)]] * 4, atol=0.01)
+    halved = phase.map_lyapunov(model, phase.drift_orbits(model, starts(2), 400, dt=0.5), dt=0.5)
+    assert np.allclose(halved, [[np.log(0.9) / 0.5, np.log(0.65) / 0.5]] * 2, atol=0.01)
+    # Not the drift's eigenvalues −0.2 and −0.7 (the flow's exponents): log 0.3 = −1.20.
+    assert abs(exponents[0, 1] - -0.7) > 0.4
+
+
+def test_map_lyapunov_separates_the_well_from_the_saddle():
+    paths = torch.tensor([[1.0, 0.0], [0.0, 0.0]])[:, None].expand(2, 11, 2)
+    exponents = phase.map_lyapunov(DoubleWell(), paths, dt=0.5)
+    # Well: I + J/2 = diag(0, 0.5), one direction annihilated in a step; saddle: diag(1.5, 0.5).
+    assert exponents[0, 0] == pytest.approx(np.log(0.5) / 0.5) and exponents[0, 1] < -50
+    assert np.allclose(exponents[1], [np.log(1.5) / 0.5, np.log(0.5) / 0.5])
+
+
+def test_map_lyapunov_rejects_bad_paths():
+    model = DoubleWell()
+    with pytest.raises(ValueError, match=r"size \(n, K \+ 1, 2\)"):
+        phase.map_lyapunov(model, torch.zeros(3, 1, 2))
+    with pytest.raises(ValueError, match="non-finite"):
+        phase.map_lyapunov(model, torch.full((1, 3, 2), float("nan")))
+    with pytest.raises(ValueError, match="dt must be > 0"):
+        phase.map_lyapunov(model, torch.zeros(1, 3, 2), dt=-1.0)
+
+
+def test_generator_by_distance_map_reading_for_a_known_ou():
+    trajs = as_trajectories(ou_paths(n=120, steps=20, dt=0.1), dt=0.1, per_prompt=2)
+    split = sdelm.prepare(trajs, dim=None, standardise=False, seed=0).test
+    model = linear_model(-torch.eye(3), sigma=0.5)
+    table = phase.generator_by_distance(model, split, torch.zeros(3), reading="map")
+    # ΔV = (−2Δt + Δt²)|x|² + 3 σ² Δt with Δt = 0.1.
+    x = split.states[split.mask]
+    values = (-0.2 + 0.01) * x.pow(2).sum(dim=1) + 3 * 0.25 * 0.1
+    overall = (table["LV"] * table["states"]).sum() / table["states"].sum()
+    assert overall == pytest.approx(float(values.mean()), rel=1e-4)
+    with pytest.raises(ValueError, match="reading must be"):
+        phase.generator_by_distance(model, split, torch.zeros(3), reading="both")

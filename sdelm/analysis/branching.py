@@ -58,11 +58,17 @@ def moments(z0: torch.Tensor, z1: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def _excess_kurtosis(z1: torch.Tensor) -> np.ndarray:
-    """Excess kurtosis along each branch cloud's main axis: (P, T, B, dim) -> (P, T)."""
-    deviation = z1 - z1.mean(dim=2, keepdim=True)
+    """Excess kurtosis along each branch cloud's main axis: (P, T, B, dim) -> (P, T).
+
+    NaN where a cloud has no spread (every branch drew the same token): its shape is undefined.
+    """
+    deviation = (z1 - z1.mean(dim=2, keepdim=True)).double()
     _, _, vh = torch.linalg.svd(deviation, full_matrices=False)
     along = (deviation @ vh[..., 0, :, None]).squeeze(-1)
-    return np.nan_to_num(stats.kurtosis(along.double().numpy(), axis=-1), nan=0.0)
+    m2 = along.pow(2).mean(-1)
+    m4 = along.pow(4).mean(-1)
+    spread = m2 > 1e-12 * deviation.pow(2).sum((-1, -2)).amax().clamp_min(1e-30)
+    return torch.where(spread, m4 / m2.clamp_min(1e-300).pow(2) - 3, torch.nan).numpy()
 
 
 def gaussian_surrogate(z0: torch.Tensor, z1: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
@@ -91,7 +97,8 @@ def measured(branches: Branches, projection: Projection, *, seed: int = 0) -> pd
         ``temperature``, ``entropy`` (nats), ``top_mass`` (tokens carrying 90% of the mass),
         ``distinct`` (distinct tokens among the branches), ``noise`` (tr C),
         ``mean_step`` (|m|²), ``kurtosis`` and ``surrogate_kurtosis`` (excess kurtosis along
-        the cloud's main axis, for the data and for its Gaussian surrogate).
+        the cloud's main axis, for the data and for its Gaussian surrogate; NaN where every
+        branch drew the same token).
 
     """
     z0, z1 = project(branches, projection)
