@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available_memory", "resolve_device"]
+__all__ = ["available_memory", "check_memory", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -59,3 +59,25 @@ def available_memory(device: torch.device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_memory(needs: dict[torch.device, int], task: str, what: str, advice: str) -> None:
+    """Refuse a task whose memory needs exceed what a device can still allocate.
+
+    Args:
+        needs: Bytes the task needs, by device.
+        task: Who needs it, e.g. ``"extract"``.
+        what: What the memory holds, e.g. ``"8 paths x 10 steps x 2 dimensions"``.
+        advice: What to do instead.
+
+    Raises:
+        ValueError: Naming the need and the available memory in GiB, and the advice.
+
+    """
+    for device, need in needs.items():
+        free = available_memory(device)
+        if free is not None and need > free:
+            raise ValueError(
+                f"{task} would need about {need / 2**30:.1f} GiB of {device} memory for {what}, "
+                f"but {free / 2**30:.1f} GiB are available. {advice}"
+            )

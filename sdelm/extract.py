@@ -33,7 +33,7 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from sdelm.corpus import Passage, Prompt, check_integers, is_integer
-from sdelm.devices import available_memory
+from sdelm.devices import check_memory
 from sdelm.lm import LM, cache_keyword, check_cache_used
 from sdelm.trajectories import Trajectories
 
@@ -381,17 +381,15 @@ def _check_memory(
     cpu = torch.device("cpu")
     needs = {cpu: recorded} if lm.device == cpu else {cpu: recorded, lm.device: 0}
     needs[lm.device] += kv_cache
-    for device, need in needs.items():
-        free = available_memory(device)
-        if free is not None and need > free:
-            raise ValueError(
-                f"extract would need about {need / 2**30:.1f} GiB of {device} memory for the "
-                f"recorded trajectories ({n_sequences} sequences x {n_layers} layers x "
-                f"max_new_tokens={max_new_tokens} x hidden size {lm.hidden_size}) and the KV "
-                f"cache of a batch (on {lm.device}), but {free / 2**30:.1f} GiB are available. "
-                "Lower max_new_tokens, batch_size, the number of layers or of sequences, or "
-                "extract in shards (sdelm.shards.extract_shards)."
-            )
+    check_memory(
+        needs,
+        "extract",
+        f"the recorded trajectories ({n_sequences} sequences x {n_layers} layers x "
+        f"max_new_tokens={max_new_tokens} x hidden size {lm.hidden_size}) and the KV cache of "
+        f"a batch (on {lm.device})",
+        "Lower max_new_tokens, batch_size, the number of layers or of sequences, or extract in "
+        "shards (sdelm.shards.extract_shards).",
+    )
 
 
 def _decode(lm: LM, tokens: torch.Tensor, mask: torch.Tensor) -> list[str]:

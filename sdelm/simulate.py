@@ -22,7 +22,7 @@ import torchsde
 
 from sdelm.corpus import check_integers
 from sdelm.data import SDEData
-from sdelm.devices import available_memory
+from sdelm.devices import check_memory
 from sdelm.models import SDEModel
 from sdelm.trajectories import check_time_step
 
@@ -127,15 +127,13 @@ def _check_memory(n_paths: int, steps: int, dim: int, device: torch.device) -> N
     paths = n_paths * (steps + 1) * dim * 4  # float32
     cpu = torch.device("cpu")
     needs = {cpu: 2 * paths} if device.type == "cpu" else {device: 2 * paths, cpu: paths}
-    for where, need in needs.items():
-        free = available_memory(where)
-        if free is not None and need > free:
-            raise ValueError(
-                f"simulate would need about {need / 2**30:.1f} GiB of {where} memory for "
-                f"{n_paths:,} paths x {steps + 1:,} steps x {dim} dimensions, but "
-                f"{free / 2**30:.1f} GiB are available. Ask for fewer paths or steps, or "
-                "simulate in chunks of paths (with different seeds) and summarise each chunk."
-            )
+    check_memory(
+        needs,
+        "simulate",
+        f"{n_paths:,} paths x {steps + 1:,} steps x {dim} dimensions",
+        "Ask for fewer paths or steps, or simulate in chunks of paths (with different seeds) "
+        "and summarise each chunk.",
+    )
 
 
 @torch.no_grad()
