@@ -102,3 +102,15 @@ def tiny_folder(tmp_path_factory) -> Path:
     tiny_model("llama").save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return folder
+
+
+def chapter_source(title: str, parameters: str, body: str) -> str:
+    """A MyST notebook chapter with a ``parameters`` cell and one more code cell."""
+    header = (
+        "---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+        "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n"
+    )
+    return (
+        f"{header}\n# {title}\n\n```{{code-cell}} ipython3\n:tags: [parameters]\n\n"
+        f"{parameters}```\n\n```{{code-cell}} ipython3\n{body}```\n"
+    )

@@ -12,32 +12,11 @@ import pytest
 import torch
 
 import sdelm
+from tests.conftest import chapter_source
 
-MINI_CHAPTER = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
-# Mini
-
-```{code-cell} ipython3
-:tags: [parameters]
-
-x = 1
-```
-
-```{code-cell} ipython3
-assert x < 100, "x is too large"
-print("twice x is", 2 * x)
-```
-"""
+MINI_CHAPTER = chapter_source(
+    "Mini", "x = 1\n", 'assert x < 100, "x is too large"\nprint("twice x is", 2 * x)\n'
+)
 
 
 def sdelm_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

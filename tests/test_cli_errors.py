@@ -19,36 +19,14 @@ from sdelm.cli import main
 from sdelm.files import save_atomically, write_json_atomically
 from sdelm.lm import LMLoadError
 from sdelm.shards import MANIFEST
+from tests.conftest import chapter_source
 
-CHAPTER = """\
----
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
-# Checks
-
-```{code-cell} ipython3
-:tags: [parameters]
-
-x = 1
-rates = [0.5, 1.0]
-name = "a"
-```
-
-```{code-cell} ipython3
-if min(rates) <= 0:
-    raise ValueError("rates must be > 0")
-assert x < 100, "x is too large"
-print("done", x, rates, name)
-```
-"""
+CHAPTER = chapter_source(
+    "Checks",
+    'x = 1\nrates = [0.5, 1.0]\nname = "a"\n',
+    'if min(rates) <= 0:\n    raise ValueError("rates must be > 0")\n'
+    'assert x < 100, "x is too large"\nprint("done", x, rates, name)\n',
+)
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
