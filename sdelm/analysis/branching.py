@@ -6,7 +6,7 @@ covariance ``C``. A fitted SDE predicts ``μ(Z_k, t_k) Δt`` and ``diag σ²(Z_k
 For every model, the mean squared residual of the branches splits exactly into branching noise
 and drift error,
 
-    mean_b |Z^b_{k+1} − Z_k − μΔt|² = tr C + |m − μΔt|²        (C with divisor B),
+    ``mean_b ‖Z^b_{k+1} − Z_k − μΔt‖² = tr C + ‖m − μΔt‖²``        (C with divisor B),
 
 which says how much of what a one-path likelihood fit calls noise is the token draw.
 """
@@ -96,7 +96,7 @@ def measured(branches: Branches, projection: Projection, *, seed: int = 0) -> pd
         One row per (prefix, temperature): ``prefix``, ``prompt_id``, ``step``,
         ``temperature``, ``entropy`` (nats), ``top_mass`` (tokens carrying 90% of the mass),
         ``distinct`` (distinct tokens among the branches), ``noise`` (tr C),
-        ``mean_step`` (|m|²), ``kurtosis`` and ``surrogate_kurtosis`` (excess kurtosis along
+        ``mean_step`` (‖m‖²), ``kurtosis`` and ``surrogate_kurtosis`` (excess kurtosis along
         the cloud's main axis, for the data and for its Gaussian surrogate; NaN where every
         branch drew the same token).
 
@@ -142,7 +142,7 @@ def against_models(
     Returns:
         One row per (prefix, temperature, model): ``prefix``, ``prompt_id``, ``temperature``,
         ``model``, ``predicted_noise`` (tr σσᵀΔt), ``noise`` (tr C), ``drift_error``
-        (|m − μΔt|²), ``mean_dot`` (m·μΔt), ``predicted_mean`` (|μΔt|²), ``mean_step`` (|m|²)
+        (‖m − μΔt‖²), ``mean_dot`` (m·μΔt), ``predicted_mean`` (‖μΔt‖²), ``mean_step`` (‖m‖²)
         and ``nll`` (the branches' Euler–Maruyama NLL, nats per dimension).
 
     """
