@@ -157,6 +157,7 @@ def test_trajectories_chapter_runs_with_other_parameters(tmp_path):
 
 def executed_book(executed: dict, folder: Path) -> Path:
     """A copy of the book whose chapters are the executed notebooks, set not to execute."""
+    folder.mkdir(parents=True, exist_ok=True)
     for name in ("_toc.yml", "references.bib"):
         shutil.copy(ROOT / name, folder / name)
     shutil.copytree(ROOT / "book", folder / "book")

@@ -69,7 +69,7 @@ def old_transformers(tmp_path_factory) -> Path:
     """A folder holding transformers OLDEST only (its dependencies come from the venv)."""
     named = os.environ.get("SDELM_OLD_TRANSFORMERS")
     if named:
-        folder = Path(named)
+        folder = Path(named).resolve()
         if not (folder / "transformers" / "__init__.py").is_file():
             pytest.fail(
                 f"SDELM_OLD_TRANSFORMERS={named} holds no transformers package; make it with "
