@@ -9,6 +9,7 @@ from sdelm import (
     analysis,
     applications,
     baselines,
+    book,
     branching,
     control,
     corpus,
@@ -20,7 +21,7 @@ from sdelm import (
 )
 from sdelm.branching import Branches, branch
 from sdelm.cache import cache_dir, cached_fit, cached_model, cached_trajectories
-from sdelm.claims import ClaimFailedError, Claims
+from sdelm.book import ClaimFailedError, Claims
 from sdelm.collect import collect_branches, collect_layer_trajectories, collect_trajectories
 from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
 from sdelm.devices import resolve_device
@@ -55,6 +56,7 @@ __all__ = [
     "analysis",
     "applications",
     "baselines",
+    "book",
     "branch",
     "branching",
     "cache_dir",

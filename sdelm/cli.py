@@ -18,13 +18,20 @@ import ast
 import json
 import subprocess
 import sys
-import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import torch
+
+from sdelm.book.chapter import (
+    ANY,
+    ChapterError,
+    book_root,
+    execute,
+    parameter_defaults,
+    source_path,
+)
 
 __all__ = ["main"]
 
@@ -40,7 +47,6 @@ BAD_INPUT_ERRORS = (
     NotADirectoryError,
     PermissionError,
 )
-_ANY = object()  # a parameter default that is not a literal: any value goes
 
 
 class UsageError(ValueError):
@@ -284,13 +290,10 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _book_root(root: str | None) -> Path:
-    candidates = [Path(root)] if root else [Path.cwd(), Path(__file__).resolve().parents[1]]
-    for candidate in candidates:
-        if (candidate / "_toc.yml").is_file() and (candidate / "book").is_dir():
-            return candidate
-    raise UsageError(
-        "No book found (a folder with _toc.yml and book/); run from the repository or pass --root."
-    )
+    try:
+        return book_root(root)
+    except ChapterError as error:
+        raise UsageError(f"{error} (--root)") from None
 
 
 def _value(text: str) -> object:
@@ -300,47 +303,13 @@ def _value(text: str) -> object:
         return text
 
 
-def _defaults(source: str, chapter: str) -> dict[str, object]:
-    """Return the names a parameters cell assigns, with their literal defaults.
-
-    Args:
-        source: The cell's code.
-        chapter: The chapter's name, for the message.
-
-    Returns:
-        Default value by name; ``_ANY`` where the value is not a Python literal.
-
-    Raises:
-        UsageError: If the cell is not Python.
-
-    """
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as error:
-        raise UsageError(f"The parameters cell of {chapter} is not Python ({error}).") from error
-    defaults: dict[str, object] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets, value = [node.target], node.value
-        else:
-            continue
-        try:
-            default = ast.literal_eval(value)
-        except (ValueError, TypeError, SyntaxError):
-            default = _ANY
-        defaults.update({t.id: default for t in targets if isinstance(t, ast.Name)})
-    return defaults
-
-
 def _fits(value: object, default: object) -> bool:
     """Return whether an override has the type of a parameter's default.
 
     ``None`` (or a non-literal) default takes anything, a float takes an int, and a list or
     tuple takes a list or tuple whose items each fit one of the default's items.
     """
-    if default is None or default is _ANY:
+    if default is None or default is ANY:
         return True
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(value, bool) and isinstance(default, bool)
@@ -360,7 +329,7 @@ def _check_parameters(
 
     Args:
         parameters: The overrides, by name.
-        defaults: The cell's defaults, from :func:`_defaults`.
+        defaults: The cell's defaults, from :func:`sdelm.book.chapter.parameter_defaults`.
         chapter: The chapter's name, for the message.
 
     Raises:
@@ -381,45 +350,25 @@ def _check_parameters(
 
 
 def _chapter(args: argparse.Namespace) -> None:
-    import jupytext
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from sdelm.files import atomic_path
-
     root = _book_root(args.root)
-    source = root / "book" / f"{args.name}.md"
-    if not source.is_file():
-        names = sorted(p.stem for p in (root / "book").glob("*.md") if p.stem != "api")
-        raise UsageError(f"No chapter {args.name!r}; chapters: {', '.join(names)}.")
-    notebook = jupytext.read(source)
-    tagged = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if not tagged:
-        raise UsageError(f"Chapter {args.name!r} has no parameters cell.")
+    try:
+        defaults = parameter_defaults(source_path(args.name, root))
+    except ChapterError as error:
+        raise UsageError(str(error)) from None
     parameters = {key: _value(value) for key, value in args.parameter}
-    _check_parameters(parameters, _defaults(tagged[0].source, args.name), args.name)
+    _check_parameters(parameters, defaults, args.name)
     out = _output(args.out or f"{args.name}.ipynb", args.force)
-    with tempfile.TemporaryDirectory() as folder, atomic_path(out) as partial:
-        plain = Path(folder) / f"{args.name}.ipynb"
-        jupytext.write(notebook, plain)
-        try:
-            with warnings.catch_warnings():  # the temporary name does not end in .ipynb
-                warnings.filterwarnings("ignore", "The specified file", UserWarning)
-                papermill.execute_notebook(
-                    str(plain),
-                    str(partial),
-                    parameters=parameters,
-                    kernel_name="python3",
-                    cwd=str(root / "book"),
-                    progress_bar=args.progress,
-                )
-        except PapermillExecutionError as error:
-            failure = f"cell [{error.exec_count}] raised {error.ename}: {error.evalue}"
-            if parameters and error.ename in ("ValueError", "TypeError"):
-                raise UsageError(
-                    f"{args.name} rejected the parameters {parameters}: {failure}"
-                ) from None
-            raise RuntimeError(f"{args.name} failed: {failure}") from None
+    try:
+        execute(args.name, out, parameters=parameters, root=root, progress=args.progress)
+    except PapermillExecutionError as error:
+        failure = f"cell [{error.exec_count}] raised {error.ename}: {error.evalue}"
+        if parameters and error.ename in ("ValueError", "TypeError"):
+            raise UsageError(
+                f"{args.name} rejected the parameters {parameters}: {failure}"
+            ) from None
+        raise RuntimeError(f"{args.name} failed: {failure}") from None
     print(f"wrote {out}")
 
 

@@ -1,0 +1,12 @@
+"""The book layer: the only part of sdelm that knows about chapters.
+
+A chapter opens itself with :meth:`Chapter.open` (its defaults read from its own parameters
+cell), records measured effects in :class:`Claims`, and finishes with :meth:`Chapter.finish`;
+:func:`ledger` gathers every chapter's claims for the claims ledger page.
+"""
+
+from sdelm.book.chapter import Chapter, ChapterError, execute
+from sdelm.book.claims import ClaimFailedError, Claims
+from sdelm.book.ledger import ledger
+
+__all__ = ["Chapter", "ChapterError", "ClaimFailedError", "Claims", "execute", "ledger"]

@@ -1,0 +1,277 @@
+"""A chapter of the book: its source, its parameters cell, its claims and its ledger record.
+
+The only module that knows what a chapter is. A chapter opens itself with one call,
+
+    chapter = sdelm.book.Chapter.open("drift_diffusion", globals())
+
+which reads the chapter's defaults from its own parameters cell (so they cannot drift from it)
+and enforces the claims exactly when the parameters in force equal them. Its last hidden cell
+calls :meth:`Chapter.finish`: the claims are verified and, at the defaults, recorded for the
+claims ledger (:mod:`sdelm.book.ledger`). :func:`execute` runs a chapter with papermill, as
+``sdelm chapter`` and the ledger do.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdelm.book.claims import Claims
+from sdelm.cache import cache_dir, source_fingerprint
+from sdelm.files import atomic_path, write_json_atomically
+
+__all__ = [
+    "ANY",
+    "IGNORED",
+    "Chapter",
+    "ChapterError",
+    "book_root",
+    "chapter_names",
+    "execute",
+    "parameter_defaults",
+    "record_path",
+    "source_path",
+]
+
+#: A parameter default that is not a Python literal: any value goes.
+ANY = object()
+#: Parameters that say where a chapter runs, not what it computes: they never stop enforcement.
+IGNORED = frozenset({"device"})
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ChapterError(ValueError):
+    """A chapter, its book or its parameters cell cannot be found or read."""
+
+
+def book_root(root: str | Path | None = None) -> Path:
+    """Return the folder holding ``_toc.yml`` and ``book/``.
+
+    Args:
+        root: Where to look; default the working folder, its parent (a chapter runs in
+            ``book/``), then the repository sdelm was installed from.
+
+    Raises:
+        ChapterError: If none of them holds a book.
+
+    """
+    if root is not None:
+        candidates = [Path(root)]
+    else:
+        candidates = [Path.cwd(), Path.cwd().parent, _PACKAGE_ROOT]
+    for candidate in candidates:
+        if (candidate / "_toc.yml").is_file() and (candidate / "book").is_dir():
+            return candidate.resolve()
+    raise ChapterError(
+        "No book found (a folder with _toc.yml and book/); run from the repository or pass "
+        "its folder as root."
+    )
+
+
+def chapter_names(root: Path) -> list[str]:
+    """Return the executable chapters of the book at ``root``, in table-of-contents order."""
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = [entry["file"] for part in toc.get("parts", []) for entry in part["chapters"]]
+    names = [Path(f).name for f in files]
+    return [n for n in names if "kernelspec:" in (root / "book" / f"{n}.md").read_text()]
+
+
+def source_path(name: str, root: Path) -> Path:
+    """Return the MyST source of chapter ``name``.
+
+    Raises:
+        ChapterError: If the book has no such chapter (the message lists the chapters).
+
+    """
+    source = root / "book" / f"{name}.md"
+    if not source.is_file():
+        names = sorted(p.stem for p in (root / "book").glob("*.md") if p.stem != "api")
+        raise ChapterError(f"No chapter {name!r}; chapters: {', '.join(names)}.")
+    return source
+
+
+def parameter_defaults(source: Path) -> dict[str, object]:
+    """Return the names a chapter's parameters cell assigns, with their literal defaults.
+
+    Args:
+        source: The chapter's MyST file.
+
+    Returns:
+        Default value by name, in the cell's order; :data:`ANY` where the value is not a
+        Python literal.
+
+    Raises:
+        ChapterError: If the chapter has no parameters cell, or it is not Python.
+
+    """
+    import jupytext
+
+    notebook = jupytext.read(source)
+    tagged = [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not tagged:
+        raise ChapterError(f"Chapter {source.stem!r} has no parameters cell.")
+    try:
+        tree = ast.parse(tagged[0].source)
+    except SyntaxError as error:
+        raise ChapterError(
+            f"The parameters cell of {source.stem} is not Python ({error})."
+        ) from error
+    defaults: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        try:
+            default = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError):
+            default = ANY
+        defaults.update({t.id: default for t in targets if isinstance(t, ast.Name)})
+    return defaults
+
+
+def _normalised(value: object) -> object:
+    return [_normalised(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def record_path(name: str) -> Path:
+    """Where the claims of chapter ``name``, run at its defaults, are recorded."""
+    return cache_dir() / "claims" / f"{name}.json"
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Chapter:
+    """One execution of a chapter.
+
+    Attributes:
+        name: The chapter's file name without ``.md``.
+        parameters: The parameters in force, by name (the parameters cell's names).
+        defaults: The parameters cell's defaults; empty when the source was not found.
+        source: The chapter's MyST file, or None when it was not found (a downloaded
+            notebook): the claims are then computed but not enforced.
+        claims: The chapter's claims, enforced exactly at the defaults.
+
+    """
+
+    name: str
+    parameters: dict[str, Any]
+    defaults: dict[str, Any]
+    source: Path | None
+    claims: Claims = field(repr=False)
+
+    @classmethod
+    def open(cls, name: str, namespace: Mapping[str, Any], root: Path | None = None) -> Chapter:
+        """Read the chapter's defaults and compare them with the parameters in ``namespace``.
+
+        Args:
+            name: The chapter's file name without ``.md``, e.g. ``"drift_diffusion"``.
+            namespace: The notebook's globals (after the parameters cell, and papermill's
+                injected cell, ran).
+            root: The book's folder; default found by :func:`book_root`.
+
+        Returns:
+            The chapter, with claims enforced exactly when every parameter (but those in
+            :data:`IGNORED`) equals its default.
+
+        Raises:
+            ChapterError: If the source is found but a parameter of its cell is not defined.
+
+        """
+        try:
+            source = source_path(name, book_root(root))
+        except ChapterError:
+            return cls(name, {}, {}, None, Claims(enforce=False))
+        defaults = parameter_defaults(source)
+        missing = [key for key in defaults if key not in namespace]
+        if missing:
+            raise ChapterError(f"The parameters {missing} of {name} are not defined.")
+        parameters = {key: namespace[key] for key in defaults}
+        enforce = all(
+            _normalised(parameters[key]) == _normalised(value)
+            for key, value in defaults.items()
+            if value is not ANY and key not in IGNORED
+        )
+        return cls(name, parameters, defaults, source, Claims(enforce=enforce))
+
+    def finish(self) -> str:
+        """Verify the claims and, when they are enforced, record them for the ledger.
+
+        Returns:
+            :meth:`Claims.verify`'s summary.
+
+        Raises:
+            ClaimFailedError: If an enforced claim does not hold (nothing is recorded).
+
+        """
+        summary = self.claims.verify()
+        if self.claims.enforce and self.source is not None:
+            table = self.claims.table()
+            record = {
+                "chapter": self.name,
+                "source_sha256": _file_digest(self.source),
+                "sdelm": source_fingerprint(),
+                "claims": table.astype(object).where(table.notna(), None).to_dict("records"),
+            }
+            write_json_atomically(record, record_path(self.name))
+        return summary
+
+
+def execute(
+    name: str,
+    out: Path,
+    *,
+    parameters: Mapping[str, object] | None = None,
+    root: Path | None = None,
+    progress: bool = False,
+) -> Path:
+    """Execute a chapter with papermill, as a reader does, writing the notebook atomically.
+
+    Args:
+        name: The chapter's file name without ``.md``.
+        out: The executed notebook (``.ipynb``); written only when the run succeeds.
+        parameters: Overrides of the parameters cell.
+        root: The book's folder; default found by :func:`book_root`.
+        progress: Show papermill's progress bar.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        ChapterError: If the chapter cannot be found or has no parameters cell.
+        papermill.exceptions.PapermillExecutionError: If a cell raises.
+
+    """
+    import jupytext
+    import papermill
+
+    root = book_root(root)
+    source = source_path(name, root)
+    parameter_defaults(source)  # a clear error when the chapter has no parameters cell
+    with tempfile.TemporaryDirectory() as folder, atomic_path(out) as partial:
+        plain = Path(folder) / f"{name}.ipynb"
+        jupytext.write(jupytext.read(source), plain)
+        with warnings.catch_warnings():  # the temporary name does not end in .ipynb
+            warnings.filterwarnings("ignore", "The specified file", UserWarning)
+            papermill.execute_notebook(
+                str(plain),
+                str(partial),
+                parameters=dict(parameters or {}),
+                kernel_name="python3",
+                cwd=str(root / "book"),
+                progress_bar=progress,
+            )
+    return out

@@ -1,0 +1,234 @@
+"""Scientific claims that a chapter computes, shows, and asserts for its default parameters.
+
+A claim is a **measured effect**: an estimate, an interval that resamples the right unit
+(prompts, passages), a null value and the direction expected before looking
+(:meth:`Claims.effect`). Within a chapter the p-values are Holm-adjusted together, and the
+verdict reads the adjusted p: ``"as expected"`` or ``"opposite"`` (adjusted p < :data:`ALPHA`,
+by the side of the null the estimate lies on), else ``"inconclusive"``. The chapter states the
+verdict found at its default parameters; :meth:`Claims.verify`, in a hidden cell, fails the
+build when the computed verdict differs from it. A reader who re-executes with other parameters
+gets the computed sentences and never an AssertionError.
+
+:meth:`Claims.check` records an older, boolean claim (a property that holds or not, with the
+sentence that says what the data show); those appear in the ledger without an interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import pandas as pd
+
+from sdelm.stats import holm
+
+if TYPE_CHECKING:  # IPython is a book dependency: imported where a chapter shows the report
+    from IPython.display import Markdown
+
+__all__ = ["ALPHA", "VERDICTS", "ClaimFailedError", "Claims"]
+
+#: Family-wise error rate of a chapter's effects (after Holm adjustment).
+ALPHA = 0.05
+#: The verdicts an effect can get.
+VERDICTS = ("as expected", "opposite", "inconclusive")
+_COLUMNS = [
+    "name",
+    "kind",
+    "what",
+    "estimate",
+    "low",
+    "high",
+    "null",
+    "expected",
+    "n_clusters",
+    "unit",
+    "p_value",
+    "p_holm",
+    "verdict",
+    "found",
+    "holds",
+    "statement",
+]
+
+
+class ClaimFailedError(AssertionError):
+    """A claim made for the book's default parameters no longer holds."""
+
+
+def _verdict(estimate: float, null: float, expected: str, p_holm: float) -> str:
+    if not p_holm < ALPHA:
+        return "inconclusive"
+    above = estimate > null
+    return "as expected" if above == (expected == "greater") else "opposite"
+
+
+@dataclass
+class Claims:
+    """The claims of one chapter run.
+
+    Attributes:
+        enforce: Whether :meth:`verify` fails on a claim that does not hold (true exactly when
+            the chapter runs with its default parameters).
+        results: One dict per recorded claim, in the order recorded.
+
+    """
+
+    enforce: bool
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def for_parameters(cls, params: dict[str, Any], defaults: dict[str, Any]) -> Claims:
+        """Enforce the claims exactly when ``params`` equal the chapter's ``defaults``."""
+        normalise = {key: list(v) if isinstance(v, tuple) else v for key, v in params.items()}
+        expected = {key: list(v) if isinstance(v, tuple) else v for key, v in defaults.items()}
+        return cls(enforce=normalise == expected)
+
+    def _add(self, name: str, **row: Any) -> None:
+        if any(r["name"] == name for r in self.results):
+            raise ValueError(f"A claim named {name!r} was already recorded in this chapter.")
+        self.results.append({"name": name, **row})
+
+    def check(self, name: str, holds: bool, statement: str) -> None:
+        """Record a boolean claim.
+
+        Args:
+            name: Short identifier that says what is tested, e.g. ``"entropy-vs-temperature"``.
+            holds: Whether the data support the claim.
+            statement: What the data show, phrased for either outcome.
+
+        """
+        self._add(name, kind="check", holds=bool(holds), statement=statement)
+
+    def effect(
+        self,
+        name: str,
+        measured: Mapping[str, float],
+        *,
+        what: str,
+        expected: Literal["greater", "less"],
+        found: Literal["as expected", "opposite", "inconclusive"],
+        null: float = 0.0,
+        unit: str = "prompts",
+    ) -> None:
+        """Record a measured effect; its verdict is read after Holm adjustment.
+
+        Args:
+            name: Short, neutral identifier of what is measured, e.g.
+                ``"noise-vs-entropy"`` (never the hoped-for outcome).
+            measured: ``estimate``, ``low``, ``high`` (the interval), ``p_value`` (two-sided,
+                against ``null``) and ``n_clusters``, as :func:`sdelm.stats.cluster_bootstrap`
+                returns them.
+            what: The quantity in words, e.g. ``"Spearman ρ of tr σσᵀ and entropy"``.
+            expected: The side of ``null`` the effect was expected on, fixed before looking.
+            found: The verdict found at the chapter's default parameters (asserted there).
+            null: The value of no effect.
+            unit: What the interval resamples (``"prompts"``, ``"passages"``).
+
+        Raises:
+            ValueError: On an unknown ``expected`` or ``found``, a missing field, or a
+                non-finite estimate.
+
+        """
+        if expected not in ("greater", "less"):
+            raise ValueError(f"expected must be 'greater' or 'less', got {expected!r}.")
+        if found not in VERDICTS:
+            raise ValueError(f"found must be one of {VERDICTS}, got {found!r}.")
+        missing = [k for k in ("estimate", "low", "high", "p_value") if k not in measured]
+        if missing:
+            raise ValueError(f"measured lacks {missing}; give cluster_bootstrap's result.")
+        values = {k: float(measured[k]) for k in ("estimate", "low", "high", "p_value")}
+        if not math.isfinite(values["estimate"]):
+            raise ValueError(f"The estimate of {name!r} is not finite: {values['estimate']}.")
+        self._add(
+            name,
+            kind="effect",
+            what=what,
+            null=float(null),
+            expected=expected,
+            found=found,
+            unit=unit,
+            n_clusters=int(measured.get("n_clusters", 0)),
+            **values,
+        )
+
+    def table(self) -> pd.DataFrame:
+        """Return every claim, one row each, with Holm-adjusted p and verdicts for the effects.
+
+        Returns:
+            Columns ``name``, ``kind`` (``"effect"`` or ``"check"``), ``what``, ``estimate``,
+            ``low``, ``high``, ``null``, ``expected``, ``n_clusters``, ``unit``, ``p_value``,
+            ``p_holm``, ``verdict``, ``found``, ``holds`` and ``statement`` (missing values are
+            NaN for checks).
+
+        """
+        rows = [dict(r) for r in self.results]
+        effects = [r for r in rows if r["kind"] == "effect"]
+        if effects:
+            for row, adjusted in zip(effects, holm([r["p_value"] for r in effects]), strict=True):
+                row["p_holm"] = float(adjusted)
+                row["verdict"] = _verdict(row["estimate"], row["null"], row["expected"], adjusted)
+                row["holds"] = row["verdict"] == row["found"]
+                row["statement"] = self._sentence(row)
+        return pd.DataFrame(rows, columns=_COLUMNS)
+
+    @staticmethod
+    def _sentence(row: Mapping[str, Any]) -> str:
+        side = "above" if row["expected"] == "greater" else "below"
+        return (
+            f"{row['what'][:1].upper()}{row['what'][1:]}: {row['estimate']:.3g} "
+            f"[{row['low']:.3g}, {row['high']:.3g}] against {row['null']:g} "
+            f"({row['n_clusters']} {row['unit']}, Holm p = {row['p_holm']:.2g}) — "
+            f"{row['verdict']} (expected {side} {row['null']:g})."
+        )
+
+    def report(self, names: Sequence[str] | None = None) -> Markdown:
+        """Return the statements as a Markdown list, for the reader.
+
+        Args:
+            names: Only these claims, in this order; default all, in the order recorded.
+
+        Raises:
+            KeyError: On a name that was not recorded.
+            ModuleNotFoundError: If IPython is not installed (it comes with the book extra).
+
+        """
+        try:
+            from IPython.display import Markdown
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(
+                "Claims.report() returns IPython Markdown for a notebook, and IPython is not "
+                "installed: pip install 'sdelm[book]' (or pip install ipython); "
+                "Claims.table() gives the same statements as a DataFrame without it."
+            ) from error
+        table = self.table().set_index("name", drop=False)
+        unknown = [n for n in names or [] if n not in table.index]
+        if unknown:
+            raise KeyError(f"No claims named {unknown}; recorded: {list(table.index)}.")
+        chosen = table if names is None else table.loc[list(names)]
+        return Markdown("\n".join(f"- {s}" for s in chosen["statement"]))
+
+    def verify(self) -> str:
+        """Fail if a claim does not hold while enforced; otherwise say what was checked.
+
+        Returns:
+            A one-line summary.
+
+        Raises:
+            ClaimFailedError: Listing the claims that do not hold, when enforced.
+
+        """
+        table = self.table()
+        failed = table[~table["holds"].astype(bool)]
+        if self.enforce and len(failed):
+            lines = "\n".join(
+                f"- {r.name}: {r.statement}"
+                + (f" (found at the defaults: {r.found})" if r.kind == "effect" else "")
+                for r in failed.itertuples()
+            )
+            raise ClaimFailedError(
+                f"{len(failed)} claim(s) made for the default parameters do not hold:\n{lines}"
+            )
+        mode = "enforced" if self.enforce else "not enforced (parameters differ from defaults)"
+        return f"{len(table)} claims checked, {len(failed)} not holding; {mode}."

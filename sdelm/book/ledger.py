@@ -1,0 +1,88 @@
+"""The claims ledger: every claim of every chapter, run at its defaults, in one table.
+
+Each chapter records its claims when it finishes at its default parameters
+(:meth:`sdelm.book.Chapter.finish`). The ledger reads those records and serves only the ones
+made by the current chapter source and the current sdelm code; a chapter whose record is
+missing or stale is executed first (with papermill, at its defaults), so the ledger never shows
+a claim that the current book would not make.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from sdelm.book.chapter import (
+    ChapterError,
+    book_root,
+    chapter_names,
+    execute,
+    record_path,
+    source_path,
+)
+from sdelm.cache import source_fingerprint
+
+__all__ = ["ledger", "read_record"]
+
+
+def read_record(name: str, root: Path) -> dict | None:
+    """Return chapter ``name``'s recorded claims if the current source and code made them.
+
+    Args:
+        name: The chapter's file name without ``.md``.
+        root: The book's folder.
+
+    Returns:
+        The record (``chapter``, ``source_sha256``, ``sdelm``, ``claims``), or None when it is
+        missing, unreadable, or was made by another chapter source or sdelm code.
+
+    """
+    try:
+        record = json.loads(record_path(name).read_text())
+        source = hashlib.sha256(source_path(name, root).read_bytes()).hexdigest()
+        current = record["source_sha256"] == source and record["sdelm"] == source_fingerprint()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if current else None
+
+
+def ledger(
+    root: str | Path | None = None, *, skip: tuple[str, ...] = (), execute_missing: bool = True
+) -> pd.DataFrame:
+    """Collect every chapter's claims, at its default parameters.
+
+    Args:
+        root: The book's folder; default found by :func:`sdelm.book.book_root`.
+        skip: Chapters to leave out (the ledger's own page).
+        execute_missing: Execute a chapter whose record is missing or stale; otherwise raise.
+
+    Returns:
+        One row per claim: ``chapter`` plus the columns of :meth:`sdelm.Claims.table`, in
+        table-of-contents order.
+
+    Raises:
+        ChapterError: If a chapter has no current record (and ``execute_missing`` is false), or
+            executing it records none.
+
+    """
+    root = book_root(root)
+    rows = []
+    for name in chapter_names(root):
+        if name in skip:
+            continue
+        record = read_record(name, root)
+        if record is None and execute_missing:
+            with tempfile.TemporaryDirectory() as folder:
+                execute(name, Path(folder) / f"{name}.ipynb", root=root)
+            record = read_record(name, root)
+        if record is None:
+            raise ChapterError(
+                f"Chapter {name!r} has no claims recorded by the current code; execute it at its "
+                f"defaults (sdelm chapter {name})."
+            )
+        rows.extend({"chapter": name, **claim} for claim in record["claims"])
+    return pd.DataFrame(rows)
