@@ -19,9 +19,9 @@ from sdelm import (
     synthetic,
     theory,
 )
+from sdelm.book import ClaimFailedError, Claims
 from sdelm.branching import Branches, branch
 from sdelm.cache import cache_dir, cached_fit, cached_model, cached_trajectories
-from sdelm.book import ClaimFailedError, Claims
 from sdelm.collect import collect_branches, collect_layer_trajectories, collect_trajectories
 from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
 from sdelm.devices import resolve_device
