@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +52,7 @@ __all__ = [
 SOURCE_ROOT = Path(__file__).resolve().parent
 
 _Entry = TypeVar("_Entry")
-_parsed: dict[tuple[str, int, int], str] = {}
+_parsed: dict[tuple[str, int, int], tuple[str, frozenset[str]]] = {}
 
 
 def cache_dir() -> Path:
@@ -77,36 +77,81 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tree_hash(path: Path) -> str:
-    """SHA-256 of a Python file's syntax tree (without line numbers), memoised by mtime."""
+def _parse(path: Path) -> tuple[str, frozenset[str]]:
+    """Return a Python file's syntax-tree hash and the sdelm modules it imports (memoised).
+
+    The hash ignores line numbers, comments and formatting. The imports are read statically,
+    anywhere in the file (also inside functions): ``from sdelm.x import y`` gives ``sdelm.x``
+    (and ``sdelm.x.y`` where that is a module), ``import sdelm.x`` gives ``sdelm.x``, and a bare
+    ``import sdelm`` gives ``sdelm`` (the whole package, through its ``__init__``).
+    """
     stat = path.stat()
     memo = (str(path), stat.st_mtime_ns, stat.st_size)
     if memo not in _parsed:
-        tree = ast.dump(ast.parse(path.read_bytes(), filename=str(path)))
-        _parsed[memo] = hashlib.sha256(tree.encode()).hexdigest()
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names if a.name.split(".")[0] == "sdelm")
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] == "sdelm":
+                    names = [a.name for a in node.names if not a.name.startswith("__")]
+                    imported.update(f"{node.module}.{name}" for name in names)
+                    if node.module != "sdelm":
+                        imported.add(node.module)
+        digest = hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+        _parsed[memo] = (digest, frozenset(imported))
     return _parsed[memo]
 
 
-def source_fingerprint(root: Path | None = None) -> str:
-    """Return a fingerprint of the package under ``root``: its modules and data files.
+def _module_file(name: str, root: Path) -> Path | None:
+    """Return the file of sdelm module ``name`` under the package folder ``root``, if any."""
+    if name.split(".")[0] != "sdelm":
+        return None
+    parts = name.split(".")[1:]
+    package = root.joinpath(*parts, "__init__.py")
+    if package.is_file():
+        return package
+    module = root.joinpath(*parts).with_suffix(".py") if parts else None
+    return module if module is not None and module.is_file() else None
+
+
+def _module_closure(modules: Iterable[str], root: Path) -> list[Path]:
+    """Return the files of ``modules`` and of every sdelm module they import, transitively."""
+    seen: set[Path] = set()
+    todo = [f for f in (_module_file(m, root) for m in modules) if f is not None]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(f for f in (_module_file(n, root) for n in _parse(path)[1]) if f is not None)
+    return sorted(seen)
+
+
+def source_fingerprint(root: Path | None = None, modules: Iterable[str] | None = None) -> str:
+    """Return a fingerprint of the package under ``root``, or of the part that ``modules`` use.
 
     Python modules count by their syntax trees: two source trees that differ only in comments or
     formatting share a fingerprint; any change of a statement, name or constant gives another.
-    Data files (the bundled prompts) count byte for byte.
+    Data files (the bundled prompts) always count, byte for byte.
 
     Args:
         root: The package folder; default: the installed sdelm.
+        modules: Count only these modules (e.g. ``["sdelm.collect"]``) and the sdelm modules
+            they import, transitively (read statically); default every module.
 
     Returns:
         A 64-character hex digest.
 
     """
     root = SOURCE_ROOT if root is None else root
+    files = [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    if modules is not None:
+        files = [p for p in files if p.suffix != ".py"] + _module_closure(modules, root)
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or "__pycache__" in path.parts:
-            continue
-        content = _tree_hash(path) if path.suffix == ".py" else _file_hash(path)
+    for path in sorted(set(files)):
+        content = _parse(path)[0] if path.suffix == ".py" else _file_hash(path)
         digest.update(f"{path.relative_to(root).as_posix()}:{content}\n".encode())
     return digest.hexdigest()
 
@@ -165,6 +210,14 @@ def code_fingerprint(function: Callable[..., object]) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
+def _reached(compute: Callable[..., object], uses: Iterable[str]) -> list[str] | None:
+    """Return the sdelm modules an entry's code depends on; None (all of sdelm) if unknown."""
+    module = getattr(compute, "__module__", None) or ""
+    if module.split(".")[0] != "sdelm":
+        return None
+    return [module, *uses]
+
+
 def cache_key(params: dict[str, Any]) -> str:
     """Return a short, stable hash of JSON-serialisable parameters."""
     text = json.dumps(params, sort_keys=True, default=str)
@@ -179,8 +232,14 @@ def cached(
     load: Callable[[Path], _Entry],
     save: Callable[[_Entry, Path], object],
     refresh: bool = False,
+    uses: Iterable[str] = (),
 ) -> _Entry:
     """Serve the entry for (params, code) when its record and file check out; else compute it.
+
+    The code in the key is ``compute``'s own, plus the sdelm modules it can reach: when
+    ``compute`` is defined in an sdelm module, that module and every sdelm module it imports
+    (transitively), and the modules in ``uses``; when it is defined elsewhere (a chapter), the
+    whole package.
 
     Args:
         kind: Sub-folder of the cache, e.g. ``"trajectories"``.
@@ -189,6 +248,8 @@ def cached(
         load: Reads an entry from a file; any error it raises means "recompute".
         save: Writes an entry to a file, atomically.
         refresh: Recompute even when cached.
+        uses: Further sdelm modules whose code the result depends on (e.g. the module of a
+            model class passed in as an object).
 
     Returns:
         The entry.
@@ -197,7 +258,7 @@ def cached(
     record = {
         "params": json.loads(json.dumps(params, sort_keys=True, default=str)),
         "sdelm": _version(),
-        "source": source_fingerprint(),
+        "source": source_fingerprint(modules=_reached(compute, uses)),
         "compute": code_fingerprint(compute),
     }
     key = cache_key(record)
@@ -243,7 +304,11 @@ def cached_trajectories(
 
 
 def cached_model(
-    params: dict[str, Any], compute: Callable[[], SDEModel], *, refresh: bool = False
+    params: dict[str, Any],
+    compute: Callable[[], SDEModel],
+    *,
+    refresh: bool = False,
+    uses: Iterable[str] = (),
 ) -> SDEModel:
     """Load a model fitted earlier by the same code and parameters, or fit and store it.
 
@@ -251,13 +316,20 @@ def cached_model(
         params: Everything that determines the fit (data, model and fit arguments).
         compute: Fits and returns the model when it is not cached; its code is part of the key.
         refresh: Refit even when cached.
+        uses: Further sdelm modules the fit depends on (see :func:`cached`).
 
     Returns:
         The fitted model (on the CPU, in eval mode).
 
     """
     model = cached(
-        "fits", params, compute, load=load_checkpoint, save=save_checkpoint, refresh=refresh
+        "fits",
+        params,
+        compute,
+        load=load_checkpoint,
+        save=save_checkpoint,
+        refresh=refresh,
+        uses=uses,
     )
     return model.cpu().eval()
 
@@ -299,4 +371,8 @@ def cached_fit(model: SDEModel, data: PreparedData, **fit_args: Any) -> SDEModel
         "fit": {k: v for k, v in sorted(fit_args.items()) if k not in ("progress", "device")},
         "device": resolve_device(fit_args.get("device", "auto")).type,
     }
-    return cached_model(params, lambda: fit(copy.deepcopy(model), data, **fit_args).model)
+    return cached_model(
+        params,
+        lambda: fit(copy.deepcopy(model), data, **fit_args).model,
+        uses=[type(model).__module__],
+    )

@@ -247,3 +247,38 @@ def test_cached_fit_is_named_by_model_data_and_arguments(monkeypatch):
     other = sdelm.prepare(sdelm.synthetic.as_trajectories(paths, dt=0.1), dim=None, seed=1)
     sdelm.cache.cached_fit(sdelm.NeuralSDE(data.dim, hidden=8, seed=0), other, **args)
     assert len(fits) == 4
+
+
+def test_a_fit_is_keyed_by_the_modules_it_reaches_only(tmp_path, monkeypatch):
+    source = tmp_path / "sdelm-source"
+    shutil.copytree(cache.SOURCE_ROOT, source, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "SOURCE_ROOT", source)
+    fits = []
+    real_fit = cache.fit
+    monkeypatch.setattr(cache, "fit", lambda *a, **k: fits.append(k) or real_fit(*a, **k))
+    paths = sdelm.synthetic.ou_paths(n=20, steps=8, seed=0)
+    data = sdelm.prepare(sdelm.synthetic.as_trajectories(paths, dt=0.1), dim=None, seed=0)
+
+    def fitted():
+        model = sdelm.NeuralSDE(data.dim, hidden=8, seed=0)
+        return sdelm.cached_fit(model, data, epochs=2, seed=0, progress=False)
+
+    fitted()
+    assert cache._module_file("sdelm.analysis.phase", source) not in cache._module_closure(
+        ["sdelm.cache", "sdelm.models"], source
+    )
+    # A module that a fit cannot reach (the phase-space analysis): still served.
+    phase = source / "analysis" / "phase.py"
+    phase.write_text(phase.read_text() + "\n\nUNRELATED = 1\n")
+    fitted()
+    assert len(fits) == 1
+    # The module of the model class: refitted.
+    models = source / "models.py"
+    models.write_text(models.read_text() + "\n\nCHANGED = 1\n")
+    fitted()
+    assert len(fits) == 2
+    # A module the fit imports through others (the trajectory format): refitted.
+    trajectories = source / "trajectories.py"
+    trajectories.write_text(trajectories.read_text() + "\n\nCHANGED = 1\n")
+    fitted()
+    assert len(fits) == 3
