@@ -79,8 +79,8 @@ def chapter_names(root: Path) -> list[str]:
     import yaml
 
     toc = yaml.safe_load((root / "_toc.yml").read_text())
-    files = [entry["file"] for part in toc.get("parts", []) for entry in part["chapters"]]
-    names = [Path(f).name for f in files]
+    entries = [*toc.get("chapters", []), *(e for p in toc.get("parts", []) for e in p["chapters"])]
+    names = [Path(f).name for f in [toc["root"], *(e["file"] for e in entries)]]
     return [n for n in names if "kernelspec:" in (root / "book" / f"{n}.md").read_text()]
 
 

@@ -1,0 +1,136 @@
+"""The book layer: claims as measured effects, chapters that read their own defaults, the ledger."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sdelm.book import Chapter, ChapterError, ClaimFailedError, Claims, ledger
+from sdelm.book.chapter import chapter_names, parameter_defaults, record_path
+from tests.conftest import chapter_source
+
+
+def measured(estimate: float, low: float, high: float, p: float) -> dict[str, float]:
+    return {"estimate": estimate, "low": low, "high": high, "p_value": p, "n_clusters": 24}
+
+
+def test_effect_verdicts_read_holm_adjusted_p_values():
+    claims = Claims(enforce=True)
+    claims.effect("a", measured(0.7, 0.6, 0.8, 0.001), what="ρ", expected="greater",
+                  found="as expected")  # fmt: skip
+    claims.effect("b", measured(-0.2, -0.3, -0.1, 0.005), what="gap", expected="greater",
+                  found="opposite")  # fmt: skip
+    # Alone, p = 0.03 < 0.05; Holm over four tests makes it 0.06: inconclusive.
+    claims.effect("c", measured(0.1, 0.01, 0.2, 0.03), what="slope", expected="greater",
+                  found="inconclusive")  # fmt: skip
+    claims.effect("d", measured(-0.1, -0.2, -0.01, 0.04), what="slope", expected="less",
+                  found="inconclusive")  # fmt: skip
+    table = claims.table().set_index("name")
+    assert table["p_holm"].tolist() == pytest.approx([0.004, 0.015, 0.06, 0.06])
+    assert table["verdict"].tolist() == ["as expected", "opposite", *["inconclusive"] * 2]
+    assert table["holds"].all()
+    assert "0.7 [0.6, 0.8] against 0 (24 prompts, Holm p = 0.004)" in table.loc["a", "statement"]
+    assert claims.verify() == "4 claims checked, 0 not holding; enforced."
+
+
+def test_a_verdict_other_than_the_one_found_fails_only_when_enforced():
+    for enforce in (True, False):
+        claims = Claims(enforce=enforce)
+        claims.effect("a", measured(0.01, -0.1, 0.1, 0.8), what="ρ", expected="greater",
+                      found="as expected")  # fmt: skip
+        claims.check("b", True, "fine")
+        if enforce:
+            with pytest.raises(ClaimFailedError, match="found at the defaults: as expected"):
+                claims.verify()
+        else:
+            assert claims.verify().startswith("2 claims checked, 1 not holding; not enforced")
+
+
+def test_effects_refuse_bad_input():
+    claims = Claims(enforce=True)
+    with pytest.raises(ValueError, match="expected must be"):
+        claims.effect("a", measured(1, 0, 2, 0.1), what="x", expected="up", found="as expected")
+    with pytest.raises(ValueError, match="found must be"):
+        claims.effect("a", measured(1, 0, 2, 0.1), what="x", expected="less", found="holds")
+    with pytest.raises(ValueError, match="lacks"):
+        claims.effect("a", {"estimate": 1.0}, what="x", expected="less", found="opposite")
+    with pytest.raises(ValueError, match="not finite"):
+        claims.effect("a", measured(float("nan"), 0, 2, 0.1), what="x", expected="less",
+                      found="opposite")  # fmt: skip
+    claims.check("a", True, "fine")
+    with pytest.raises(ValueError, match="already recorded"):
+        claims.check("a", True, "again")
+
+
+MINI = chapter_source(
+    "Mini",
+    'n = 3\ntemperatures = [0.5, 1.0]\ndevice = "auto"\nlabel = str(n)\n',
+    "import sdelm\n"
+    'chapter = sdelm.book.Chapter.open("mini", globals())\n'
+    'chapter.claims.effect("size", {"estimate": n, "low": n - 1, "high": n + 1, '
+    '"p_value": 0.001}, what="n", expected="greater", found="as expected")\n'
+    "print(chapter.finish())\n",
+)
+
+
+@pytest.fixture
+def mini_book(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDELM_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "mini.md").write_text(MINI)
+    (tmp_path / "book" / "notes.md").write_text("# Notes\n")
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/notes\nchapters:\n  - file: book/mini\n"
+    )
+    return tmp_path
+
+
+def test_defaults_come_from_the_parameters_cell(mini_book):
+    defaults = parameter_defaults(mini_book / "book" / "mini.md")
+    assert list(defaults) == ["n", "temperatures", "device", "label"]
+    assert defaults["temperatures"] == [0.5, 1.0]
+    namespace = {"n": 3, "temperatures": (0.5, 1.0), "device": "cuda", "label": "x"}
+    # A tuple equals its list, where the chapter runs does not count, nor a computed default.
+    assert Chapter.open("mini", namespace, root=mini_book).claims.enforce
+    other = Chapter.open("mini", {**namespace, "n": 4}, root=mini_book)
+    assert not other.claims.enforce and other.parameters["n"] == 4
+    with pytest.raises(ChapterError, match=r"\['label'\]"):
+        Chapter.open("mini", {"n": 3, "temperatures": [0.5, 1.0], "device": "x"}, root=mini_book)
+    assert chapter_names(mini_book) == ["mini"]
+
+
+def test_a_chapter_without_its_source_computes_but_does_not_enforce(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    chapter = Chapter.open("nowhere", {}, root=None)
+    assert chapter.source is None and not chapter.claims.enforce
+
+
+def test_finish_records_the_claims_at_the_defaults_only(mini_book):
+    chapter = Chapter.open("mini", {"n": 3, "temperatures": [0.5, 1.0], "device": "auto",
+                                    "label": "3"}, root=mini_book)  # fmt: skip
+    chapter.claims.check("c", True, "fine")
+    chapter.finish()
+    record = json.loads(record_path("mini").read_text())
+    assert [c["name"] for c in record["claims"]] == ["c"]
+    record_path("mini").unlink()
+    relaxed = Chapter.open("mini", {"n": 4, "temperatures": [1.0], "device": "auto",
+                                    "label": "4"}, root=mini_book)  # fmt: skip
+    relaxed.finish()
+    assert not record_path("mini").exists()
+
+
+def test_the_ledger_executes_a_chapter_without_a_current_record(mini_book):
+    table = ledger(mini_book)
+    assert table[["chapter", "name", "verdict"]].values.tolist() == [
+        ["mini", "size", "as expected"]
+    ]
+    assert table.loc[0, "estimate"] == 3
+    # Served from the record while the chapter source is unchanged...
+    assert ledger(mini_book, execute_missing=False).equals(table)
+    # ...and recomputed, never served, once it changes.
+    source = mini_book / "book" / "mini.md"
+    source.write_text(MINI.replace("n = 3", "n = 5"))
+    with pytest.raises(ChapterError, match="sdelm chapter mini"):
+        ledger(mini_book, execute_missing=False)
+    assert ledger(mini_book).loc[0, "estimate"] == 5
