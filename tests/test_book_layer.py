@@ -1,4 +1,4 @@
-"""The book layer: claims as measured effects, chapters that read their own defaults, the ledger."""
+"""The book layer: claims as measured effects, chapters that read their defaults, the ledger."""
 
 from __future__ import annotations
 
