@@ -13,7 +13,15 @@ from matplotlib.axes import Axes
 if TYPE_CHECKING:
     from sdelm.analysis.phase import PlaneField
 
-__all__ = ["explained_variance_plot", "phase_portrait", "step_profile", "use_book_style"]
+__all__ = [
+    "VERDICT_COLOURS",
+    "explained_variance_plot",
+    "phase_portrait",
+    "step_profile",
+    "use_book_style",
+    "verdict_counts",
+    "verdict_evidence",
+]
 
 
 def use_book_style() -> None:
@@ -106,4 +114,79 @@ def phase_portrait(field: PlaneField, *, ax: Axes | None = None) -> Axes:
         xlim=(field.x[0], field.x[-1]),
         ylim=(field.y[0], field.y[-1]),
     )
+    return ax
+
+
+#: One colour per verdict, shared by the ledger's figures.
+VERDICT_COLOURS = {
+    "as expected": "#029e73",
+    "opposite": "#d55e00",
+    "inconclusive": "#949494",
+    "check holds": "#56b4e9",
+    "check fails": "#cc78bc",
+}
+
+
+def _verdict_labels(claims: pd.DataFrame) -> pd.Series:
+    """Return each effect's verdict, and ``"check holds"``/``"check fails"`` for checks."""
+    checks = np.where(claims["holds"].astype(bool), "check holds", "check fails")
+    return claims["verdict"].where(claims["kind"] == "effect", checks)
+
+
+def verdict_evidence(claims: pd.DataFrame, *, alpha: float = 0.05, ax: Axes | None = None) -> Axes:
+    """Each effect's Holm-adjusted evidence, signed by the direction expected before looking.
+
+    Args:
+        claims: The claims ledger (:func:`sdelm.book.ledger`): ``chapter``, ``name``,
+            ``kind``, ``estimate``, ``null``, ``expected``, ``p_holm``, ``verdict``.
+        alpha: The family-wise error rate, drawn as the verdict thresholds.
+        ax: Axes to draw on.
+
+    Returns:
+        The axes: one bar per effect, −log10(Holm p), positive where the estimate lies on the
+        expected side of its null.
+
+    """
+    effects = claims[claims["kind"] == "effect"].copy()
+    side = np.where(effects["expected"] == "greater", 1.0, -1.0)
+    effects["evidence"] = (
+        np.sign(effects["estimate"] - effects["null"]) * side * -np.log10(effects["p_holm"])
+    )
+    effects["claim"] = effects["chapter"] + ": " + effects["name"]
+    ax = ax if ax is not None else plt.subplots(figsize=(7, 0.3 * len(effects) + 1))[1]
+    sns.barplot(
+        data=effects,
+        y="claim",
+        x="evidence",
+        hue="verdict",
+        palette=VERDICT_COLOURS,
+        dodge=False,
+        ax=ax,
+    )
+    for threshold in (-np.log10(alpha), np.log10(alpha)):
+        ax.axvline(threshold, color="grey", linestyle=":")
+    ax.set(xlabel="± −log10(Holm p)  (+: on the expected side)", ylabel="")
+    return ax
+
+
+def verdict_counts(claims: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Count each chapter's claims by verdict (effects) or outcome (boolean checks).
+
+    Args:
+        claims: The claims ledger (:func:`sdelm.book.ledger`).
+        ax: Axes to draw on.
+
+    Returns:
+        The axes: one stacked bar per chapter.
+
+    """
+    counts = pd.crosstab(claims["chapter"], _verdict_labels(claims)).reindex(
+        claims["chapter"].unique()
+    )
+    ax = _axes(ax)
+    colours = [VERDICT_COLOURS[label] for label in counts.columns]
+    counts.plot.barh(stacked=True, color=colours, ax=ax)
+    ax.set(xlabel="claims", ylabel="")
+    ax.invert_yaxis()
+    ax.legend(title="verdict", loc="upper left", bbox_to_anchor=(1.01, 1))
     return ax
