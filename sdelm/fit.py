@@ -33,7 +33,7 @@ from sdelm.data import PreparedData, SDEData, Transitions
 from sdelm.devices import resolve_device
 from sdelm.models import SDEModel
 
-__all__ = ["LOSSES", "FitResult", "fit", "loss_terms", "nll"]
+__all__ = ["LOSSES", "FitResult", "fit", "loss_terms", "nll", "sequence_nll"]
 
 LOSSES = ("nll", "paper")
 _LOG_2PI = math.log(2 * math.pi)
@@ -112,6 +112,36 @@ def nll(model: SDEModel, data: SDEData | Transitions) -> float:
     value = float(loss_terms(model, tr.to(device))["nll"])
     model.train(was_training)
     return value
+
+
+@torch.no_grad()
+def sequence_nll(model: SDEModel, data: SDEData) -> torch.Tensor:
+    """Held-out Euler–Maruyama negative log-likelihood of each sequence.
+
+    Args:
+        model: The SDE.
+        data: A split.
+
+    Returns:
+        Float tensor of size (n_sequences,): the mean over the sequence's valid transitions and
+        dimensions, in nats per dimension per step (NaN for a sequence without transitions).
+        Weighted by transitions, it averages to :func:`nll`.
+
+    """
+    x = data.states[:, :-1]
+    valid = data.mask[:, :-1] & data.mask[:, 1:]
+    times = data.times[:-1].expand(x.shape[:2])
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    flat_x, flat_t = x.reshape(-1, data.dim).to(device), times.reshape(-1).to(device)
+    mu = model.drift(flat_x, flat_t).reshape(x.shape).cpu()
+    variance = (model.diffusion(flat_x, flat_t).pow(2) * data.dt).reshape(x.shape).cpu()
+    model.train(was_training)
+    residual = data.states[:, 1:] - x - mu * data.dt
+    per_step = (residual.pow(2) / (2 * variance) + 0.5 * (torch.log(variance) + _LOG_2PI)).mean(-1)
+    per_step = torch.where(valid, per_step, torch.zeros_like(per_step))
+    return per_step.sum(1) / valid.sum(1)
 
 
 def _resolve_batch_size(batch_size: int | str, device: torch.device) -> int:

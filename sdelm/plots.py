@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
@@ -15,8 +16,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "VERDICT_COLOURS",
+    "effects_by_model",
     "explained_variance_plot",
     "phase_portrait",
+    "quality_diversity",
     "step_profile",
     "use_book_style",
     "verdict_counts",
@@ -189,4 +192,107 @@ def verdict_counts(claims: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     ax.set(xlabel="claims", ylabel="")
     ax.invert_yaxis()
     ax.legend(title="verdict", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax
+
+
+def effects_by_model(
+    effects: pd.DataFrame, *, columns: int = 4, height: float = 2.6
+) -> plt.Figure:
+    """Each finding's estimate and interval per model, one panel per finding.
+
+    Args:
+        effects: One row per (finding, model): ``finding``, ``model``, ``estimate``, ``low``,
+            ``high``, ``null`` and ``verdict``.
+        columns: Panels per row.
+        height: Height of a row of panels (inches).
+
+    Returns:
+        The figure; the null is a dotted line, the colour is the verdict.
+
+    """
+    names = list(dict.fromkeys(effects["finding"]))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, height * rows), squeeze=False)
+    models = list(dict.fromkeys(effects["model"]))
+    for ax, name in zip(axes.flat, names, strict=False):
+        part = effects[effects["finding"] == name].set_index("model").loc[models]
+        for y, (_, row) in enumerate(part.iterrows()):
+            colour = VERDICT_COLOURS[row["verdict"]]
+            ax.errorbar(
+                row["estimate"],
+                y,
+                xerr=[[row["estimate"] - row["low"]], [row["high"] - row["estimate"]]],
+                fmt="o",
+                color=colour,
+                capsize=3,
+            )
+        ax.axvline(part["null"].iloc[0], color="grey", linestyle=":")
+        ax.set(yticks=range(len(models)), yticklabels=models, ylim=(-0.7, len(models) - 0.3))
+        ax.set_title(name, fontsize="small")
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def quality_diversity(
+    scores: pd.DataFrame,
+    constant: Sequence[str],
+    colours: Mapping[str, object],
+    *,
+    markers: Sequence[str] = ("s", "P", "D", "^", "v", "X"),
+    ax: Axes | None = None,
+) -> Axes:
+    """Place sampling runs on the quality–diversity plane, with standard errors.
+
+    Args:
+        scores: One row per (arm, prompt): ``arm``, ``logprob`` (mean log-probability per
+            token, nats) and ``distinct`` (distinct bigrams across the prompt's samples), as
+            :func:`sdelm.control.score_arms` returns.
+        constant: The arms sampled at a constant temperature, in order: drawn as one line,
+            each point labelled with its name.
+        colours: Colour by controlled arm; each is drawn as one marker, in this order.
+        markers: Marker of each controlled arm, in order; arms beyond the last marker are
+            not drawn.
+        ax: Axes to draw on.
+
+    Returns:
+        The axes: mean quality (x) against mean diversity (y) per arm.
+
+    """
+    ax = _axes(ax)
+    means = scores.groupby("arm", sort=False)[["logprob", "distinct"]].agg(["mean", "sem"])
+    line = means.loc[list(constant)]
+    ax.errorbar(
+        line[("logprob", "mean")],
+        line[("distinct", "mean")],
+        xerr=line[("logprob", "sem")],
+        yerr=line[("distinct", "sem")],
+        color="0.4",
+        marker="o",
+        label="constant temperature",
+    )
+    for name in constant:
+        ax.annotate(
+            name,
+            (line.loc[name, ("logprob", "mean")], line.loc[name, ("distinct", "mean")]),
+            textcoords="offset points",
+            xytext=(6, -12),
+        )
+    for name, marker in zip(colours, markers, strict=False):
+        ax.errorbar(
+            means.loc[name, ("logprob", "mean")],
+            means.loc[name, ("distinct", "mean")],
+            xerr=means.loc[name, ("logprob", "sem")],
+            yerr=means.loc[name, ("distinct", "sem")],
+            marker=marker,
+            linestyle="none",
+            color=colours[name],
+            label=name,
+        )
+    ax.set(
+        xlabel="quality: mean log-probability per token at T = 1 (nats)",
+        ylabel="diversity: distinct bigrams across samples",
+    )
+    ax.legend(fontsize=8)
     return ax

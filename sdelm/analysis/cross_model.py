@@ -1,0 +1,350 @@
+"""The book's headline findings, measured the same way on any language model.
+
+Each finding is an effect: an estimate, a cluster-bootstrap interval (:mod:`sdelm.stats`) that
+resamples prompts (pieces of human text for layer time), a null value and the direction found
+on SmolLM2 in the chapters that introduce it. :func:`findings` measures all of them from one
+model's data, so that two models are compared by the same code on the same prompts.
+
+The data of one model: generated trajectories of several temperatures
+(:func:`sdelm.collect_trajectories`), layer-time trajectories of human text
+(:func:`sdelm.collect_layer_trajectories`) and branches (:func:`sdelm.collect_branches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats as scipy_stats
+
+from sdelm.analysis.branching import measured
+from sdelm.baselines import OrnsteinUhlenbeck
+from sdelm.branching import Branches
+from sdelm.cache import cached_fit
+from sdelm.data import SDEData, prepare, project
+from sdelm.fit import sequence_nll
+from sdelm.lines_of_thought import LayerLinear
+from sdelm.models import NeuralSDE
+from sdelm.stats import cluster_bootstrap
+from sdelm.trajectories import Trajectories
+
+__all__ = [
+    "FINDINGS",
+    "displacement_frame",
+    "findings",
+    "held_out_nll",
+    "layer_residual_frame",
+    "map_radius_frame",
+    "step_frame",
+]
+
+#: Each finding: what is measured (and the chapter that introduces it), the side of the null
+#: expected before the second model was run (the paper's SDE reading where it predicts one,
+#: else what SmolLM2 showed in that chapter), and the null.
+FINDINGS: dict[str, tuple[str, str, float]] = {
+    "nll-neural-minus-ou": (
+        "held-out NLL of the neural SDE minus OU / VAR(1), nats/dim (fitting)",
+        "less",
+        0.0,
+    ),
+    "map-spectral-radius": (
+        "largest |eigenvalue| of the fitted VAR(1) map I + A (phase space)",
+        "less",
+        1.0,
+    ),
+    "increment-vs-temperature": (
+        "log ratio of mean |ΔZ|² at the highest and the lowest temperature (trajectories)",
+        "greater",
+        0.0,
+    ),
+    "increment-vs-entropy": (
+        "Spearman ρ of |ΔZ_k|² and the entropy of the token drawn at k + 1 (drift and diffusion)",
+        "greater",
+        0.0,
+    ),
+    "msd-exponent": (
+        "exponent of the mean squared displacement over lags 1–8 (properties)",
+        "less",
+        1.0,
+    ),
+    "noise-vs-depth": (
+        "λ of the held-out layer-time residual variance α e^{λt}, per layer (layer time)",
+        "greater",
+        0.0,
+    ),
+    "branch-noise-vs-temperature": (
+        "log ratio of the branching noise at the highest and the lowest temperature (branching)",
+        "greater",
+        0.0,
+    ),
+    "branch-noise-vs-entropy": (
+        "Spearman ρ of the branching noise and the entropy, middle temperature (branching)",
+        "greater",
+        0.0,
+    ),
+}
+#: Lags of the mean squared displacement.
+MSD_LAGS = tuple(range(1, 9))
+
+
+def held_out_nll(
+    trajs: Trajectories,
+    *,
+    dim: int,
+    n_folds: int,
+    seed: int = 0,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Score every sequence by the neural SDE and OU / VAR(1) fitted without its prompt.
+
+    K-fold cross-validation by prompt: the prompts are shuffled (by ``seed``) into
+    ``n_folds`` folds; for each fold both models are fitted on the other prompts (about 80%
+    train, 10% validation for early stopping and 10% left unused, at least one prompt each; the
+    projection is fitted on the training prompts) and score the fold's sequences.
+
+    Args:
+        trajs: Trajectories of several prompts.
+        dim: PCA dimension.
+        n_folds: Number of folds (at least 2).
+        seed: Seed of the folds and of the fits.
+        device: Where the neural SDE is fitted.
+
+    Returns:
+        One row per sequence with transitions: ``fold``, ``prompt_id``, ``neural``, ``ou`` (mean
+        NLL per transition, nats/dim) and ``difference`` (neural minus OU).
+
+    Raises:
+        ValueError: If ``n_folds`` is not an integer in 2..number of prompts.
+
+    """
+    ids = np.random.default_rng(seed).permutation(np.sort(trajs.rows["prompt_id"].unique()))
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or not 2 <= n_folds <= len(ids):
+        raise ValueError(f"n_folds must be an integer in 2..{len(ids)}, got {n_folds!r}.")
+    frames = []
+    for fold, test_ids in enumerate(np.array_split(ids, n_folds)):
+        rest = [i for i in ids.tolist() if i not in set(test_ids.tolist())]
+        small = max(0.1, 1.5 / len(rest))  # at least one validation prompt
+        fractions = (1 - 2 * small, small, small)
+        data = prepare(trajs.where(prompt_id=rest), dim=dim, split=fractions, seed=seed)
+        test = project(trajs.where(prompt_id=test_ids.tolist()), data.projection)
+        start = NeuralSDE(dim, time_scale=float(data.train.states.shape[1]), seed=seed)
+        neural = cached_fit(start, data, seed=seed, device=device, progress=False)
+        ou = OrnsteinUhlenbeck(dim).fit_least_squares(data.train)
+        frame = pd.DataFrame(
+            {
+                "fold": fold,
+                "prompt_id": test.rows["prompt_id"].to_numpy(),
+                "neural": sequence_nll(neural, test).numpy(),
+                "ou": sequence_nll(ou, test).numpy(),
+            }
+        )
+        frames.append(frame.dropna())
+    table = pd.concat(frames, ignore_index=True)
+    return table.assign(difference=table["neural"] - table["ou"])
+
+
+def step_frame(data: SDEData) -> pd.DataFrame:
+    """One row per valid step k → k + 1: its squared size and the entropy of its token.
+
+    Args:
+        data: Projected trajectories with recorded entropies (generated text).
+
+    Returns:
+        ``prompt_id``, ``temperature``, ``step`` (k), ``increment_sq`` (|Z_{k+1} − Z_k|²) and
+        ``next_entropy`` (the entropy of the distribution token y_{k+1} was drawn from, which
+        the step reads).
+
+    Raises:
+        ValueError: If the data carry no entropies.
+
+    """
+    if data.entropies is None:
+        raise ValueError("step_frame needs recorded entropies (generated trajectories).")
+    valid = data.mask[:, :-1] & data.mask[:, 1:]
+    sequence, step = valid.nonzero(as_tuple=True)
+    increments = (data.states[:, 1:] - data.states[:, :-1]).pow(2).sum(-1)
+    rows = data.rows.iloc[sequence.numpy()]
+    return pd.DataFrame(
+        {
+            "prompt_id": rows["prompt_id"].to_numpy(),
+            "temperature": rows["temperature"].to_numpy(),
+            "step": step.numpy(),
+            "increment_sq": increments[sequence, step].numpy(),
+            "next_entropy": data.entropies[:, 1:][sequence, step].numpy(),
+        }
+    )
+
+
+def displacement_frame(data: SDEData, lags: Sequence[int] = MSD_LAGS) -> pd.DataFrame:
+    """Mean squared displacement of each sequence at each lag.
+
+    Args:
+        data: Projected trajectories.
+        lags: Lags in steps.
+
+    Returns:
+        One row per (sequence, lag) with at least one valid pair: ``prompt_id``, ``lag``,
+        ``msd`` (mean of |Z_{k+lag} − Z_k|² over the sequence's valid k).
+
+    """
+    frames = []
+    for lag in lags:
+        valid = data.mask[:, :-lag] & data.mask[:, lag:]
+        squared = (data.states[:, lag:] - data.states[:, :-lag]).pow(2).sum(-1)
+        count = valid.sum(1)
+        keep = count > 0
+        msd = (squared * valid).sum(1)[keep] / count[keep]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "prompt_id": data.rows["prompt_id"].to_numpy()[keep.numpy()],
+                    "lag": lag,
+                    "msd": msd.numpy(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _msd_exponent(frame: pd.DataFrame) -> float:
+    means = frame.groupby("lag")["msd"].mean()
+    return float(np.polyfit(np.log(means.index.to_numpy(float)), np.log(means.to_numpy()), 1)[0])
+
+
+def map_radius_frame(data: SDEData) -> pd.DataFrame:
+    """Return one row per sequence: the data of the VAR(1) map's radius, for resampling.
+
+    Args:
+        data: Projected trajectories.
+
+    Returns:
+        ``prompt_id`` and ``sequence`` (the row of ``data``); the statistic refits the map on
+        the sequences of a resample (:func:`_map_radius`).
+
+    """
+    return pd.DataFrame(
+        {"prompt_id": data.rows["prompt_id"].to_numpy(), "sequence": np.arange(len(data))}
+    )
+
+
+def _map_radius(data: SDEData) -> Callable[[pd.DataFrame], float]:
+    def radius(frame: pd.DataFrame) -> float:
+        index = torch.from_numpy(frame["sequence"].to_numpy().copy())
+        part = SDEData(data.states[index], data.mask[index], data.dt, data.rows.iloc[index])
+        ou = OrnsteinUhlenbeck(data.dim).fit_least_squares(part)
+        step_map = torch.eye(data.dim) + ou.matrix.detach().double() * data.dt
+        return float(torch.linalg.eigvals(step_map).abs().max())
+
+    return radius
+
+
+def layer_residual_frame(layer_trajs: Trajectories, *, dim: int, seed: int = 0) -> pd.DataFrame:
+    """Held-out residual variance of a Lines-of-Thought fit, per piece and layer.
+
+    One linear map per layer is fitted by least squares on half of the pieces, in PCA
+    coordinates that keep the states' scale; its residuals are measured on the other half.
+
+    Args:
+        layer_trajs: Layer-time trajectories (steps are layers).
+        dim: PCA dimension.
+        seed: Seed of the piece split.
+
+    Returns:
+        One row per held-out piece and layer t of the law (blocks 1 to L − 2, as in the
+        layer-time chapter): ``prompt_id``, ``layer``, ``variance`` (per dimension).
+
+    """
+    data = prepare(layer_trajs, dim=dim, standardise=False, split=(0.5, 0.1, 0.4), seed=seed)
+    n_steps = data.train.states.shape[1]
+    law = range(1, n_steps - 2)
+    model = LayerLinear(dim, n_steps).fit_least_squares(data.train, law_steps=law)
+    test = data.test
+    frames = []
+    with torch.no_grad():
+        for layer in law:
+            valid = test.mask[:, layer] & test.mask[:, layer + 1]
+            x = test.states[valid, layer]
+            t = torch.full((len(x),), layer * test.dt)
+            predicted = x + model.drift(x, t) * test.dt
+            variance = (test.states[valid, layer + 1] - predicted).pow(2).mean(-1)
+            ids = test.rows["prompt_id"].to_numpy()[valid.numpy()]
+            frames.append(
+                pd.DataFrame({"prompt_id": ids, "layer": layer, "variance": variance.numpy()})
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _growth_rate(frame: pd.DataFrame) -> float:
+    means = frame.groupby("layer")["variance"].mean()
+    return float(np.polyfit(means.index.to_numpy(float), np.log(means.to_numpy()), 1)[0])
+
+
+def _spearman(x: str, y: str) -> Callable[[pd.DataFrame], float]:
+    return lambda frame: float(scipy_stats.spearmanr(frame[x], frame[y]).statistic)
+
+
+def _log_ratio(column: str) -> Callable[[pd.DataFrame], float]:
+    def ratio(frame: pd.DataFrame) -> float:
+        means = frame.groupby("temperature")[column].mean()
+        return float(np.log(means.iloc[-1] / means.iloc[0]))
+
+    return ratio
+
+
+def findings(
+    trajs: Trajectories,
+    layer_trajs: Trajectories,
+    branches: Branches,
+    *,
+    dim: int = 16,
+    n_folds: int = 4,
+    seed: int = 0,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Measure every finding of :data:`FINDINGS` on one model's data.
+
+    Args:
+        trajs: Generated trajectories at two or more temperatures (no human rows needed).
+        layer_trajs: Layer-time trajectories of human text.
+        branches: Branches of prefixes of unseen prompts at three or more temperatures.
+        dim: PCA dimension.
+        n_folds: Folds of the cross-validation by prompt (:func:`held_out_nll`).
+        seed: Seed of splits, fits and bootstraps.
+        device: Where the neural SDE is fitted.
+
+    Returns:
+        One row per finding (indexed by name): ``what``, ``expected``, ``null``,
+        ``estimate``, ``low``, ``high``, ``p_value``, ``n_clusters`` and ``unit``.
+
+    """
+    generated = trajs.where(source="generated")
+    prepared = prepare(generated, dim=dim, split=(0.6, 0.15, 0.25), seed=seed)
+    everything = SDEData.concat([prepared.train, prepared.val, prepared.test], name="all")
+    steps = step_frame(everything)
+    middle = np.sort(branches.temperatures)[len(branches.temperatures) // 2]
+    seen = measured(branches, prepared.projection, seed=seed)
+    tests = {
+        "nll-neural-minus-ou": (
+            held_out_nll(generated, dim=dim, n_folds=n_folds, seed=seed, device=device),
+            lambda f: float(f["difference"].mean()),
+        ),
+        "map-spectral-radius": (map_radius_frame(everything), _map_radius(everything)),
+        "increment-vs-temperature": (steps, _log_ratio("increment_sq")),
+        "increment-vs-entropy": (steps, _spearman("increment_sq", "next_entropy")),
+        "msd-exponent": (displacement_frame(everything), _msd_exponent),
+        "noise-vs-depth": (layer_residual_frame(layer_trajs, dim=dim, seed=seed), _growth_rate),
+        "branch-noise-vs-temperature": (seen, _log_ratio("noise")),
+        "branch-noise-vs-entropy": (
+            seen[seen["temperature"] == middle],
+            _spearman("noise", "entropy"),
+        ),
+    }
+    rows = {}
+    for name, (frame, statistic) in tests.items():
+        what, expected, null = FINDINGS[name]
+        result = cluster_bootstrap(frame, statistic, null=null, seed=seed)
+        unit = "pieces" if name == "noise-vs-depth" else "prompts"
+        rows[name] = {"what": what, "expected": expected, "null": null, **result, "unit": unit}
+    return pd.DataFrame.from_dict(rows, orient="index")
