@@ -1,8 +1,9 @@
 """Simulation speed as ratios measured side by side in one process.
 
 1. ``sdelm.simulate`` / a hand-written vectorised Euler–Maruyama loop on the same model and
-   the same number of paths and steps (goal <= 1.2 from 64 to 4,096 paths): what torchsde and
-   sdelm's seeded Brownian increments cost over the simplest correct loop.
+   the same number of paths and steps (goal <= 1.2 from 64 to 4,096 paths): what torchsde's
+   solver step, sdelm's seeded Brownian increments and its fixed-step driver cost over the
+   simplest correct loop.
 2. The same Euler solve driven by a seeded :class:`torchsde.BrownianInterval` (sdelm's
    Brownian motion for Euler until issue 14) / ``sdelm.simulate``: what the increments drawn
    from a seeded generator save, most at small ensembles.
@@ -10,8 +11,11 @@
    the trap that ``sdelm.simulate`` avoids (torchsde issue #109; about 50x in our notes).
 
 For each number of paths the runs alternate and medians are compared; the machine's load is
-printed first (run it on a quiet machine, or with ``--threads 1`` on a shared one).
-Usage: ``python benchmarks/simulation.py [--paths 64 256 1024 4096] [--threads 1] [--trap]``.
+printed first and last (run it on a quiet machine, or with ``--threads 1`` on a shared one, where
+``--cpu-time`` times each run by the process's CPU time rather than the wall clock, so that time
+spent waiting for a core is not counted).
+Usage: ``python benchmarks/simulation.py [--paths 64 256 1024 4096] [--threads 1] [--cpu-time]
+[--trap]``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torchsde
@@ -27,10 +32,10 @@ import torchsde
 import sdelm
 
 
-def timed(function) -> float:
-    start = time.perf_counter()
+def timed(function: Callable[[], object], clock: Callable[[], float]) -> float:
+    start = clock()
     function()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 @torch.no_grad()
@@ -73,10 +78,11 @@ def compare(model: sdelm.SDEModel, paths: int, args: argparse.Namespace) -> dict
     with torch.no_grad():
         for run in runs.values():
             run()  # warm up
+        clock = time.process_time if args.cpu_time else time.perf_counter
         seconds: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):
             for name, run in runs.items():
-                seconds[name].append(timed(run))
+                seconds[name].append(timed(run, clock))
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
@@ -88,6 +94,7 @@ def main() -> None:
     parser.add_argument("--substeps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--cpu-time", action="store_true", help="time by process CPU time")
     parser.add_argument("--trap", action="store_true", help="also time the default BM")
     args = parser.parse_args()
     if args.threads:
@@ -95,7 +102,8 @@ def main() -> None:
     print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}")
     print(
         f"{args.steps} tokens x {args.substeps} solver steps, dim {args.dim}, "
-        f"{args.repeats} alternating repeats, medians"
+        f"{args.repeats} alternating repeats, medians of "
+        f"{'process CPU time' if args.cpu_time else 'wall time'}"
     )
     model = sdelm.NeuralSDE(args.dim, seed=0).eval()
     header = "paths  sdelm s  loop s  sdelm/loop (goal <= 1.2)  interval/sdelm"

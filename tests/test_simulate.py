@@ -7,10 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchsde
 from scipy import stats
 
 import sdelm
-from sdelm.simulate import METHODS, _SeededIncrements, convergence, energy_distance
+from sdelm.simulate import (
+    METHODS,
+    _SeededIncrements,
+    _solver_times,
+    convergence,
+    energy_distance,
+)
 from sdelm.synthetic import ou_model
 
 
@@ -23,6 +30,57 @@ def test_same_seed_same_paths(method):
     assert torch.equal(first[:4, 0], x0[0].expand(4, 3))
     assert torch.equal(first, sdelm.simulate(model, x0, 10, n_paths=4, method=method, seed=5))
     assert not torch.equal(first, sdelm.simulate(model, x0, 10, n_paths=4, method=method, seed=6))
+
+
+@pytest.mark.parametrize(
+    ("method", "n_paths", "total", "squares"),
+    [
+        ("euler", 1, 17.66040602326393, 17.49211690888356),
+        ("euler", 64, 983.3818424101919, 1129.0690465343428),
+        ("euler", 256, 4209.707668679766, 4579.744079893193),
+        ("milstein", 64, 1023.48168959748, 1171.7481611616583),
+        ("srk", 64, 1071.7356832884252, 1170.2601987603152),
+    ],
+)
+def test_seeded_paths_are_pinned_at_every_ensemble_size(method, n_paths, total, squares):
+    # The book's chapters quote numbers computed from seeded paths: a change of the increments'
+    # stream or of the solver's times moves these sums by far more than the tolerance, which
+    # only allows for a different BLAS rounding the OU drift's matrix product differently.
+    paths = sdelm.simulate(
+        ou_model(), torch.ones(3), 12, n_paths=n_paths, dt=0.25, substeps=2, seed=3, method=method
+    ).double()
+    assert paths.shape == (n_paths, 13, 3)
+    assert paths.sum().item() == pytest.approx(total, rel=1e-6)
+    assert paths.square().sum().item() == pytest.approx(squares, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_paths_are_torchsde_sdeint_bit_for_bit(method):
+    model = sdelm.NeuralSDE(3, hidden=8).eval()
+    x0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    t0, dt, steps, substeps, seed = 1.0, 0.1, 9, 3, 4
+    paths = sdelm.simulate(
+        model, x0, steps, n_paths=3, method=method, dt=dt, t0=t0, substeps=substeps, seed=seed
+    )
+    ts = t0 + dt * torch.arange(steps + 1, dtype=torch.float32)
+    times, reached = _solver_times(ts, dt / substeps)
+    assert len(times) > steps * substeps + 1  # float32 sums of the step fall short: extra steps
+    assert not torch.equal(times[reached], ts[1:])  # and interpolated outputs
+    y0 = x0.repeat_interleave(3, dim=0)
+    if method == "euler":
+        bm = _SeededIncrements(float(ts[0]), tuple(y0.shape), y0.dtype, y0.device, seed)
+    else:
+        bm = torchsde.BrownianInterval(
+            t0=float(ts[0]),
+            t1=float(ts[-1]),
+            size=tuple(y0.shape),
+            dt=dt / substeps,
+            entropy=seed,
+            levy_area_approximation="space-time" if method == "srk" else "none",
+        )
+    with torch.no_grad():
+        expected = torchsde.sdeint(model, y0, ts, bm=bm, method=method, dt=dt / substeps)
+    assert torch.equal(paths, expected.transpose(0, 1))
 
 
 def test_euler_paths_follow_the_exact_ou_moments():
