@@ -758,7 +758,8 @@ def layer_trajectories(
     Args:
         lm: The model.
         texts: Non-empty list of strings or :class:`sdelm.corpus.Passage`.
-        n_tokens: Tokens per piece of text (no special tokens are added).
+        n_tokens: Tokens per piece of text. The tokens a tokenizer puts before every text
+            (Gemma's ``<bos>``; SmolLM2 has none) are read first and are not counted.
         shuffle: Permute each piece's tokens at random first (the "gibberish" null input).
         skip_short: Drop texts with fewer than ``n_tokens`` tokens instead of raising.
         source: Row label, e.g. ``"human"`` or ``"generated"``.
@@ -806,11 +807,15 @@ def layer_trajectories(
                 for i, row in zip(keep, pieces, strict=True)
             ]
         )
+    # The tokens a tokenizer puts before every text (Gemma's <bos>, which it needs; none for
+    # SmolLM2) come first and are never shuffled.
+    prefix = torch.tensor(lm.tokenizer("")["input_ids"], dtype=pieces.dtype)
     parts = []
     for start in tqdm(
         range(0, len(pieces), batch_size), desc="layers", unit="batch", disable=not progress
     ):
-        batch = pieces[start : start + batch_size].to(lm.device)
+        batch = pieces[start : start + batch_size]
+        batch = torch.cat([prefix.expand(len(batch), -1), batch], dim=1).to(lm.device)
         output = lm.model(input_ids=batch, output_hidden_states=True)
         parts.append(torch.stack([h[:, -1] for h in output.hidden_states], dim=1).float().cpu())
     states = torch.cat(parts).unsqueeze(1)  # (n, 1, n_layers + 1, hidden)

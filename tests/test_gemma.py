@@ -187,6 +187,12 @@ def test_gemma_layer_trajectories_start_at_the_scaled_embedding(gemma):
     assert trajs.states.shape == (1, 1, gemma.n_layers + 1, gemma.hidden_size)
     embedding = gemma.model.get_input_embeddings().weight[trajs.tokens[0, 0]]
     torch.testing.assert_close(trajs.states[0, 0, 0], embedding * math.sqrt(gemma.hidden_size))
+    # The piece is read after <bos>, as Gemma was trained: the last layer equals that pass.
+    ids = gemma.tokenizer("The river flows to the sea")["input_ids"][: 1 + 4]
+    assert ids[0] == gemma.tokenizer.bos_token_id
+    with torch.no_grad():
+        replay = gemma.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+    torch.testing.assert_close(trajs.states[0, 0, -1], replay.hidden_states[-1][0, -1])
 
 
 @needs_gemma
