@@ -39,13 +39,28 @@ def test_sequence_nll_averages_to_the_nll():
 
 def test_cross_validation_scores_every_sequence_once_without_its_prompt():
     trajs = ou_data(n=24, steps=12)
-    table = cross_model.held_out_nll(trajs, dim=3, n_folds=4, seed=0)
+    table = cross_model.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, seed=0)
     assert sorted(table["prompt_id"]) == sorted(trajs.rows["prompt_id"])
     assert table.groupby("prompt_id")["fold"].nunique().eq(1).all()
     assert table["fold"].nunique() == 4
-    assert np.allclose(table["difference"], table["neural"] - table["ou"])
+    assert np.allclose(table["nll_difference"], table["nll_neural"] - table["nll_ou"])
+    assert np.isfinite(table["energy_difference"]).all()
     with pytest.raises(ValueError, match="n_folds"):
-        cross_model.held_out_nll(trajs, dim=3, n_folds=1)
+        cross_model.held_out_scores(trajs, dim=3, n_folds=1)
+
+
+def test_the_energy_score_rewards_a_centred_cloud_of_the_right_width():
+    real = torch.zeros(1, 3, 2)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    # A deterministic forecast scores its distance: here 1 at every step.
+    shifted = torch.zeros(1, 5, 3, 2)
+    shifted[..., 0] = 1.0
+    assert cross_model.energy_score(shifted, real, mask).item() == pytest.approx(1.0)
+    # A cloud around the truth beats the same cloud moved away from it.
+    cloud = torch.randn(1, 400, 3, 2, generator=torch.Generator().manual_seed(0))
+    centred = cross_model.energy_score(cloud, real, mask).item()
+    assert centred < cross_model.energy_score(cloud + 2.0, real, mask).item()
+    assert centred < cross_model.energy_score(torch.zeros(1, 400, 3, 2) + 1.0, real, mask)
 
 
 def test_a_step_is_paired_with_the_entropy_of_the_token_it_reads():

@@ -27,14 +27,16 @@ from sdelm.data import SDEData, prepare, project
 from sdelm.fit import sequence_nll
 from sdelm.lines_of_thought import LayerLinear
 from sdelm.models import NeuralSDE
+from sdelm.simulate import simulate
 from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
 __all__ = [
     "FINDINGS",
     "displacement_frame",
+    "energy_score",
     "findings",
-    "held_out_nll",
+    "held_out_scores",
     "layer_residual_frame",
     "map_radius_frame",
     "step_frame",
@@ -46,6 +48,12 @@ __all__ = [
 FINDINGS: dict[str, tuple[str, str, float]] = {
     "nll-neural-minus-ou": (
         "held-out NLL of the neural SDE minus OU / VAR(1), nats/dim (fitting)",
+        "less",
+        0.0,
+    ),
+    "energy-neural-minus-ou": (
+        "energy score of 16 simulated paths per held-out sequence, neural SDE minus OU "
+        "(simulation)",
         "less",
         0.0,
     ),
@@ -89,11 +97,38 @@ FINDINGS: dict[str, tuple[str, str, float]] = {
 MSD_LAGS = tuple(range(1, 9))
 
 
-def held_out_nll(
+def energy_score(paths: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Energy score of simulated paths against each real sequence, averaged over its steps.
+
+    The energy score E|X − y| − ½ E|X − X'| of a forecast sample X for an observation y is a
+    proper scoring rule (lower is better): it rewards a simulated cloud centred on the real
+    state and as wide as the real uncertainty.
+
+    Args:
+        paths: Float tensor of size (n_sequences, n_paths, n_steps, dim): simulated from each
+            sequence's first state (step 0 is the start).
+        real: Float tensor of size (n_sequences, n_steps, dim).
+        mask: Bool tensor of size (n_sequences, n_steps).
+
+    Returns:
+        Float tensor of size (n_sequences,): the mean score over each sequence's valid steps
+        after the start (NaN for a sequence without one).
+
+    """
+    to_real = (paths - real[:, None]).norm(dim=-1).mean(1)  # (n, steps)
+    spread = (paths[:, :, None] - paths[:, None]).norm(dim=-1).mean((1, 2))  # (n, steps)
+    score = (to_real - 0.5 * spread)[:, 1:]
+    valid = mask[:, 1:]
+    score = torch.where(valid, score, torch.zeros_like(score))
+    return score.sum(1) / valid.sum(1)
+
+
+def held_out_scores(
     trajs: Trajectories,
     *,
     dim: int,
     n_folds: int,
+    n_paths: int = 16,
     seed: int = 0,
     device: str = "auto",
 ) -> pd.DataFrame:
@@ -102,18 +137,21 @@ def held_out_nll(
     K-fold cross-validation by prompt: the prompts are shuffled (by ``seed``) into
     ``n_folds`` folds; for each fold both models are fitted on the other prompts (about 80%
     train, 10% validation for early stopping and 10% left unused, at least one prompt each; the
-    projection is fitted on the training prompts) and score the fold's sequences.
+    projection is fitted on the training prompts) and score the fold's sequences: one step at
+    a time (the NLL) and simulated from the sequence's first state (the energy score).
 
     Args:
         trajs: Trajectories of several prompts.
         dim: PCA dimension.
         n_folds: Number of folds (at least 2).
-        seed: Seed of the folds and of the fits.
+        n_paths: Simulated paths per held-out sequence.
+        seed: Seed of the folds, the fits and the simulations.
         device: Where the neural SDE is fitted.
 
     Returns:
-        One row per sequence with transitions: ``fold``, ``prompt_id``, ``neural``, ``ou`` (mean
-        NLL per transition, nats/dim) and ``difference`` (neural minus OU).
+        One row per sequence with transitions: ``fold``, ``prompt_id``; ``nll_neural``,
+        ``nll_ou`` (mean NLL per transition, nats/dim) and ``nll_difference`` (neural minus
+        OU); ``energy_neural``, ``energy_ou`` and ``energy_difference`` (:func:`energy_score`).
 
     Raises:
         ValueError: If ``n_folds`` is not an integer in 2..number of prompts.
@@ -130,19 +168,23 @@ def held_out_nll(
         data = prepare(trajs.where(prompt_id=rest), dim=dim, split=fractions, seed=seed)
         test = project(trajs.where(prompt_id=test_ids.tolist()), data.projection)
         start = NeuralSDE(dim, time_scale=float(data.train.states.shape[1]), seed=seed)
-        neural = cached_fit(start, data, seed=seed, device=device, progress=False)
-        ou = OrnsteinUhlenbeck(dim).fit_least_squares(data.train)
-        frame = pd.DataFrame(
-            {
-                "fold": fold,
-                "prompt_id": test.rows["prompt_id"].to_numpy(),
-                "neural": sequence_nll(neural, test).numpy(),
-                "ou": sequence_nll(ou, test).numpy(),
-            }
-        )
+        models = {
+            "neural": cached_fit(start, data, seed=seed, device=device, progress=False),
+            "ou": OrnsteinUhlenbeck(dim).fit_least_squares(data.train),
+        }
+        frame = pd.DataFrame({"fold": fold, "prompt_id": test.rows["prompt_id"].to_numpy()})
+        steps = test.states.shape[1] - 1
+        for name, model in models.items():
+            frame[f"nll_{name}"] = sequence_nll(model, test).numpy()
+            paths = simulate(model, test.states[:, 0], steps, n_paths, dt=test.dt, seed=seed)
+            paths = paths.view(len(test), n_paths, steps + 1, dim)
+            frame[f"energy_{name}"] = energy_score(paths, test.states, test.mask).numpy()
         frames.append(frame.dropna())
     table = pd.concat(frames, ignore_index=True)
-    return table.assign(difference=table["neural"] - table["ou"])
+    return table.assign(
+        nll_difference=table["nll_neural"] - table["nll_ou"],
+        energy_difference=table["energy_neural"] - table["energy_ou"],
+    )
 
 
 def step_frame(data: SDEData) -> pd.DataFrame:
@@ -310,7 +352,7 @@ def findings(
         layer_trajs: Layer-time trajectories of human text.
         branches: Branches of prefixes of unseen prompts at three or more temperatures.
         dim: PCA dimension.
-        n_folds: Folds of the cross-validation by prompt (:func:`held_out_nll`).
+        n_folds: Folds of the cross-validation by prompt (:func:`held_out_scores`).
         seed: Seed of splits, fits and bootstraps.
         device: Where the neural SDE is fitted.
 
@@ -325,11 +367,13 @@ def findings(
     steps = step_frame(everything)
     middle = np.sort(branches.temperatures)[len(branches.temperatures) // 2]
     seen = measured(branches, prepared.projection, seed=seed)
+    scores = held_out_scores(generated, dim=dim, n_folds=n_folds, seed=seed, device=device)
     tests = {
         "nll-neural-minus-ou": (
-            held_out_nll(generated, dim=dim, n_folds=n_folds, seed=seed, device=device),
-            lambda f: float(f["difference"].mean()),
+            scores,
+            lambda f: float(f["nll_difference"].mean()),
         ),
+        "energy-neural-minus-ou": (scores, lambda f: float(f["energy_difference"].mean())),
         "map-spectral-radius": (map_radius_frame(everything), _map_radius(everything)),
         "increment-vs-temperature": (steps, _log_ratio("increment_sq")),
         "increment-vs-entropy": (steps, _spearman("increment_sq", "next_entropy")),
