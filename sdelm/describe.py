@@ -1,6 +1,9 @@
-"""Descriptive statistics of trajectories (chapter 1): tidy tables, held-out PCA, intervals.
+"""Descriptive statistics of trajectories (chapter 1): tidy tables, held-out PCA, effects.
 
-Everything returns a :class:`pandas.DataFrame` with one row per observation, ready for seaborn.
+Tables are :class:`pandas.DataFrame` with one row per observation, ready for seaborn. Effects
+are measured with :func:`sdelm.stats.cluster_bootstrap` (the one bootstrap of the package):
+intervals resample prompts, and passages for human text, never the sequences or steps of one
+prompt.
 """
 
 from __future__ import annotations
@@ -13,22 +16,32 @@ import torch
 from scipy import stats
 
 from sdelm.data import SDEData
+from sdelm.extract import rescore
+from sdelm.lm import LM
 from sdelm.simulate import energy_distance
+from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
 __all__ = [
     "direction",
     "energy_test",
+    "equivalence_effect",
     "explained_variance",
     "group_labels",
+    "held_out_projection",
+    "human_contrast",
     "increments_against_shuffled",
+    "layer_scales",
     "mean_difference",
     "mean_interval",
+    "memory_effect",
+    "projection_effect",
     "sequence_statistics",
     "split_prompts",
     "state_labels",
     "step_statistics",
     "temperature_contrast",
+    "untempered_logprob",
 ]
 
 
@@ -106,44 +119,107 @@ def sequence_statistics(trajs: Trajectories, layer: int) -> pd.DataFrame:
     return frame.join(means, on="sequence")
 
 
-def increments_against_shuffled(trajs: Trajectories, layer: int, seed: int = 0) -> pd.DataFrame:
-    """Compare each step's increment with the distance to a state of another sequence.
+def increments_against_shuffled(trajs: Trajectories, layer: int) -> pd.DataFrame:
+    """Compare each step's increment with the distance to other prompts' states.
 
     If consecutive states were independent draws, ``|X_k − X_{k−1}|`` would be as large as the
-    distance between two states of different sequences at the same position. The ratio of the
-    two, per sequence, measures how much a trajectory remembers where it was.
+    distance from ``X_k`` to the state at step ``k − 1`` of a sequence that shares nothing with
+    it. The partners of a sequence are every sequence of the **same source** (generated with
+    generated, human with human) and of **another prompt** (passage): a partner of the same
+    prompt shares the context, and one of the other source differs in more than memory. The
+    shuffled distance averages over all partners, the expectation of a random partner draw, so
+    it needs no seed. The ratio of the two, per sequence, measures how much a trajectory
+    remembers where it was: 1 for independent draws, below 1 with memory.
 
     Args:
-        trajs: Trajectories with at least two sequences.
+        trajs: Trajectories with ``prompt_id`` and ``source`` row attributes.
         layer: A recorded layer.
-        seed: Seed of the choice of partner sequences.
 
     Returns:
-        One row per sequence: ``sequence, prompt_id, group, increment`` (mean
-        ``|X_k − X_{k−1}|``), ``shuffled`` (mean ``|X_k − X'_{k−1}|`` with ``X'`` a random other
-        sequence that has step ``k − 1``) and ``ratio`` = increment / shuffled.
+        One row per sequence: ``sequence, prompt_id, source, group, increment`` (mean
+        ``|X_k − X_{k−1}|`` over the steps with a partner), ``shuffled`` (mean over the same
+        steps of the mean ``|X_k − X'_{k−1}|`` over the partners ``X'`` that have step
+        ``k − 1``), ``n_partners`` and ``ratio`` = increment / shuffled (NaN for a sequence
+        without partners).
 
     """
-    states = trajs.layer(layer)
+    states = trajs.layer(layer).double()  # (n, T, D)
     mask = trajs.mask
-    rng = np.random.default_rng(seed)
-    n = trajs.n_sequences
-    partner = (np.arange(n) + rng.integers(1, n, size=n)) % n  # never the sequence itself
-    both = mask[:, 1:] & mask[:, :-1] & mask[partner, :-1]
-    own = (states[:, 1:] - states[:, :-1]).norm(dim=-1)
-    other = (states[:, 1:] - states[partner, :-1]).norm(dim=-1)
-    count = both.sum(dim=1).clamp(min=1)
-    increment = (own * both).sum(dim=1) / count
-    shuffled = (other * both).sum(dim=1) / count
+    ids = trajs.rows["prompt_id"].to_numpy()
+    sources = trajs.rows["source"].to_numpy()
+    eligible = torch.from_numpy((sources[:, None] == sources[None, :]) & (ids[:, None] != ids))
+    own_sum = torch.zeros(trajs.n_sequences, dtype=torch.float64)
+    other_sum = torch.zeros_like(own_sum)
+    count = torch.zeros_like(own_sum)
+    for k in range(1, trajs.n_steps):
+        partners = eligible & mask[None, :, k - 1]  # (n, n): partner j has step k − 1
+        has = mask[:, k] & mask[:, k - 1] & partners.any(dim=1)
+        distances = torch.cdist(states[:, k], states[:, k - 1])  # (n, n)
+        mean_other = (distances * partners).sum(dim=1) / partners.sum(dim=1).clamp(min=1)
+        own_sum += torch.where(has, distances.diagonal(), 0.0)
+        other_sum += torch.where(has, mean_other, 0.0)
+        count += has
+    increment = own_sum / count  # NaN (0/0) without a single step with a partner
+    shuffled = other_sum / count
     return pd.DataFrame(
         {
-            "sequence": np.arange(n),
-            "prompt_id": trajs.rows["prompt_id"],
-            "group": group_labels(trajs),
+            "sequence": np.arange(trajs.n_sequences),
+            "prompt_id": ids,
+            "source": sources,
+            "group": group_labels(trajs).to_numpy(),
             "increment": increment.numpy(),
             "shuffled": shuffled.numpy(),
+            "n_partners": eligible.sum(dim=1).numpy(),
             "ratio": (increment / shuffled).numpy(),
         }
+    )
+
+
+def memory_effect(memory: pd.DataFrame, *, seed: int = 0) -> dict[str, float]:
+    """Mean memory ratio with an interval that resamples prompts and passages.
+
+    Args:
+        memory: A table from :func:`increments_against_shuffled` (sequences without partners,
+            ratio NaN, are left out).
+        seed: Seed of the bootstrap.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s result for the mean ratio against 1.
+
+    """
+    frame = memory.dropna(subset=["ratio"])
+    return cluster_bootstrap(frame, _mean_ratio, cluster="prompt_id", null=1.0, seed=seed)
+
+
+def _mean_ratio(frame: pd.DataFrame) -> float:
+    return float(frame["ratio"].mean())
+
+
+def equivalence_effect(memory: pd.DataFrame, margin: float, *, seed: int = 0) -> dict[str, float]:
+    """Distance of the mean memory ratio from 1, tested against an equivalence margin.
+
+    "No memory" is a ratio of 1; it is shown, not assumed, by an interval of ``|ratio − 1|``
+    that lies below ``margin`` (an equivalence test: a small p-value against ``null = margin``
+    with the estimate below it). An interval that reaches the margin is inconclusive.
+
+    Args:
+        memory: A table from :func:`increments_against_shuffled`.
+        margin: The largest departure from 1 still called "no memory", e.g. 0.1.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s result for ``|mean ratio − 1|`` against
+        ``margin``, resampling prompts and passages.
+
+    Raises:
+        ValueError: If ``margin`` is not positive.
+
+    """
+    if not margin > 0:
+        raise ValueError(f"The equivalence margin must be positive, got {margin}.")
+    frame = memory.dropna(subset=["ratio"])
+    return cluster_bootstrap(
+        frame, lambda f: abs(_mean_ratio(f) - 1.0), cluster="prompt_id", null=margin, seed=seed
     )
 
 
@@ -193,13 +269,7 @@ def explained_variance(
         ``cumulative``.
 
     """
-    states = trajs.layer(layer).double()
-    mask = trajs.mask
-    train = torch.tensor(np.asarray(train, dtype=bool))
-    test = torch.tensor(np.asarray(test, dtype=bool))
-    fit = states[train][mask[train]]
-    mean = fit.mean(dim=0)
-    _, _, vh = torch.linalg.svd(fit - mean, full_matrices=False)
+    states, mask, train, test, mean, vh = _pca(trajs, layer, train, test)
     frames = []
     for split, rows in (("train", train), ("held-out", test)):
         x = states[rows][mask[rows]] - mean
@@ -218,13 +288,109 @@ def explained_variance(
     return pd.concat(frames, ignore_index=True)
 
 
+def _pca(
+    trajs: Trajectories, layer: int, train: np.ndarray, test: np.ndarray
+) -> tuple[torch.Tensor, ...]:
+    """States, mask, train and test rows (bool tensors), and the training PCA (mean, Vᵀ)."""
+    states = trajs.layer(layer).double()
+    mask = trajs.mask
+    train = torch.tensor(np.asarray(train, dtype=bool))
+    test = torch.tensor(np.asarray(test, dtype=bool))
+    fit = states[train][mask[train]]
+    mean = fit.mean(dim=0)
+    _, _, vh = torch.linalg.svd(fit - mean, full_matrices=False)
+    return states, mask, train, test, mean, vh
+
+
+def held_out_projection(
+    trajs: Trajectories, layer: int, train: np.ndarray, test: np.ndarray, n_components: int
+) -> pd.DataFrame:
+    """Per held-out sequence, its variance along the leading components fitted on training rows.
+
+    Args:
+        trajs: Trajectories.
+        layer: A recorded layer.
+        train: Bool array (n_sequences,) of the rows the PCA is fitted on.
+        test: Bool array (n_sequences,) of the held-out rows.
+        n_components: Leading components kept.
+
+    Returns:
+        One row per held-out sequence: ``sequence, prompt_id, along`` (sum over its steps of
+        the squared projection on the ``n_components`` leading components, centred by the
+        training mean) and ``total`` (sum of the squared centred norms). The share of held-out
+        variance the components explain is ``along.sum() / total.sum()``.
+
+    Raises:
+        ValueError: If ``n_components`` is not between 1 and the state dimension.
+
+    """
+    if not 1 <= n_components <= trajs.dim:
+        raise ValueError(f"n_components must be in [1, {trajs.dim}], got {n_components}.")
+    states, mask, _, test, mean, vh = _pca(trajs, layer, train, test)
+    x = (states[test] - mean) * mask[test, :, None]  # masked steps count zero
+    along = ((x @ vh[:n_components].T) ** 2).sum(dim=(1, 2))
+    total = (x**2).sum(dim=(1, 2))
+    rows = np.flatnonzero(test.numpy())
+    return pd.DataFrame(
+        {
+            "sequence": rows,
+            "prompt_id": trajs.rows["prompt_id"].to_numpy()[rows],
+            "along": along.numpy(),
+            "total": total.numpy(),
+        }
+    )
+
+
+def projection_effect(projection: pd.DataFrame, null: float, *, seed: int = 0) -> dict[str, float]:
+    """Share of held-out variance along the training components, resampling held-out prompts.
+
+    The components are fixed (fitted once on the training prompts); the interval covers the
+    choice of held-out prompts and passages, not the fit.
+
+    Args:
+        projection: A table from :func:`held_out_projection`.
+        null: The share expected without preferred directions, e.g. ``n_components / dim``
+            for an isotropic cloud.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s result for the share against ``null``.
+
+    """
+    return cluster_bootstrap(
+        projection,
+        lambda f: float(f["along"].sum() / f["total"].sum()),
+        cluster="prompt_id",
+        null=null,
+        seed=seed,
+    )
+
+
+def layer_scales(steps: pd.DataFrame) -> pd.DataFrame:
+    """Median size of the states and of their steps, per layer.
+
+    Args:
+        steps: :func:`step_statistics` tables of several layers, with a ``layer`` column.
+
+    Returns:
+        One row per layer (the index): ``median |X|``, ``median |ΔX|`` and
+        ``median |ΔX|/|X|`` (the increment over the previous state's norm).
+
+    """
+    return (
+        steps.groupby("layer")[["norm", "increment", "relative_increment"]]
+        .median()
+        .set_axis(["median |X|", "median |ΔX|", "median |ΔX|/|X|"], axis=1)
+    )
+
+
 def mean_interval(
     values: Sequence[float] | np.ndarray, *, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, float]:
-    """Mean with a BCa bootstrap confidence interval.
+    """Mean with a percentile bootstrap interval (:func:`sdelm.stats.cluster_bootstrap`).
 
     Args:
-        values: One value per independent unit (e.g. per prompt).
+        values: One value per independent unit (e.g. per prompt): each is its own cluster.
         confidence: Confidence level of the interval.
         seed: Seed of the bootstrap.
 
@@ -232,12 +398,12 @@ def mean_interval(
         ``mean``, ``low``, ``high``.
 
     """
-    values = np.asarray(values, dtype=float)
-    result = stats.bootstrap(
-        (values,), np.mean, confidence_level=confidence, random_state=np.random.default_rng(seed)
+    frame = pd.DataFrame({"value": np.asarray(values, dtype=float)})
+    frame["unit"] = np.arange(len(frame))
+    result = cluster_bootstrap(
+        frame, lambda f: float(f["value"].mean()), cluster="unit", confidence=confidence, seed=seed
     )
-    interval = result.confidence_interval
-    return {"mean": float(values.mean()), "low": float(interval.low), "high": float(interval.high)}
+    return {"mean": result["estimate"], "low": result["low"], "high": result["high"]}
 
 
 def mean_difference(
@@ -248,7 +414,7 @@ def mean_difference(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Difference of means ``mean(a) − mean(b)`` with a bootstrap confidence interval.
+    """Difference of means ``mean(a) − mean(b)`` with a percentile bootstrap interval.
 
     Args:
         a: Values of the first group (one per independent unit, e.g. prompt).
@@ -258,27 +424,26 @@ def mean_difference(
         seed: Seed of the bootstrap.
 
     Returns:
-        ``difference``, ``low``, ``high`` (BCa bootstrap interval, 9,999 resamples).
+        ``difference``, ``low``, ``high``, from :func:`sdelm.stats.cluster_bootstrap` with
+        each unit (each pair when ``paired``) its own cluster.
 
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
     if paired:
-        result = stats.bootstrap((a - b,), np.mean, confidence_level=confidence, random_state=rng)
+        frame = pd.DataFrame({"value": a - b, "group": "a"})
     else:
-        result = stats.bootstrap(
-            (a, b),
-            lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis),
-            confidence_level=confidence,
-            random_state=rng,
+        frame = pd.DataFrame(
+            {"value": np.concatenate([a, b]), "group": ["a"] * len(a) + ["b"] * len(b)}
         )
-    interval = result.confidence_interval
-    return {
-        "difference": float(a.mean() - b.mean()),
-        "low": float(interval.low),
-        "high": float(interval.high),
-    }
+    frame["unit"] = np.arange(len(frame))
+
+    def difference(f: pd.DataFrame) -> float:
+        first = f.loc[f["group"] == "a", "value"].mean()
+        return float(first if paired else first - f.loc[f["group"] == "b", "value"].mean())
+
+    result = cluster_bootstrap(frame, difference, cluster="unit", confidence=confidence, seed=seed)
+    return {"difference": result["estimate"], "low": result["low"], "high": result["high"]}
 
 
 def energy_test(
@@ -329,28 +494,94 @@ def energy_test(
     return {"energy_distance": float(result.statistic), "p_value": float(result.pvalue)}
 
 
-def temperature_contrast(sequences: pd.DataFrame, column: str) -> dict[str, float] | None:
-    """Paired contrast of a per-sequence statistic between the highest and lowest temperature.
+def temperature_contrast(
+    sequences: pd.DataFrame, column: str, *, seed: int = 0
+) -> dict[str, float] | None:
+    """Contrast of a per-sequence statistic between the highest and lowest temperature.
 
-    Sequences are averaged per prompt and temperature first; the prompts are the independent
-    units of the bootstrap.
+    The difference of the means over sequences at the two temperatures; every prompt is
+    sampled at both, so resampling prompts keeps the pairs together.
 
     Args:
         sequences: A table from :func:`sequence_statistics`.
         column: The statistic, e.g. ``"entropy"``.
+        seed: Seed of the bootstrap.
 
     Returns:
-        ``t_low``, ``t_high``, ``difference`` (high − low), ``low``, ``high`` (95% interval);
-        ``None`` when fewer than two temperatures or two prompts were generated.
+        :func:`sdelm.stats.cluster_bootstrap`'s result (high − low, against 0, resampling
+        prompts) with ``t_low`` and ``t_high``; ``None`` when fewer than two temperatures or
+        two prompts were generated.
 
     """
     generated = sequences[sequences["source"] == "generated"]
-    per_prompt = generated.groupby(["prompt_id", "temperature"])[column].mean().unstack()
-    if per_prompt.shape[1] < 2 or per_prompt.shape[0] < 2:
+    temperatures = sorted(generated["temperature"].unique())
+    if len(temperatures) < 2 or generated["prompt_id"].nunique() < 2:
         return None
-    t_low, t_high = per_prompt.columns.min(), per_prompt.columns.max()
-    contrast = mean_difference(per_prompt[t_high], per_prompt[t_low], paired=True)
-    return {"t_low": float(t_low), "t_high": float(t_high), **contrast}
+    t_low, t_high = temperatures[0], temperatures[-1]
+    frame = generated[generated["temperature"].isin([t_low, t_high])]
+
+    def difference(f: pd.DataFrame) -> float:
+        means = f.groupby("temperature")[column].mean()
+        return float(means.get(t_high, np.nan) - means.get(t_low, np.nan))
+
+    result = cluster_bootstrap(frame, difference, cluster="prompt_id", seed=seed)
+    return {"t_low": float(t_low), "t_high": float(t_high), **result}
+
+
+def human_contrast(
+    sequences: pd.DataFrame, column: str, *, seed: int = 0
+) -> dict[str, float] | None:
+    """Human passages against the samples at the lowest temperature, for one statistic.
+
+    Args:
+        sequences: A table from :func:`sequence_statistics` (with ``column``).
+        column: The per-sequence statistic, e.g. ``"logprob_t1"``.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s result for mean(human) − mean(generated at the
+        lowest temperature), against 0, resampling passages and prompts, with ``temperature``;
+        ``None`` when either side has fewer than two prompts (passages).
+
+    """
+    generated = sequences[sequences["source"] == "generated"]
+    human = sequences[sequences["source"] == "human"]
+    if generated.empty:
+        return None
+    coolest = generated[generated["temperature"] == generated["temperature"].min()]
+    if human["prompt_id"].nunique() < 2 or coolest["prompt_id"].nunique() < 2:
+        return None
+    frame = pd.concat([human, coolest])
+
+    def difference(f: pd.DataFrame) -> float:
+        means = f.groupby("source")[column].mean()
+        return float(means.get("human", np.nan) - means.get("generated", np.nan))
+
+    result = cluster_bootstrap(frame, difference, cluster="prompt_id", seed=seed)
+    return {"temperature": float(coolest["temperature"].iloc[0]), **result}
+
+
+def untempered_logprob(lm: LM, trajs: Trajectories) -> np.ndarray:
+    """Mean log-probability of each sequence's tokens under the model at temperature 1.
+
+    Generated tokens are rescored (:func:`sdelm.rescore`): their recorded log-probabilities
+    are those of the tempered distribution they were drawn from. Human (teacher-forced) rows
+    are already recorded at temperature 1.
+
+    Args:
+        lm: The model that recorded the trajectories.
+        trajs: Trajectories with a ``source`` row attribute.
+
+    Returns:
+        Array of size (n_sequences,), in nats.
+
+    """
+    logprobs = trajs.logprobs.clone().double()
+    generated = torch.tensor((trajs.rows["source"] == "generated").to_numpy())
+    if generated.any():
+        logprobs[generated] = rescore(lm, trajs[generated]).double()
+    logprobs[~trajs.mask] = 0.0
+    return (logprobs.sum(dim=1) / trajs.mask.sum(dim=1).clamp(min=1)).numpy()
 
 
 def direction(low: float, high: float) -> str:
