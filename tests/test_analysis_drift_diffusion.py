@@ -9,7 +9,16 @@ import torch
 
 import sdelm
 from sdelm.analysis import drift_diffusion, kramers_moyal
-from sdelm.synthetic import OU_MATRIX, OU_SIGMA, as_trajectories, ou_model, ou_paths
+from sdelm.data import SDEData
+from sdelm.synthetic import (
+    OU_MATRIX,
+    OU_SIGMA,
+    DoubleWell,
+    as_trajectories,
+    euler_maruyama,
+    ou_model,
+    ou_paths,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +43,32 @@ def test_field_along_steps_for_a_known_ou(ou_split):
     assert field.groupby("sequence")["increment_sq"].apply(lambda s: s.isna().sum()).eq(1).all()
 
 
+def test_field_pairs_the_noise_of_a_step_with_the_entropy_of_the_token_it_reads():
+    # σ(X_k) drives X_k -> X_{k+1}, which reads token y_{k+1}: H_{k+1} is set to tr σσᵀ(X_k).
+    # The states are independent, so H_k = tr σσᵀ(X_{k-1}) says nothing about σ(X_k).
+    states = torch.randn(6, 8, 2, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(6, 8, dtype=torch.bool)
+    mask[0, 5:] = False
+    model = DoubleWell()
+    trace = model.diffusion(states.flatten(0, 1), torch.zeros(48)).pow(2).sum(1).view(6, 8)
+    entropies = torch.full((6, 8), 5.0)
+    entropies[:, 1:] = trace[:, :-1]
+    rows = pd.DataFrame(
+        {"prompt_id": [f"p{i}" for i in range(6)], "source": "generated", "temperature": 1.0}
+    )
+    data = SDEData(states * mask[..., None], mask, 1.0, rows, "test", entropies)
+    field = drift_diffusion.field_along_steps(model, data)
+    paired = field.dropna(subset=["next_entropy"])
+    assert len(paired) == int(mask.sum()) - 6  # every step but each sequence's last
+    assert field.groupby("sequence")["next_entropy"].apply(lambda s: s.isna().sum()).eq(1).all()
+    assert np.allclose(paired["next_entropy"], paired["diffusion_trace"], rtol=1e-5)
+    rho = drift_diffusion.spearman("diffusion_trace", "next_entropy")(field)
+    assert rho == pytest.approx(1.0)
+    # The old pairing, σ(X_k) with H_k, is unrelated here.
+    same_step = entropies[torch.as_tensor(field["sequence"]), torch.as_tensor(field["step"])]
+    assert abs(np.corrcoef(same_step.numpy(), field["diffusion_trace"])[0, 1]) < 0.5
+
+
 def synthetic_field(effect: float, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
@@ -48,7 +83,7 @@ def synthetic_field(effect: float, seed: int = 0) -> pd.DataFrame:
                         "prompt_id": f"p{prompt}",
                         "temperature": temperature,
                         "diffusion_trace": level,
-                        "entropy": level + rng.normal(0, 0.01),
+                        "next_entropy": level + rng.normal(0, 0.01),
                     }
                     for _ in range(10)
                 ]
@@ -58,11 +93,16 @@ def synthetic_field(effect: float, seed: int = 0) -> pd.DataFrame:
 
 
 def test_temperature_slope_recovers_a_known_effect_and_a_null():
-    slope = drift_diffusion.temperature_slope(synthetic_field(0.5), "diffusion_trace")
-    assert slope["low"] < 0.5 < slope["high"] and slope["low"] > 0.3
-    null = drift_diffusion.temperature_slope(synthetic_field(0.0, seed=1), "diffusion_trace")
-    assert null["low"] < 0 < null["high"]
-    assert slope["n_prompts"] == 30 and slope["n_sequences"] == 180
+    field = synthetic_field(0.5)
+    slope = drift_diffusion.temperature_slope(field, "diffusion_trace", n_resamples=300)
+    assert slope["estimate"] == pytest.approx(0.5, abs=0.05)
+    assert 0.3 < slope["low"] < slope["estimate"] < slope["high"]
+    assert slope["p_value"] < 0.01
+    null = drift_diffusion.temperature_slope(
+        synthetic_field(0.0, seed=1), "diffusion_trace", n_resamples=300
+    )
+    assert null["low"] < 0 < null["high"] and null["p_value"] > 0.05
+    assert slope["n_clusters"] == 30 and slope["n_sequences"] == 180
     with pytest.raises(ValueError, match="two or more temperatures"):
         one = synthetic_field(0.5)
         drift_diffusion.temperature_slope(one[one["temperature"] == 0.5], "diffusion_trace")
@@ -70,11 +110,26 @@ def test_temperature_slope_recovers_a_known_effect_and_a_null():
 
 def test_cluster_spearman_of_dependent_and_independent_columns():
     frame = synthetic_field(0.5)
-    strong = drift_diffusion.cluster_spearman(frame, "diffusion_trace", "entropy", n_boot=200)
+    strong = drift_diffusion.cluster_spearman(frame, "diffusion_trace", "next_entropy", n_boot=200)
     assert strong["rho"] > 0.9 and strong["low"] > 0.8
     frame["noise"] = np.random.default_rng(3).normal(size=len(frame))
     null = drift_diffusion.cluster_spearman(frame, "diffusion_trace", "noise", n_boot=200)
     assert null["low"] < 0 < null["high"]
+
+
+def test_source_gap_and_noise_share_statistics():
+    frame = pd.DataFrame(
+        {
+            "source": ["human", "human", "generated", "generated"],
+            "value": [3.0, 5.0, 1.0, 2.0],
+            "determinism": [0.5, 2.0, 0.1, 0.9],
+        }
+    )
+    assert drift_diffusion.source_gap()(frame) == pytest.approx(2.5)
+    assert np.isnan(drift_diffusion.source_gap()(frame[frame["source"] == "human"]))
+    assert drift_diffusion.noise_share(frame) == pytest.approx(0.75)
+    both = pd.concat([frame.assign(series="data"), frame.assign(series="iid", determinism=5.0)])
+    assert drift_diffusion.versus(drift_diffusion.noise_share, "iid")(both) == 0.75
 
 
 def test_kramers_moyal_recovers_ou_drift_and_noise(ou_split):
@@ -85,8 +140,41 @@ def test_kramers_moyal_recovers_ou_drift_and_noise(ou_split):
     assert np.allclose(km["drift0"], expected[:, 0].numpy(), atol=0.25)
     assert np.allclose(km["diffusion0"], float(OU_SIGMA[0]), rtol=0.1)
     assert np.allclose(km["diffusion1"], float(OU_SIGMA[1]), rtol=0.1)
-    both = kramers_moyal.compare_with_model(ou_model(), ou_split.train, bins=5, min_count=200)
-    assert np.corrcoef(both["drift0"], both["model_drift0"])[0, 1] > 0.95
-    assert np.allclose(both["model_diffusion1"], float(OU_SIGMA[1]), rtol=1e-4)
+    grid = kramers_moyal.Grid.fit(ou_split.train.states[ou_split.train.mask], bins=4)
+    assert grid.pairs == ((0, 1), (2, 0))  # every coordinate, the odd one paired around
+    both = kramers_moyal.compare_with_model(ou_model(), ou_split.test, grid, min_count=100)
+    assert set(both["coordinate"]) == {0, 1, 2}
+    for _, cells in both.groupby("coordinate"):
+        assert np.corrcoef(cells["drift"], cells["model_drift"])[0, 1] > 0.9
+    assert np.allclose(both["model_diffusion"], OU_SIGMA[both["coordinate"]].numpy(), rtol=1e-4)
+    assert np.allclose(both["diffusion"], both["model_diffusion"], rtol=0.2)
+    table = kramers_moyal.transition_table(ou_split.test, grid, ou_model())
+    assert kramers_moyal.agreement(table, grid, min_count=100) > 0.9
     with pytest.raises(ValueError, match="fewer than min_count"):
         kramers_moyal.binned_moments(ou_split.test, min_count=10**6)
+
+
+def test_kramers_moyal_second_moment_leaves_out_the_drift_at_unit_time_step():
+    # One token per step (Δt = 1) and a pull of coordinate 0 towards coordinate 2, which its
+    # grid (coordinates 0 and 1) does not bin: inside a cell the drift μ_0 still varies, and
+    # the plain variance of the increments, σ² + Var(μ | cell) Δt, overstates σ².
+    sigma = torch.tensor([0.4, 0.6, 0.5])
+    matrix = torch.tensor([[-0.8, 0.0, 0.8], [0.0, -0.8, 0.0], [0.0, 0.0, -0.8]])
+    start = torch.randn(2000, 3, generator=torch.Generator().manual_seed(0))
+    paths = euler_maruyama(
+        lambda x: x @ matrix.T, lambda x: sigma.expand_as(x), start, 30, 1.0, seed=0
+    )
+    data = sdelm.prepare(as_trajectories(paths, dt=1.0), dim=None, standardise=False)
+    grid = kramers_moyal.Grid.fit(data.train.states[data.train.mask], bins=5)
+    cells = kramers_moyal.compare_with_model(
+        sdelm.baselines.OrnsteinUhlenbeck(3).fit_least_squares(data.train),
+        data.test,
+        grid,
+        min_count=50,
+    )
+    truth = sigma[cells["coordinate"]].numpy()
+    assert np.allclose(cells["diffusion"], truth, rtol=0.12)
+    assert np.allclose(cells["model_diffusion"], truth, rtol=0.05)
+    table = kramers_moyal.transition_table(data.test.transitions(), grid)
+    plain = table.groupby("cell0")["dx0"].std()  # the estimate before the correction
+    assert plain.median() > 1.2 * float(sigma[0])

@@ -1,15 +1,30 @@
-"""Nonparametric Kramers–Moyal estimates of drift and diffusion, binned in two coordinates.
+"""Nonparametric Kramers–Moyal estimates of drift and diffusion, binned in coordinate pairs.
 
 The first two Kramers–Moyal coefficients are conditional moments of the increments,
 
-    D1(x) = E[ΔX | X = x] / Δt,    D2(x) = E[ΔX² | X = x] / Δt,
+    D1(x) = E[ΔX | X = x] / Δt,    D2(x) = E[(ΔX − D1(X) Δt)² | X = x] / Δt,
 
-estimated here by averaging over the transitions that fall into each cell of a grid in the
-first two coordinates (Friedrich et al. 2011; Rydin Gorjão & Meirinhos 2019). They need no
-model, so they cross-check the neural estimates, where there are enough data.
+estimated here by averaging over the transitions that fall into each cell of a grid
+(Friedrich et al. 2011; Rydin Gorjão & Meirinhos 2019). They need no model, so they cross-check
+the neural estimates, where there are enough data.
+
+Three choices make the estimates comparable with a fitted SDE:
+
+- **Every coordinate.** The coordinates are binned in pairs ``(0, 1), (2, 3), …`` (the last
+  pair wraps around for an odd dimension), each pair on its own grid, so every coordinate's
+  drift and diffusion are read on a grid in which that coordinate varies.
+- **Held-out transitions.** The grid's edges are quantiles of the states of one split (the
+  training split, :meth:`Grid.fit`); the moments are then read on any split (the test split).
+- **The drift is subtracted from the second moment.** With Δt = 1 the variance of the
+  increments in a cell is ``E[σ² | cell] Δt + Var(μ | cell) Δt²``: the drift's variation
+  inside the cell inflates it. The increments are first detrended by a least-squares linear
+  drift fitted to the same transitions, then centred in each cell, so that only the non-linear
+  drift's variation inside a cell remains (exactly zero for a linear drift).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,21 +33,207 @@ import torch
 from sdelm.data import SDEData, Transitions
 from sdelm.models import SDEModel
 
-__all__ = ["binned_moments", "compare_with_model"]
+__all__ = [
+    "Grid",
+    "agreement",
+    "binned_moments",
+    "cell_moments",
+    "compare_with_model",
+    "transition_table",
+]
 
 
-def _transitions(data: SDEData | Transitions) -> Transitions:
-    return data.transitions() if isinstance(data, SDEData) else data
+def _pairs(dim: int) -> tuple[tuple[int, int], ...]:
+    pairs = [(i, i + 1) for i in range(0, dim - 1, 2)]
+    if dim % 2:
+        pairs.append((dim - 1, 0) if dim > 1 else (0, 0))
+    return tuple(pairs)
 
 
-def _cells(x: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cell indices of states (n, 2) on a grid of equal-count (quantile) bins per coordinate."""
-    edges = [np.quantile(x[:, i], np.linspace(0, 1, bins + 1)) for i in range(2)]
-    c0, c1 = (
-        np.clip(np.searchsorted(edge, x[:, i], side="right") - 1, 0, bins - 1)
-        for i, edge in enumerate(edges)
-    )
-    return c0, c1
+@dataclass(frozen=True)
+class Grid:
+    """Equal-count bins per coordinate, and the coordinate pairs binned together.
+
+    Attributes:
+        edges: Float array of size (dim, bins + 1): quantile edges of each coordinate.
+        pairs: The coordinate pairs, one grid of ``bins × bins`` cells each.
+
+    """
+
+    edges: np.ndarray
+    pairs: tuple[tuple[int, int], ...]
+
+    @property
+    def bins(self) -> int:
+        """Bins per coordinate."""
+        return self.edges.shape[1] - 1
+
+    @classmethod
+    def fit(
+        cls, states: torch.Tensor, bins: int = 6, pairs: tuple[tuple[int, int], ...] | None = None
+    ) -> Grid:
+        """Place equal-count edges at the quantiles of some states (e.g. the training split's).
+
+        Args:
+            states: Float tensor of size (n, dim).
+            bins: Bins per coordinate.
+            pairs: Coordinate pairs; default ``(0, 1), (2, 3), …``.
+
+        Raises:
+            ValueError: With fewer than two bins or no states.
+
+        """
+        if bins < 2 or len(states) == 0:
+            raise ValueError(f"A grid needs bins >= 2 and some states; got bins={bins}.")
+        x = states.double().numpy()
+        edges = np.quantile(x, np.linspace(0, 1, bins + 1), axis=0).T
+        return cls(edges, _pairs(x.shape[1]) if pairs is None else tuple(pairs))
+
+    def cells(self, states: np.ndarray) -> np.ndarray:
+        """Cell index of each state in each pair's grid: (n, dim) -> (n, n_pairs) ints."""
+        index = np.stack(
+            [
+                np.clip(np.searchsorted(e, states[:, i], side="right") - 1, 0, self.bins - 1)
+                for i, e in enumerate(self.edges)
+            ],
+            axis=1,
+        )
+        return np.stack([index[:, a] * self.bins + index[:, b] for a, b in self.pairs], axis=1)
+
+
+def _transitions(data: SDEData | Transitions) -> tuple[Transitions, np.ndarray | None]:
+    if isinstance(data, Transitions):
+        return data, None
+    both = data.mask[:, :-1] & data.mask[:, 1:]
+    seq = both.nonzero(as_tuple=True)[0].numpy()
+    return data.transitions(), data.rows["prompt_id"].to_numpy()[seq]
+
+
+@torch.no_grad()
+def transition_table(
+    data: SDEData | Transitions, grid: Grid, model: SDEModel | None = None
+) -> pd.DataFrame:
+    """One row per transition: its cells, state, increment and (optionally) a model's field.
+
+    Args:
+        data: A split (its prompts label the rows) or bare transitions.
+        grid: The grid (usually fitted on the training split).
+        model: A fitted SDE whose drift and diffusion are evaluated at every transition.
+
+    Returns:
+        Columns ``prompt_id`` (when ``data`` is a split), ``cell0 … cell{P−1}`` (one per pair),
+        ``x0 … x{d−1}``, ``dx0 … dx{d−1}`` and, with a model, ``mu0 …`` (drift) and ``var0 …``
+        (σ², the diagonal of σσᵀ). The time step is in ``table.attrs["dt"]``.
+
+    """
+    tr, prompts = _transitions(data)
+    x = tr.x.double().numpy()
+    dim = x.shape[1]
+    columns: dict[str, np.ndarray] = {}
+    if prompts is not None:
+        columns["prompt_id"] = prompts
+    cells = grid.cells(x)
+    columns.update({f"cell{p}": cells[:, p] for p in range(cells.shape[1])})
+    columns.update({f"x{j}": x[:, j] for j in range(dim)})
+    dx = tr.dx.double().numpy()
+    columns.update({f"dx{j}": dx[:, j] for j in range(dim)})
+    if model is not None:
+        mu = model.drift(tr.x, tr.t).double().numpy()
+        var = model.diffusion(tr.x, tr.t).double().pow(2).numpy()
+        columns.update({f"mu{j}": mu[:, j] for j in range(dim)})
+        columns.update({f"var{j}": var[:, j] for j in range(dim)})
+    table = pd.DataFrame(columns)
+    table.attrs["dt"] = tr.dt
+    return table
+
+
+def _matrix(table: pd.DataFrame, prefix: str, dim: int) -> np.ndarray:
+    return table[[f"{prefix}{j}" for j in range(dim)]].to_numpy(dtype=float)
+
+
+def _per_coordinate(table: pd.DataFrame, grid: Grid, min_count: int):
+    """Yield each coordinate's kept cells and their moments as arrays (the fast core)."""
+    if len(table) < min_count:
+        raise ValueError(f"{len(table)} transitions are fewer than min_count={min_count}.")
+    dt = table.attrs.get("dt", 1.0)
+    dim = len(grid.edges)
+    x, dx = _matrix(table, "x", dim), _matrix(table, "dx", dim)
+    design = np.column_stack([x, np.ones(len(x))])
+    residual = dx - design @ np.linalg.lstsq(design, dx, rcond=None)[0]
+    has_model = "mu0" in table.columns
+    mu = _matrix(table, "mu", dim) if has_model else None
+    var = _matrix(table, "var", dim) if has_model else None
+    n_cells = grid.bins**2
+    for p, pair in enumerate(grid.pairs):
+        cell = table[f"cell{p}"].to_numpy()
+        count = np.bincount(cell, minlength=n_cells).astype(float)
+        kept = np.flatnonzero(count >= max(min_count, 2))
+
+        def mean(values: np.ndarray, cell=cell, count=count, kept=kept) -> np.ndarray:
+            return (np.bincount(cell, values, minlength=n_cells) / np.maximum(count, 1))[kept]
+
+        for j in dict.fromkeys(pair):  # one coordinate once, also for a (0, 0) pair
+            centred = mean(residual[:, j] ** 2) - mean(residual[:, j]) ** 2
+            within = centred * count[kept] / (count[kept] - 1)
+            row = {
+                "coordinate": j,
+                "pair": p,
+                "cell": kept,
+                "count": count[kept].astype(int),
+                "centre": mean(x[:, j]),
+                "drift": mean(dx[:, j]) / dt,
+                "diffusion": np.sqrt(np.maximum(within, 0) / dt),
+            }
+            if has_model:
+                row["model_drift"] = mean(mu[:, j])
+                row["model_diffusion"] = np.sqrt(mean(var[:, j]))
+            yield row
+
+
+def cell_moments(table: pd.DataFrame, grid: Grid, *, min_count: int = 30) -> pd.DataFrame:
+    """Kramers–Moyal drift and diffusion of every coordinate, cell by cell.
+
+    Args:
+        table: From :func:`transition_table` (the model's columns are averaged when present).
+        grid: The grid the table was binned on.
+        min_count: Cells with fewer transitions are dropped.
+
+    Returns:
+        One row per (coordinate, kept cell of that coordinate's pair): ``coordinate``,
+        ``pair``, ``cell``, ``count``, ``centre`` (the coordinate's mean state in the cell),
+        ``drift`` (D1), ``diffusion`` (√D2, drift subtracted: comparable with σ) and, with a
+        model, ``model_drift`` (mean μ) and ``model_diffusion`` (√ of the mean σ²).
+
+    Raises:
+        ValueError: If there are fewer transitions than ``min_count``.
+
+    """
+    rows = list(_per_coordinate(table, grid, min_count))
+    return pd.concat([pd.DataFrame(row) for row in rows], ignore_index=True)
+
+
+def agreement(
+    table: pd.DataFrame, grid: Grid, *, kind: str = "drift", min_count: int = 30
+) -> float:
+    """Mean over coordinates of the across-cell Pearson r of Kramers–Moyal and model.
+
+    Args:
+        table: From :func:`transition_table`, with a model's columns.
+        grid: The grid the table was binned on.
+        kind: ``"drift"`` or ``"diffusion"``.
+        min_count: Minimum transitions per cell.
+
+    Returns:
+        The mean r (coordinates with fewer than three kept cells, or a constant column, are
+        left out); NaN if none is left.
+
+    """
+    rs = []
+    for row in _per_coordinate(table, grid, min_count):
+        a, b = row[kind], row[f"model_{kind}"]
+        if len(a) >= 3 and a.std() > 0 and b.std() > 0:
+            rs.append(np.corrcoef(a, b)[0, 1])
+    return float(np.mean(rs)) if rs else float("nan")
 
 
 def binned_moments(
@@ -41,104 +242,70 @@ def binned_moments(
     bins: int = 8,
     min_count: int = 30,
     dims: tuple[int, int] = (0, 1),
+    grid: Grid | None = None,
 ) -> pd.DataFrame:
-    """Kramers–Moyal drift and diffusion of two coordinates on a grid of bins.
+    """Kramers–Moyal drift and diffusion of two coordinates on one grid.
 
     Args:
         data: A split or its transitions.
-        bins: Bins per coordinate (equal-count quantile edges).
+        bins: Bins per coordinate (equal-count quantile edges of ``data``'s states), when no
+            ``grid`` is given.
         min_count: Cells with fewer transitions are dropped.
         dims: The two coordinates.
+        grid: A grid fitted elsewhere (e.g. on the training split); its ``pairs`` are replaced
+            by ``dims``.
 
     Returns:
         One row per kept cell: ``x0, x1`` (cell centres: the mean state), ``count``,
-        ``drift0, drift1`` (D1), ``diffusion0, diffusion1`` (√D2 of the centred increments,
+        ``drift0, drift1`` (D1), ``diffusion0, diffusion1`` (√D2 with the drift subtracted,
         comparable with σ).
 
     Raises:
         ValueError: If there are too few transitions for one cell.
 
     """
-    tr = _transitions(data)
+    tr, _ = _transitions(data)
     if len(tr) < min_count:
         raise ValueError(f"{len(tr)} transitions are fewer than min_count={min_count}.")
-    x = tr.x[:, list(dims)].double().numpy()
-    dx = tr.dx[:, list(dims)].double().numpy()
-    cell = _cells(x, bins)
-    frame = pd.DataFrame(
-        {
-            "c0": cell[0],
-            "c1": cell[1],
-            "x0": x[:, 0],
-            "x1": x[:, 1],
-            "d0": dx[:, 0],
-            "d1": dx[:, 1],
-        }
-    )
-    grouped = frame.groupby(["c0", "c1"])
-    out = grouped.agg(
-        x0=("x0", "mean"),
-        x1=("x1", "mean"),
-        count=("d0", "size"),
-        m0=("d0", "mean"),
-        m1=("d1", "mean"),
-        v0=("d0", "var"),
-        v1=("d1", "var"),
-    )
-    out = out[out["count"] >= min_count].reset_index(drop=True)
-    return pd.DataFrame(
-        {
-            "x0": out["x0"],
-            "x1": out["x1"],
-            "count": out["count"],
-            "drift0": out["m0"] / tr.dt,
-            "drift1": out["m1"] / tr.dt,
-            "diffusion0": np.sqrt(out["v0"] / tr.dt),
-            "diffusion1": np.sqrt(out["v1"] / tr.dt),
-        }
+    grid = Grid.fit(tr.x, bins) if grid is None else grid
+    grid = Grid(grid.edges, (tuple(dims),))
+    moments = cell_moments(transition_table(tr, grid), grid, min_count=min_count)
+    wide = {}
+    for i, j in enumerate(dims):
+        part = moments[moments["coordinate"] == j].set_index("cell")
+        wide.update(
+            {
+                f"x{i}": part["centre"],
+                f"drift{i}": part["drift"],
+                f"diffusion{i}": part["diffusion"],
+            }
+        )
+        wide["count"] = part["count"]
+    out = pd.DataFrame(wide)
+    return out[["x0", "x1", "count", "drift0", "drift1", "diffusion0", "diffusion1"]].reset_index(
+        drop=True
     )
 
 
-@torch.no_grad()
 def compare_with_model(
-    model: SDEModel, data: SDEData | Transitions, *, bins: int = 8, min_count: int = 30
+    model: SDEModel,
+    data: SDEData | Transitions,
+    grid: Grid,
+    *,
+    min_count: int = 30,
 ) -> pd.DataFrame:
-    """Kramers–Moyal and model estimates side by side, averaged over the same cells.
+    """Kramers–Moyal and model estimates side by side, for every coordinate and kept cell.
 
-    The model's drift and diffusion are averaged over the transitions of each cell (in all
-    coordinates, reported for the first two), so both estimates see the same states.
+    Both are averaged over the same transitions of each cell, so both see the same states.
 
     Args:
         model: A fitted SDE.
         data: A (held-out) split or its transitions.
-        bins: Bins per coordinate.
+        grid: The grid, fitted on another split (usually the training split).
         min_count: Minimum transitions per cell.
 
     Returns:
-        The table of :func:`binned_moments` with ``model_drift0, model_drift1,
-        model_diffusion0, model_diffusion1`` added.
+        The table of :func:`cell_moments`, with ``model_drift`` and ``model_diffusion``.
 
     """
-    tr = _transitions(data)
-    km = binned_moments(tr, bins=bins, min_count=min_count)
-    x = tr.x.double().numpy()
-    mu = model.drift(tr.x, tr.t).double().numpy()
-    sigma = model.diffusion(tr.x, tr.t).double().numpy()
-    cell = _cells(x[:, :2], bins)
-    frame = pd.DataFrame(
-        {
-            "c0": cell[0],
-            "c1": cell[1],
-            "mu0": mu[:, 0],
-            "mu1": mu[:, 1],
-            "s0": sigma[:, 0] ** 2,
-            "s1": sigma[:, 1] ** 2,
-        }
-    )
-    grouped = frame.groupby(["c0", "c1"]).agg(["mean", "size"])
-    kept = grouped[grouped[("mu0", "size")] >= min_count].reset_index(drop=True)
-    km["model_drift0"] = kept[("mu0", "mean")].to_numpy()
-    km["model_drift1"] = kept[("mu1", "mean")].to_numpy()
-    km["model_diffusion0"] = np.sqrt(kept[("s0", "mean")].to_numpy())
-    km["model_diffusion1"] = np.sqrt(kept[("s1", "mean")].to_numpy())
-    return km
+    return cell_moments(transition_table(data, grid, model), grid, min_count=min_count)

@@ -1,0 +1,238 @@
+"""Surrogate data: what any mean-reverting process, or no dynamics at all, would show.
+
+A finding about hidden-state trajectories is interesting only where it separates the data from
+processes that share their generic properties. Three surrogates of a split, each with the same
+sequences, lengths and valid steps:
+
+- :func:`var1_surrogate`: a Gaussian VAR(1), ``x_{k+1} = A x_k + b + ε_k`` with
+  ``ε_k ~ N(0, Σ)``, fitted by least squares (:func:`fit_var1`) and simulated from each
+  sequence's own first state: same marginal scale and one-step autocorrelation, linear and
+  Gaussian dynamics;
+- :func:`shuffle_in_time`: each sequence's states in a random order: the same states per
+  sequence, no temporal order;
+- :func:`iid_resample`: every valid step drawn with replacement from all valid states: the
+  same marginal law, no sequence structure at all.
+
+The functions work on ``states`` (n_sequences, n_steps, dim) and ``mask`` (n_sequences, n_steps)
+tensors; :func:`surrogate_split` applies one to an :class:`~sdelm.data.SDEData`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+from sdelm.data import SDEData
+
+__all__ = [
+    "KINDS",
+    "VAR1",
+    "fit_var1",
+    "iid_resample",
+    "shuffle_in_time",
+    "simulate_var1",
+    "surrogate_split",
+    "var1_surrogate",
+]
+
+#: The surrogate kinds of :func:`surrogate_split`.
+KINDS = ("var1", "shuffled", "iid")
+
+
+@dataclass(frozen=True)
+class VAR1:
+    """A Gaussian VAR(1), ``x_{k+1} = A x_k + b + ε_k``, ``ε_k ~ N(0, Σ)``.
+
+    Attributes:
+        matrix: Float tensor of size (dim, dim): ``A``.
+        bias: Float tensor of size (dim,): ``b``.
+        covariance: Float tensor of size (dim, dim): ``Σ``, the residual covariance.
+
+    """
+
+    matrix: torch.Tensor
+    bias: torch.Tensor
+    covariance: torch.Tensor
+
+
+def _check(states: torch.Tensor, mask: torch.Tensor) -> None:
+    if states.ndim != 3 or mask.shape != states.shape[:2]:
+        raise ValueError(
+            "states must be (n_sequences, n_steps, dim) and mask (n_sequences, n_steps); got "
+            f"{tuple(states.shape)} and {tuple(mask.shape)}."
+        )
+
+
+def fit_var1(states: torch.Tensor, mask: torch.Tensor) -> VAR1:
+    """Fit a Gaussian VAR(1) by least squares to every valid transition.
+
+    Args:
+        states: Float tensor of size (n_sequences, n_steps, dim).
+        mask: Bool tensor of size (n_sequences, n_steps): valid steps.
+
+    Returns:
+        The fitted :class:`VAR1` (least squares of ``x_{k+1}`` on ``[x_k, 1]``; ``Σ`` is the
+        residual covariance with divisor ``n − dim − 1``).
+
+    Raises:
+        ValueError: On mismatched shapes, or fewer transitions than ``dim + 2``.
+
+    """
+    _check(states, mask)
+    both = mask[:, :-1] & mask[:, 1:]
+    seq, step = both.nonzero(as_tuple=True)
+    dim = states.shape[-1]
+    if len(seq) < dim + 2:
+        raise ValueError(f"{len(seq)} transitions cannot fit a VAR(1) in {dim} dimensions.")
+    x = states[seq, step].double()
+    y = states[seq, step + 1].double()
+    design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    solution = torch.linalg.lstsq(design, y).solution  # (dim + 1, dim)
+    residual = y - design @ solution
+    covariance = residual.T @ residual / (len(x) - dim - 1)
+    return VAR1(
+        matrix=solution[:-1].T.float(),
+        bias=solution[-1].float(),
+        covariance=covariance.float(),
+    )
+
+
+def simulate_var1(
+    var1: VAR1, starts: torch.Tensor, first: torch.Tensor, mask: torch.Tensor, *, seed: int = 0
+) -> torch.Tensor:
+    """Simulate a VAR(1) over given valid steps, from given first states.
+
+    Args:
+        var1: The process.
+        starts: Float tensor of size (n_sequences, dim): the state at each sequence's first
+            valid step.
+        first: Long tensor of size (n_sequences,): the first valid step of each sequence.
+        mask: Bool tensor of size (n_sequences, n_steps): the valid steps to fill.
+        seed: Seed of the noise.
+
+    Returns:
+        Float tensor of size (n_sequences, n_steps, dim): ``starts`` at ``first``, the simulated
+        chain after it, zeros before it and at invalid steps.
+
+    """
+    n, n_steps = mask.shape
+    dim = starts.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    values, vectors = torch.linalg.eigh(var1.covariance.double())
+    root = (vectors * values.clamp_min(0).sqrt()).float()  # root @ rootᵀ = Σ
+    out = torch.zeros(n, n_steps, dim)
+    x = starts.float().clone()
+    for k in range(n_steps):
+        noise = torch.randn(n, dim, generator=generator) @ root.T
+        step = x @ var1.matrix.T + var1.bias + noise
+        x = torch.where((first == k)[:, None], starts.float(), step)
+        out[:, k] = torch.where((first <= k)[:, None], x, torch.zeros_like(x))
+    return out * mask[..., None]
+
+
+def var1_surrogate(
+    states: torch.Tensor, mask: torch.Tensor, var1: VAR1 | None = None, *, seed: int = 0
+) -> torch.Tensor:
+    """Simulate a fitted VAR(1) with the sequences' own lengths and first states.
+
+    Args:
+        states: Float tensor of size (n_sequences, n_steps, dim).
+        mask: Bool tensor of size (n_sequences, n_steps).
+        var1: The process; default fitted to ``states`` (pass one fitted to a training split to
+            simulate a held-out split).
+        seed: Seed of the noise.
+
+    Returns:
+        Float tensor of size (n_sequences, n_steps, dim), zero at invalid steps.
+
+    Raises:
+        ValueError: On mismatched shapes or a sequence with no valid step.
+
+    """
+    _check(states, mask)
+    if not mask.any(dim=1).all():
+        raise ValueError("Every sequence needs at least one valid step.")
+    var1 = fit_var1(states, mask) if var1 is None else var1
+    first = mask.int().argmax(dim=1)
+    starts = states[torch.arange(len(states)), first]
+    return simulate_var1(var1, starts, first, mask, seed=seed)
+
+
+def shuffle_in_time(states: torch.Tensor, mask: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    """Permute each sequence's valid states in time, independently per sequence.
+
+    Args:
+        states: Float tensor of size (n_sequences, n_steps, dim).
+        mask: Bool tensor of size (n_sequences, n_steps).
+        seed: Seed of the permutations.
+
+    Returns:
+        Float tensor of size (n_sequences, n_steps, dim): the same multiset of valid states per
+        sequence, at the same valid steps, in a random order; invalid steps unchanged.
+
+    """
+    _check(states, mask)
+    generator = torch.Generator().manual_seed(seed)
+    out = states.clone()
+    for i in range(len(states)):
+        valid = mask[i].nonzero(as_tuple=True)[0]
+        order = valid[torch.randperm(len(valid), generator=generator)]
+        out[i, valid] = states[i, order]
+    return out
+
+
+def iid_resample(states: torch.Tensor, mask: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    """Fill every valid step with a state drawn with replacement from all valid states.
+
+    Args:
+        states: Float tensor of size (n_sequences, n_steps, dim).
+        mask: Bool tensor of size (n_sequences, n_steps).
+        seed: Seed of the draws.
+
+    Returns:
+        Float tensor of size (n_sequences, n_steps, dim): i.i.d. draws from the empirical
+        marginal of the valid states; invalid steps unchanged.
+
+    """
+    _check(states, mask)
+    generator = torch.Generator().manual_seed(seed)
+    pool = states[mask]
+    out = states.clone()
+    picks = torch.randint(len(pool), (int(mask.sum()),), generator=generator)
+    out[mask] = pool[picks]
+    return out
+
+
+def surrogate_split(
+    data: SDEData,
+    kind: Literal["var1", "shuffled", "iid"],
+    *,
+    var1: VAR1 | None = None,
+    seed: int = 0,
+) -> SDEData:
+    """Make a surrogate of a split: same sequences, rows, mask and time step, other states.
+
+    Args:
+        data: A split.
+        kind: ``"var1"``, ``"shuffled"`` or ``"iid"`` (see the module docstring).
+        var1: For ``"var1"``: the process (default fitted to ``data``).
+        seed: Seed of the surrogate.
+
+    Returns:
+        The surrogate split, without entropies (they belong to the real tokens).
+
+    Raises:
+        ValueError: On an unknown ``kind``.
+
+    """
+    if kind == "var1":
+        states = var1_surrogate(data.states, data.mask, var1, seed=seed)
+    elif kind == "shuffled":
+        states = shuffle_in_time(data.states, data.mask, seed=seed)
+    elif kind == "iid":
+        states = iid_resample(data.states, data.mask, seed=seed)
+    else:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    return replace(data, states=states, name=f"{data.name} ({kind} surrogate)", entropies=None)
