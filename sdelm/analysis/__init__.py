@@ -1,5 +1,21 @@
 """Analyses of fitted SDEs on held-out trajectories (chapters 4 onwards)."""
 
-from sdelm.analysis import branching, drift_diffusion, kramers_moyal, phase, properties
+from sdelm.analysis import (
+    branching,
+    cross_model,
+    drift_diffusion,
+    kramers_moyal,
+    phase,
+    properties,
+    surrogates,
+)
 
-__all__ = ["branching", "drift_diffusion", "kramers_moyal", "phase", "properties"]
+__all__ = [
+    "branching",
+    "cross_model",
+    "drift_diffusion",
+    "kramers_moyal",
+    "phase",
+    "properties",
+    "surrogates",
+]
