@@ -31,7 +31,8 @@ book: setup
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --path-output .
 
 # Every test: unit, packaged model, each chapter executed once by papermill (claims enforced)
-# and again by nbval (determinism), and the HTML built from the executed notebooks.
+# and the chapters that cover every way the book extracts and fits again by nbval (determinism),
+# and the HTML built from the executed notebooks.
 test: setup
 	SDELM_OLD_TRANSFORMERS=$(VENV)/old-transformers $(BIN)/python -m pytest
 
