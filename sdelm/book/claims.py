@@ -176,8 +176,11 @@ class Claims:
     @staticmethod
     def _sentence(row: Mapping[str, Any]) -> str:
         side = "above" if row["expected"] == "greater" else "below"
+        what = row["what"]
+        if what[:1].isascii():  # "Spearman ρ ...", but "λ of ..." keeps its lower case
+            what = what[:1].upper() + what[1:]
         return (
-            f"{row['what'][:1].upper()}{row['what'][1:]}: {row['estimate']:.3g} "
+            f"{what}: {row['estimate']:.3g} "
             f"[{row['low']:.3g}, {row['high']:.3g}] against {row['null']:g} "
             f"({row['n_clusters']} {row['unit']}, Holm p = {row['p_holm']:.2g}) — "
             f"{row['verdict']} (expected {side} {row['null']:g})."
