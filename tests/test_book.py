@@ -108,7 +108,7 @@ def test_chapter_executes_and_enforces_its_claims(executed, chapter):
     text = outputs_text(notebook)
     assert "Traceback" not in text
     if chapter == LEDGER:  # the claims of every other chapter, read from their records
-        assert all(other.stem in text for other in CHAPTERS)
+        assert all(other.stem in text for other in CHAPTERS if other.stem != LEDGER)
     else:
         summary = re.search(r"(\d+) claims checked, 0 not holding; enforced\.", text)
         assert summary and int(summary.group(1)) > 0, "the default run must enforce its claims"
