@@ -194,9 +194,9 @@ def step_frame(data: SDEData) -> pd.DataFrame:
         data: Projected trajectories with recorded entropies (generated text).
 
     Returns:
-        ``prompt_id``, ``temperature``, ``step`` (k), ``increment_sq`` (|Z_{k+1} − Z_k|²) and
-        ``next_entropy`` (the entropy of the distribution token y_{k+1} was drawn from, which
-        the step reads).
+        ``prompt_id``, ``temperature``, ``step`` (k), ``increment_sq`` (the squared norm of
+        Z_{k+1} − Z_k) and ``next_entropy`` (the entropy of the distribution token y_{k+1} was
+        drawn from, which the step reads).
 
     Raises:
         ValueError: If the data carry no entropies.
@@ -228,7 +228,7 @@ def displacement_frame(data: SDEData, lags: Sequence[int] = MSD_LAGS) -> pd.Data
 
     Returns:
         One row per (sequence, lag) with at least one valid pair: ``prompt_id``, ``lag``,
-        ``msd`` (mean of |Z_{k+lag} − Z_k|² over the sequence's valid k).
+        ``msd`` (the mean squared norm of Z_{k+lag} − Z_k over the sequence's valid k).
 
     """
     frames = []
