@@ -20,9 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
-
-import torch
+from typing import TYPE_CHECKING, NoReturn
 
 from sdelm.book.chapter import (
     ANY,
@@ -32,6 +30,9 @@ from sdelm.book.chapter import (
     parameter_defaults,
     source_path,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main"]
 
@@ -138,6 +139,8 @@ def _device(name: str) -> torch.device:
         UsageError: If it is not a device, or not one this machine's PyTorch can use.
 
     """
+    import torch
+
     from sdelm.devices import resolve_device
 
     try:
@@ -270,6 +273,8 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> None:
+    import torch
+
     import sdelm
     from sdelm.files import save_atomically
 

@@ -34,7 +34,7 @@ def collect_trajectories(
     layers: Sequence[int] | None = None,
     top_p: float = 1.0,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 64,
     first_prompt: int = 0,
     control: TemperatureControl | None = None,
     nudge: StateNudge | None = None,

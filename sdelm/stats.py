@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from statsmodels.stats.multitest import multipletests
 
 __all__ = ["N_RESAMPLES", "cluster_bootstrap", "holm"]
 
@@ -74,4 +73,6 @@ def cluster_bootstrap(
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
     """Holm-adjusted p-values (family-wise error control) of one family of tests."""
+    from statsmodels.stats.multitest import multipletests  # slow to import; rarely needed
+
     return multipletests(np.asarray(p_values, dtype=float), method="holm")[1]

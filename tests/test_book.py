@@ -1,10 +1,13 @@
 """Every chapter executes under papermill, passes nbval, and the book builds with figures.
 
 Each chapter is executed from an empty trajectory cache (the model cache is shared) by
-papermill, with its claims enforced. The chapters that cover every way the book extracts and
-fits (:data:`NBVAL`) are executed again by nbval, from another empty cache, which compares every
-text output: the two executions extract their trajectories and fit their models independently,
-so nbval checks that the same seed gives the same outputs. Each of the two runs has one cache
+papermill, with its claims enforced. The chapters that extract the book's standard data and
+fit its models (:data:`NBVAL`) are executed again by nbval, from another empty cache, which
+compares every text output: the two executions extract their trajectories and fit their models
+independently, so nbval checks that the same seed gives the same outputs on the real model. The
+other ways of extracting are checked for bit-identical repetition on tiny models, in less time:
+sampling (``tests/test_extract.py``), branching (``tests/test_branching.py``) and layer time
+(``tests/test_layer_time.py``). Each of the two runs has one cache
 for all chapters, as a reader's machine does: what one chapter extracted or fitted, a later
 chapter of the same run reuses. The HTML is built from the notebooks papermill executed, with
 execution off: no chapter runs a third time.
@@ -118,12 +121,11 @@ def test_chapter_executes_and_enforces_its_claims(executed, chapter):
     assert figures >= 2
 
 
-#: The chapters re-executed by nbval from a fresh cache: the determinism check of every way the
-#: book extracts and fits (generation and teacher forcing, the model zoo's fits, branching,
-#: layer time and untrained models). The other chapters reuse these code paths (the second
-#: model's through the same extraction code, whose replay equality the integration tests
-#: check); they are executed once, by papermill, with their claims enforced.
-NBVAL = ["trajectories", "fitting", "branching", "layer_time"]
+#: The chapters re-executed by nbval from a fresh cache: the determinism check of the book's
+#: standard data (generation and teacher-forced Shakespeare on the real model) and of the model
+#: zoo's fits. The other chapters are executed once, by papermill, with their claims enforced;
+#: branching and layer time repeat bit for bit in the unit tests named in this module's text.
+NBVAL = ["trajectories", "fitting"]
 
 
 @pytest.mark.parametrize("chapter", NBVAL)

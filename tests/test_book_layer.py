@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
+import torch
 
 from sdelm.book import Chapter, ChapterError, ClaimFailedError, Claims, ledger
 from sdelm.book.chapter import chapter_names, parameter_defaults, record_path
@@ -134,3 +136,40 @@ def test_the_ledger_executes_a_chapter_without_a_current_record(mini_book):
     with pytest.raises(ChapterError, match="sdelm chapter mini"):
         ledger(mini_book, execute_missing=False)
     assert ledger(mini_book).loc[0, "estimate"] == 5
+
+
+def test_setup_passes_the_chapters_parameters_and_fits_on_its_prepared_data(monkeypatch):
+    import sdelm
+    from sdelm import synthetic
+
+    trajs = synthetic.as_trajectories(synthetic.ou_paths(n=40, steps=12), dt=1.0, per_prompt=2)
+    calls = {}
+
+    @functools.wraps(sdelm.collect_trajectories)  # the real signature, for setup to read
+    def collect(**kwargs):
+        calls["collect"] = kwargs
+        return trajs
+
+    def fit(model, data, **kwargs):
+        calls["fit"] = (model, data, kwargs)
+        return model
+
+    monkeypatch.setattr("sdelm.collect.collect_trajectories", collect)
+    monkeypatch.setattr("sdelm.cache.cached_fit", fit)
+    namespace = {"model": "tiny", "n_prompts": 20, "temperatures": [1.0], "dim": 2,
+                 "seed": 3, "device": "cpu", "common": {"n_prompts": 99}}  # fmt: skip
+    chapter = Chapter.open("no-such-chapter", namespace)
+    assert chapter.trajectories() is trajs
+    got, data, neural = chapter.setup()
+    assert got is trajs
+    # Only collect_trajectories' own arguments are passed on, with the chapter's values.
+    assert calls["collect"] == {"model": "tiny", "n_prompts": 20, "temperatures": [1.0],
+                                "seed": 3, "device": "cpu"}  # fmt: skip
+    expected = sdelm.prepare(trajs.where(source="generated"), dim=2, seed=3)
+    assert torch.equal(data.train.states, expected.train.states)
+    model, fitted_on, fit_args = calls["fit"]
+    assert neural is model and fitted_on is data
+    assert isinstance(model, sdelm.NeuralSDE) and model.time_scale == 13.0
+    assert fit_args == {"seed": 3, "device": "cpu", "progress": False}
+    _, all_rows, none = chapter.setup(source=None, split=(0.5, 0.25, 0.25), fit=False)
+    assert none is None and all_rows.train.states.shape[0] == 20

@@ -225,10 +225,9 @@ def agreement_versus(
     """
 
     def difference(tables: pd.DataFrame) -> float:
+        series = tables["series"].to_numpy()
         values = [
-            kramers_moyal.agreement(
-                tables[tables["series"] == name], grids[name], min_count=min_count
-            )
+            kramers_moyal.agreement(tables[series == name], grids[name], min_count=min_count)
             for name in ("data", surrogate)
         ]
         return values[0] - values[1]

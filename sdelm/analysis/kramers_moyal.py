@@ -147,8 +147,9 @@ def transition_table(
     return table
 
 
-def _matrix(table: pd.DataFrame, prefix: str, dim: int) -> np.ndarray:
-    return table[[f"{prefix}{j}" for j in range(dim)]].to_numpy(dtype=float)
+def _matrix(table: pd.DataFrame, prefixes: tuple[str, ...], dim: int) -> np.ndarray:
+    """Columns ``{prefix}0 … {prefix}{dim−1}`` of each prefix, side by side: (rows, len·dim)."""
+    return table[[f"{p}{j}" for p in prefixes for j in range(dim)]].to_numpy(dtype=float)
 
 
 def _per_coordinate(table: pd.DataFrame, grid: Grid, min_count: int):
@@ -157,15 +158,16 @@ def _per_coordinate(table: pd.DataFrame, grid: Grid, min_count: int):
         raise ValueError(f"{len(table)} transitions are fewer than min_count={min_count}.")
     dt = table.attrs.get("dt", 1.0)
     dim = len(grid.edges)
-    x, dx = _matrix(table, "x", dim), _matrix(table, "dx", dim)
+    has_model = "mu0" in table.columns
+    # One copy out of the frame for every column read (this runs once per bootstrap resample).
+    block = _matrix(table, ("x", "dx", "mu", "var") if has_model else ("x", "dx"), dim)
+    x, dx, mu, var = (block[:, k * dim : (k + 1) * dim] for k in range(4))
+    cells = table[[f"cell{p}" for p in range(len(grid.pairs))]].to_numpy()
     design = np.column_stack([x, np.ones(len(x))])
     residual = dx - design @ np.linalg.lstsq(design, dx, rcond=None)[0]
-    has_model = "mu0" in table.columns
-    mu = _matrix(table, "mu", dim) if has_model else None
-    var = _matrix(table, "var", dim) if has_model else None
     n_cells = grid.bins**2
     for p, pair in enumerate(grid.pairs):
-        cell = table[f"cell{p}"].to_numpy()
+        cell = cells[:, p]
         count = np.bincount(cell, minlength=n_cells).astype(float)
         kept = np.flatnonzero(count >= max(min_count, 2))
 

@@ -5,7 +5,9 @@ The only module that knows what a chapter is. A chapter opens itself with one ca
     chapter = sdelm.book.Chapter.open("drift_diffusion", globals())
 
 which reads the chapter's defaults from its own parameters cell (so they cannot drift from it)
-and enforces the claims exactly when the parameters in force equal them. Its last hidden cell
+and enforces the claims exactly when the parameters in force equal them. The same object
+builds the chapter's data from those parameters, ``trajs, data, neural = chapter.setup()``
+(:mod:`sdelm.book.setup`). Its last hidden cell
 calls :meth:`Chapter.finish`: the claims are verified and, at the defaults, recorded for the
 claims ledger (:mod:`sdelm.book.ledger`). :func:`execute` runs a chapter with papermill, as
 ``sdelm chapter`` and the ledger do.
@@ -20,11 +22,13 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdelm.book.claims import Claims
-from sdelm.cache import cache_dir, source_fingerprint
-from sdelm.files import atomic_path, write_json_atomically
+from sdelm.book.setup import Setup, standard_setup, standard_trajectories
+
+if TYPE_CHECKING:
+    from sdelm.trajectories import Trajectories
 
 __all__ = [
     "ANY",
@@ -146,6 +150,8 @@ def _normalised(value: object) -> object:
 
 def record_path(name: str) -> Path:
     """Where the claims of chapter ``name``, run at its defaults, are recorded."""
+    from sdelm.cache import cache_dir
+
     return cache_dir() / "claims" / f"{name}.json"
 
 
@@ -164,6 +170,8 @@ class Chapter:
         source: The chapter's MyST file, or None when it was not found (a downloaded
             notebook): the claims are then computed but not enforced.
         claims: The chapter's claims, enforced exactly at the defaults.
+        namespace: The notebook's public globals when the chapter opened (its parameters
+            among them), which :meth:`trajectories` and :meth:`setup` read.
 
     """
 
@@ -172,6 +180,7 @@ class Chapter:
     defaults: dict[str, Any]
     source: Path | None
     claims: Claims = field(repr=False)
+    namespace: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, name: str, namespace: Mapping[str, Any], root: Path | None = None) -> Chapter:
@@ -191,10 +200,11 @@ class Chapter:
             ChapterError: If the source is found but a parameter of its cell is not defined.
 
         """
+        public = {k: v for k, v in namespace.items() if not k.startswith("_")}
         try:
             source = source_path(name, book_root(root))
         except ChapterError:
-            return cls(name, {}, {}, None, Claims(enforce=False))
+            return cls(name, {}, {}, None, Claims(enforce=False), public)
         defaults = parameter_defaults(source)
         missing = [key for key in defaults if key not in namespace]
         if missing:
@@ -205,7 +215,36 @@ class Chapter:
             for key, value in defaults.items()
             if value is not ANY and key not in IGNORED
         )
-        return cls(name, parameters, defaults, source, Claims(enforce=enforce))
+        return cls(name, parameters, defaults, source, Claims(enforce=enforce), public)
+
+    def trajectories(self) -> Trajectories:
+        """Collect the chapter's trajectories (:func:`~sdelm.book.setup.standard_trajectories`).
+
+        Every parameter named like an argument of :func:`sdelm.collect_trajectories`
+        (``model``, ``n_prompts``, ``temperatures``, ...) is that argument; cached.
+        """
+        return standard_trajectories(self.namespace)
+
+    def setup(
+        self,
+        *,
+        source: str | None = "generated",
+        split: tuple[float, float, float] | None = None,
+        fit: bool = True,
+    ) -> Setup:
+        """Return the chapter's trajectories, prepared data and fitted neural SDE: one call.
+
+        Args:
+            source: Prepare only the rows of this source, or every row with None.
+            split: Train/validation/test shares of the prompts; default that of
+                :func:`sdelm.prepare`.
+            fit: Fit (or load from the cache) the neural SDE.
+
+        Returns:
+            ``(trajectories, data, neural)``: see :func:`sdelm.book.setup.standard_setup`.
+
+        """
+        return standard_setup(self.namespace, source=source, split=split, fit=fit)
 
     def finish(self) -> str:
         """Verify the claims and, when they are enforced, record them for the ledger.
@@ -217,6 +256,9 @@ class Chapter:
             ClaimFailedError: If an enforced claim does not hold (nothing is recorded).
 
         """
+        from sdelm.cache import source_fingerprint
+        from sdelm.files import write_json_atomically
+
         summary = self.claims.verify()
         if self.claims.enforce and self.source is not None:
             table = self.claims.table()
@@ -257,6 +299,8 @@ def execute(
     """
     import jupytext
     import papermill
+
+    from sdelm.files import atomic_path
 
     root = book_root(root)
     source = source_path(name, root)

@@ -24,7 +24,6 @@ from sdelm.book.chapter import (
     record_path,
     source_path,
 )
-from sdelm.cache import source_fingerprint
 
 __all__ = ["ledger", "read_record"]
 
@@ -41,6 +40,8 @@ def read_record(name: str, root: Path) -> dict | None:
         missing, unreadable, or was made by another chapter source or sdelm code.
 
     """
+    from sdelm.cache import source_fingerprint  # imports torch: only when a record is read
+
     try:
         record = json.loads(record_path(name).read_text())
         source = hashlib.sha256(source_path(name, root).read_bytes()).hexdigest()
