@@ -157,7 +157,8 @@ def test_setup_passes_the_chapters_parameters_and_fits_on_its_prepared_data(monk
     monkeypatch.setattr("sdelm.collect.collect_trajectories", collect)
     monkeypatch.setattr("sdelm.cache.cached_fit", fit)
     namespace = {"model": "tiny", "n_prompts": 20, "temperatures": [1.0], "dim": 2,
-                 "seed": 3, "device": "cpu", "common": {"n_prompts": 99}}  # fmt: skip
+                 "seed": 3, "device": "cpu", "common": {"n_prompts": 99},
+                 "control": sdelm.control}  # a module named like an argument  # fmt: skip
     chapter = Chapter.open("no-such-chapter", namespace)
     assert chapter.trajectories() is trajs
     got, data, neural = chapter.setup()

@@ -144,6 +144,13 @@ def parameter_defaults(source: Path) -> dict[str, object]:
     return defaults
 
 
+def _is_literal(value: object) -> bool:
+    """Whether a value could come from a parameters cell: numbers, strings, None, lists."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_literal(v) for v in value)
+    return value is None or isinstance(value, (str, int, float))
+
+
 def _normalised(value: object) -> object:
     return [_normalised(v) for v in value] if isinstance(value, (list, tuple)) else value
 
@@ -170,8 +177,10 @@ class Chapter:
         source: The chapter's MyST file, or None when it was not found (a downloaded
             notebook): the claims are then computed but not enforced.
         claims: The chapter's claims, enforced exactly at the defaults.
-        namespace: The notebook's public globals when the chapter opened (its parameters
-            among them), which :meth:`trajectories` and :meth:`setup` read.
+        namespace: What :meth:`trajectories` and :meth:`setup` read: the parameters, or
+            for a chapter whose source was not found, the notebook's public globals with
+            literal values (never a module such as ``sdelm.control`` that shares a name with
+            an argument).
 
     """
 
@@ -200,11 +209,13 @@ class Chapter:
             ChapterError: If the source is found but a parameter of its cell is not defined.
 
         """
-        public = {k: v for k, v in namespace.items() if not k.startswith("_")}
         try:
             source = source_path(name, book_root(root))
-        except ChapterError:
-            return cls(name, {}, {}, None, Claims(enforce=False), public)
+        except ChapterError:  # a downloaded notebook: its literal globals stand in
+            literals = {
+                k: v for k, v in namespace.items() if not k.startswith("_") and _is_literal(v)
+            }
+            return cls(name, {}, {}, None, Claims(enforce=False), literals)
         defaults = parameter_defaults(source)
         missing = [key for key in defaults if key not in namespace]
         if missing:
@@ -215,7 +226,7 @@ class Chapter:
             for key, value in defaults.items()
             if value is not ANY and key not in IGNORED
         )
-        return cls(name, parameters, defaults, source, Claims(enforce=enforce), public)
+        return cls(name, parameters, defaults, source, Claims(enforce=enforce), parameters)
 
     def trajectories(self) -> Trajectories:
         """Collect the chapter's trajectories (:func:`~sdelm.book.setup.standard_trajectories`).
