@@ -89,11 +89,3 @@ def test_the_map_radius_is_that_of_the_simulated_var1_map():
     estimate = cross_model._map_radius(everything)(frame)
     true_map = torch.eye(3) + sdelm.synthetic.OU_MATRIX * 0.1
     assert estimate == pytest.approx(float(torch.linalg.eigvals(true_map).abs().max()), abs=0.01)
-
-
-def test_the_layer_time_growth_rate_is_recovered():
-    paths = sdelm.synthetic.lines_of_thought_paths(n=400, steps=24, dim=8, rate=0.18, seed=0)
-    trajs = sdelm.synthetic.as_trajectories(paths, dt=1.0)
-    frame = cross_model.layer_residual_frame(trajs, dim=8, seed=0)
-    assert set(frame["layer"]) == set(range(1, 23))
-    assert cross_model._growth_rate(frame) == pytest.approx(0.18, abs=0.02)

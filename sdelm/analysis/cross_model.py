@@ -20,12 +20,12 @@ import torch
 from scipy import stats as scipy_stats
 
 from sdelm.analysis.branching import measured
+from sdelm.analysis.layer_time import growth_rate, residual_frame
 from sdelm.baselines import OrnsteinUhlenbeck
 from sdelm.branching import Branches
 from sdelm.cache import cached_fit
 from sdelm.data import SDEData, prepare, project
 from sdelm.fit import sequence_nll
-from sdelm.lines_of_thought import LayerLinear
 from sdelm.models import NeuralSDE
 from sdelm.simulate import simulate
 from sdelm.stats import cluster_bootstrap
@@ -37,7 +37,6 @@ __all__ = [
     "energy_score",
     "findings",
     "held_out_scores",
-    "layer_residual_frame",
     "map_radius_frame",
     "step_frame",
 ]
@@ -282,47 +281,6 @@ def _map_radius(data: SDEData) -> Callable[[pd.DataFrame], float]:
     return radius
 
 
-def layer_residual_frame(layer_trajs: Trajectories, *, dim: int, seed: int = 0) -> pd.DataFrame:
-    """Held-out residual variance of a Lines-of-Thought fit, per piece and layer.
-
-    One linear map per layer is fitted by least squares on half of the pieces, in PCA
-    coordinates that keep the states' scale; its residuals are measured on the other half.
-
-    Args:
-        layer_trajs: Layer-time trajectories (steps are layers).
-        dim: PCA dimension.
-        seed: Seed of the piece split.
-
-    Returns:
-        One row per held-out piece and layer t of the law (blocks 1 to L − 2, as in the
-        layer-time chapter): ``prompt_id``, ``layer``, ``variance`` (per dimension).
-
-    """
-    data = prepare(layer_trajs, dim=dim, standardise=False, split=(0.5, 0.1, 0.4), seed=seed)
-    n_steps = data.train.states.shape[1]
-    law = range(1, n_steps - 2)
-    model = LayerLinear(dim, n_steps).fit_least_squares(data.train, law_steps=law)
-    test = data.test
-    frames = []
-    with torch.no_grad():
-        for layer in law:
-            valid = test.mask[:, layer] & test.mask[:, layer + 1]
-            x = test.states[valid, layer]
-            t = torch.full((len(x),), layer * test.dt)
-            predicted = x + model.drift(x, t) * test.dt
-            variance = (test.states[valid, layer + 1] - predicted).pow(2).mean(-1)
-            ids = test.rows["prompt_id"].to_numpy()[valid.numpy()]
-            frames.append(
-                pd.DataFrame({"prompt_id": ids, "layer": layer, "variance": variance.numpy()})
-            )
-    return pd.concat(frames, ignore_index=True)
-
-
-def _growth_rate(frame: pd.DataFrame) -> float:
-    means = frame.groupby("layer")["variance"].mean()
-    return float(np.polyfit(means.index.to_numpy(float), np.log(means.to_numpy()), 1)[0])
-
-
 def _spearman(x: str, y: str) -> Callable[[pd.DataFrame], float]:
     return lambda frame: float(scipy_stats.spearmanr(frame[x], frame[y]).statistic)
 
@@ -378,7 +336,7 @@ def findings(
         "increment-vs-temperature": (steps, _log_ratio("increment_sq")),
         "increment-vs-entropy": (steps, _spearman("increment_sq", "next_entropy")),
         "msd-exponent": (displacement_frame(everything), _msd_exponent),
-        "noise-vs-depth": (layer_residual_frame(layer_trajs, dim=dim, seed=seed), _growth_rate),
+        "noise-vs-depth": (residual_frame(layer_trajs, dim=dim, seed=seed), growth_rate),
         "branch-noise-vs-temperature": (seen, _log_ratio("noise")),
         "branch-noise-vs-entropy": (
             seen[seen["temperature"] == middle],

@@ -256,13 +256,7 @@ def surrogate_tables(
         ``series``; and each series' grid.
 
     """
-    var1 = surrogates.fit_var1(data.train.states, data.train.mask)
-    series = {"data": (data.train, data.test)}
-    for i, kind in enumerate(surrogates.KINDS):
-        series[kind] = tuple(
-            surrogates.surrogate_split(split, kind, var1=var1, seed=seed + 10 * i + j)
-            for j, split in enumerate((data.train, data.test))
-        )
+    series = surrogates.surrogate_series(data.train, data.test, seed=seed)
     fields, tables, grids = [], [], {}
     for name, (train, test) in series.items():
         linear = OrnsteinUhlenbeck(data.dim).fit_least_squares(train)

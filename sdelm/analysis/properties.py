@@ -164,7 +164,7 @@ def _gaussian_ll(residuals: torch.Tensor, variance: torch.Tensor) -> torch.Tenso
     return -0.5 * (torch.log(2 * torch.pi * variance) + residuals**2 / variance)
 
 
-def markov_order(data: PreparedData) -> pd.DataFrame:
+def markov_order(data: PreparedData, *, test: SDEData | None = None) -> pd.DataFrame:
     """Test whether the previous state helps: a linear VAR(1) against a VAR(2).
 
     Both are fitted by least squares on the training split (the exact maximum likelihood for a
@@ -174,6 +174,7 @@ def markov_order(data: PreparedData) -> pd.DataFrame:
 
     Args:
         data: Prepared splits.
+        test: The held-out split scored; default ``data.test``.
 
     Returns:
         One row per order (1, 2): ``train_ll`` and ``test_nll`` (nats per dimension per step),
@@ -190,7 +191,7 @@ def markov_order(data: PreparedData) -> pd.DataFrame:
         solution = torch.linalg.lstsq(design, target).solution
         variance = (target - design @ solution).pow(2).mean(dim=0)
         train_ll = float(_gaussian_ll(target - design @ solution, variance).sum())
-        test_design, test_target = _lagged_design(data.test, order)
+        test_design, test_target = _lagged_design(data.test if test is None else test, order)
         test_nll = float(-_gaussian_ll(test_target - test_design @ solution, variance).mean())
         rows.append({"order": order, "train_ll": train_ll, "test_nll": test_nll})
     table = pd.DataFrame(rows).set_index("order")

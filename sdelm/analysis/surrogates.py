@@ -33,6 +33,7 @@ __all__ = [
     "iid_resample",
     "shuffle_in_time",
     "simulate_var1",
+    "surrogate_series",
     "surrogate_split",
     "var1_surrogate",
 ]
@@ -236,3 +237,31 @@ def surrogate_split(
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
     return replace(data, states=states, name=f"{data.name} ({kind} surrogate)", entropies=None)
+
+
+def surrogate_series(
+    train: SDEData, test: SDEData, *, seed: int = 0
+) -> dict[str, tuple[SDEData, SDEData]]:
+    """Return the data and one surrogate of each kind, each as a (train, test) pair.
+
+    The VAR(1) surrogate simulates the process fitted to the data's training split (held-out
+    sequences from their own first states); every surrogate keeps the rows (prompts) of the
+    split it was made from, so resampling prompts resamples data and surrogates together.
+
+    Args:
+        train: The training split.
+        test: A held-out split.
+        seed: Seed of the surrogates (each kind and split gets its own stream).
+
+    Returns:
+        ``{"data": (train, test), "var1": (...), "shuffled": (...), "iid": (...)}``.
+
+    """
+    var1 = fit_var1(train.states, train.mask)
+    series = {"data": (train, test)}
+    for i, kind in enumerate(KINDS):
+        series[kind] = tuple(
+            surrogate_split(split, kind, var1=var1, seed=seed + 10 * i + j)
+            for j, split in enumerate((train, test))
+        )
+    return series
