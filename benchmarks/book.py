@@ -24,8 +24,8 @@ from pathlib import Path
 import jupytext
 import nbformat
 import papermill
-from papermill.exceptions import PapermillExecutionError
 import yaml
+from papermill.exceptions import PapermillExecutionError
 
 from sdelm import cache_dir
 
