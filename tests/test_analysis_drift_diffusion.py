@@ -10,6 +10,7 @@ import torch
 import sdelm
 from sdelm.analysis import drift_diffusion, kramers_moyal
 from sdelm.data import SDEData
+from sdelm.stats import cluster_bootstrap
 from sdelm.synthetic import (
     OU_MATRIX,
     OU_SIGMA,
@@ -178,3 +179,17 @@ def test_kramers_moyal_second_moment_leaves_out_the_drift_at_unit_time_step():
     table = kramers_moyal.transition_table(data.test.transitions(), grid)
     plain = table.groupby("cell0")["dx0"].std()  # the estimate before the correction
     assert plain.median() > 1.2 * float(sigma[0])
+
+
+def test_drift_agreement_against_a_surrogate_equals_the_bootstrap_over_the_table(ou_split):
+    _, tables, grids = drift_diffusion.surrogate_tables(ou_split, bins=4, seed=0)
+    fast = drift_diffusion.agreement_versus(tables, grids, "iid", n_resamples=40, seed=3)
+
+    def difference(frame: pd.DataFrame) -> float:  # the agreement on each series' rows
+        return kramers_moyal.agreement(
+            frame[frame["series"] == "data"], grids["data"]
+        ) - kramers_moyal.agreement(frame[frame["series"] == "iid"], grids["iid"])
+
+    slow = cluster_bootstrap(tables, difference, n_resamples=40, seed=3)
+    assert fast == pytest.approx(slow, rel=1e-9, abs=1e-12)
+    assert fast["estimate"] > 0.5  # an OU drift agrees; an i.i.d. series has none to find
