@@ -192,4 +192,6 @@ def test_drift_agreement_against_a_surrogate_equals_the_bootstrap_over_the_table
 
     slow = cluster_bootstrap(tables, difference, n_resamples=40, seed=3)
     assert fast == pytest.approx(slow, rel=1e-9, abs=1e-12)
-    assert fast["estimate"] > 0.5  # an OU drift agrees; an i.i.d. series has none to find
+    # A linear drift agrees with the binned increments of an i.i.d. series too (its drift is
+    # a full pull to the mean): the agreement is generic, and the difference small.
+    assert abs(fast["estimate"]) < 0.2
