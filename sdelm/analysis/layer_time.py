@@ -3,7 +3,7 @@
 Lines of Thought fit one linear map per layer and the law α·e^{λt} to the variance of the
 maps' residuals, in coordinates that keep the states' scale. State norms grow about 100-fold
 through a model's layers, so a λ > 0 there may only say that everything grows. Each λ is
-therefore measured twice ({func}`residual_frame`):
+therefore measured twice (:func:`residual_frame`):
 
 - ``variance``: the held-out residual variance per dimension, in the states' own scale (Lines
   of Thought's procedure);
