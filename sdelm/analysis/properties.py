@@ -22,7 +22,9 @@ from sdelm.models import SDEModel
 
 __all__ = [
     "coverage",
+    "gaussian_ll",
     "gaussianity",
+    "lagged_design",
     "markov_order",
     "mean_squared_displacement",
     "msd_exponent",
@@ -150,17 +152,18 @@ def whiteness(series: torch.Tensor, mask: torch.Tensor, *, lags: int = 5) -> pd.
     return pd.DataFrame(rows)
 
 
-def _lagged_design(data: SDEData, order: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Design [X_t, ..., X_{t−order+1}, 1] and increments for transitions with t ≥ 1."""
+def lagged_design(data: SDEData, order: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Design [X_t, ..., X_{t−order+1}, 1], increments and sequence of transitions t ≥ 1."""
     valid = data.mask[:, 1:-1] & data.mask[:, 2:]  # steps t = 1.. with X_{t-1}, X_t, X_{t+1}
     seq, step = valid.nonzero(as_tuple=True)
     step = step + 1
     columns = [data.states[seq, step - lag] for lag in range(order)]
     design = torch.cat([*columns, torch.ones(len(seq), 1)], dim=1).double()
-    return design, (data.states[seq, step + 1] - data.states[seq, step]).double()
+    return design, (data.states[seq, step + 1] - data.states[seq, step]).double(), seq
 
 
-def _gaussian_ll(residuals: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+def gaussian_ll(residuals: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """Elementwise log-density of N(0, variance) at ``residuals`` (broadcast)."""
     return -0.5 * (torch.log(2 * torch.pi * variance) + residuals**2 / variance)
 
 
@@ -187,18 +190,18 @@ def markov_order(data: PreparedData, *, test: SDEData | None = None) -> pd.DataF
     _check_length(data.train.mask, 3, "A second-order model")
     rows = []
     for order in (1, 2):
-        design, target = _lagged_design(data.train, order)
+        design, target, _ = lagged_design(data.train, order)
         solution = torch.linalg.lstsq(design, target).solution
         variance = (target - design @ solution).pow(2).mean(dim=0)
-        train_ll = float(_gaussian_ll(target - design @ solution, variance).sum())
-        test_design, test_target = _lagged_design(data.test if test is None else test, order)
-        test_nll = float(-_gaussian_ll(test_target - test_design @ solution, variance).mean())
+        train_ll = float(gaussian_ll(target - design @ solution, variance).sum())
+        test_design, test_target, _ = lagged_design(data.test if test is None else test, order)
+        test_nll = float(-gaussian_ll(test_target - test_design @ solution, variance).mean())
         rows.append({"order": order, "train_ll": train_ll, "test_nll": test_nll})
     table = pd.DataFrame(rows).set_index("order")
     statistic = 2 * (table.loc[2, "train_ll"] - table.loc[1, "train_ll"])
     table["lr_statistic"] = [np.nan, statistic]
     table["lr_p"] = [np.nan, stats.chi2.sf(statistic, df=data.dim**2)]
-    table["train_ll"] /= len(_lagged_design(data.train, 1)[0]) * data.dim
+    table["train_ll"] /= len(lagged_design(data.train, 1)[0]) * data.dim
     return table
 
 

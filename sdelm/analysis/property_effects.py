@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from scipy import stats as scipy_stats
 
-from sdelm.analysis.properties import standardised_residuals
+from sdelm.analysis.properties import gaussian_ll, lagged_design, standardised_residuals
 from sdelm.analysis.surrogates import KINDS, surrogate_series
 from sdelm.baselines import OrnsteinUhlenbeck
 from sdelm.data import SDEData
@@ -141,26 +141,15 @@ def _increments(data: SDEData) -> tuple[torch.Tensor, torch.Tensor]:
     return (data.states[:, 1:] - data.states[:, :-1]) * both[..., None], both
 
 
-def _lagged(data: SDEData, order: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Design [X_t, …, X_{t−order+1}, 1], increments and sequence of every transition t ≥ 1."""
-    valid = data.mask[:, 1:-1] & data.mask[:, 2:]
-    seq, step = valid.nonzero(as_tuple=True)
-    step = step + 1
-    columns = [data.states[seq, step - lag] for lag in range(order)]
-    design = torch.cat([*columns, torch.ones(len(seq), 1)], dim=1).double()
-    return design, (data.states[seq, step + 1] - data.states[seq, step]).double(), seq
-
-
 def _order_gain(train: SDEData, held: SDEData) -> np.ndarray:
     """Per held-out sequence: Σ (VAR(1) − VAR(2) NLL per dimension) and the transitions."""
     nll = []
     for order in (1, 2):
-        design, target, _ = _lagged(train, order)
+        design, target, _ = lagged_design(train, order)
         solution = torch.linalg.lstsq(design, target).solution
         variance = (target - design @ solution).pow(2).mean(dim=0)
-        design, target, seq = _lagged(held, order)
-        residual = target - design @ solution
-        nll.append((0.5 * (torch.log(2 * torch.pi * variance) + residual**2 / variance)).mean(1))
+        design, target, seq = lagged_design(held, order)
+        nll.append(-gaussian_ll(target - design @ solution, variance).mean(1))
     sums = np.zeros((held.states.shape[0], 2))
     np.add.at(sums[:, 0], seq.numpy(), (nll[0] - nll[1]).numpy())
     np.add.at(sums[:, 1], seq.numpy(), 1.0)
