@@ -71,6 +71,7 @@ ORIGINS = {
     "prepare": "sdelm.data",
     "project": "sdelm.data",
     "rescore": "sdelm.extract",
+    "untempered": "sdelm.extract",
     "resolve_device": "sdelm.devices",
     "save_checkpoint": "sdelm.models",
     "simulate": "sdelm.simulate",
@@ -101,7 +102,7 @@ if TYPE_CHECKING:  # the names as static tools see them
     from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
     from sdelm.devices import resolve_device
     from sdelm.evaluate import compare_models, standard_models, summarise
-    from sdelm.extract import encode_texts, extract, layer_trajectories, rescore
+    from sdelm.extract import encode_texts, extract, layer_trajectories, rescore, untempered
     from sdelm.fit import FitResult, fit, nll
     from sdelm.lm import LM, LMLoadError, load_lm, untrained
     from sdelm.models import NeuralSDE, SDEModel, load_checkpoint, load_projection, save_checkpoint
@@ -193,5 +194,6 @@ __all__ = [
     "summarise",
     "synthetic",
     "theory",
+    "untempered",
     "untrained",
 ]

@@ -256,7 +256,12 @@ def branch(
         ids = lm.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
         ids = torch.tensor([ids + trajs.tokens[i, : k + 1].tolist()], device=device)
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, output_hidden_states=True, **{cache_keyword(model): cache})
+        out = model(
+            input_ids=ids,
+            output_hidden_states=True,
+            logits_to_keep=1,
+            **{cache_keyword(model): cache},
+        )
         check_cache_used(cache, ids.shape[1])
         parts["prefix_states"].append(
             torch.stack([out.hidden_states[layer][0, -1] for layer in layers]).float().cpu()

@@ -32,7 +32,7 @@ import torch
 
 from sdelm.applications import repetition, sequence_mean
 from sdelm.data import Projection
-from sdelm.extract import rescore
+from sdelm.extract import untempered
 from sdelm.lm import LM
 from sdelm.models import SDEModel
 from sdelm.trajectories import Trajectories
@@ -468,17 +468,17 @@ def kicks(law: DiffusionTemperature, trajs: Trajectories) -> pd.DataFrame:
     )
 
 
-def score_arms(lm: LM, arms: dict[str, Trajectories], *, batch_size: int = 16) -> pd.DataFrame:
+def score_arms(lm: LM, arms: dict[str, Trajectories]) -> pd.DataFrame:
     """Measure quality, diversity and repetition of several sampling runs, per prompt.
 
     Args:
-        lm: The model that generated the runs (it rescores their tokens).
+        lm: The model that generated the runs (it rescores runs saved without the untempered
+            record).
         arms: Name → generated trajectories; every run has the same prompts.
-        batch_size: Sequences per forward pass when rescoring.
 
     Returns:
         One row per (arm, prompt_id): ``logprob`` (mean untempered log-probability per token,
-        nats, from :func:`sdelm.rescore`, averaged over the prompt's samples), ``distinct``
+        nats, from :func:`sdelm.untempered`, averaged over the prompt's samples), ``distinct``
         (share of distinct token bigrams pooled over the samples), ``repetition`` (share of
         repeated trigrams within a sample), ``temperature`` (mean temperature the tokens were
         drawn at) and ``length`` (tokens), each averaged over samples.
@@ -489,7 +489,7 @@ def score_arms(lm: LM, arms: dict[str, Trajectories], *, batch_size: int = 16) -
         per_sequence = pd.DataFrame(
             {
                 "prompt_id": trajs.rows["prompt_id"],
-                "logprob": sequence_mean(rescore(lm, trajs, batch_size=batch_size), trajs.mask),
+                "logprob": sequence_mean(untempered(lm, trajs), trajs.mask),
                 "repetition": repetition(trajs.tokens, trajs.mask),
                 "temperature": sequence_mean(trajs.temperatures, trajs.mask),
                 "length": trajs.mask.sum(1).numpy(),

@@ -16,7 +16,7 @@ import torch
 from scipy import stats
 
 from sdelm.data import SDEData
-from sdelm.extract import rescore
+from sdelm.extract import untempered
 from sdelm.lm import LM
 from sdelm.simulate import energy_distance
 from sdelm.stats import cluster_bootstrap
@@ -564,9 +564,9 @@ def human_contrast(
 def untempered_logprob(lm: LM, trajs: Trajectories) -> np.ndarray:
     """Mean log-probability of each sequence's tokens under the model at temperature 1.
 
-    Generated tokens are rescored (:func:`sdelm.rescore`): their recorded log-probabilities
-    are those of the tempered distribution they were drawn from. Human (teacher-forced) rows
-    are already recorded at temperature 1.
+    Generated tokens' recorded ``logprobs`` are those of the tempered distribution they were
+    drawn from; this reads their untempered record instead (:func:`sdelm.untempered`), the
+    same yardstick as human (teacher-forced) rows.
 
     Args:
         lm: The model that recorded the trajectories.
@@ -576,10 +576,7 @@ def untempered_logprob(lm: LM, trajs: Trajectories) -> np.ndarray:
         Array of size (n_sequences,), in nats.
 
     """
-    logprobs = trajs.logprobs.clone().double()
-    generated = torch.tensor((trajs.rows["source"] == "generated").to_numpy())
-    if generated.any():
-        logprobs[generated] = rescore(lm, trajs[generated]).double()
+    logprobs = untempered(lm, trajs).double()
     logprobs[~trajs.mask] = 0.0
     return (logprobs.sum(dim=1) / trajs.mask.sum(dim=1).clamp(min=1)).numpy()
 

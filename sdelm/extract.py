@@ -208,19 +208,22 @@ def _generate_batch(
 
     Returns:
         CPU tensors with a step axis of length ``max_new_tokens``: ``states`` (batch, layers,
-        steps, hidden), ``tokens``, ``logprobs``, ``entropies``, ``temperatures`` and ``mask``
-        (batch, steps).
+        steps, hidden), ``tokens``, ``logprobs``, ``entropies``, ``temperatures``,
+        ``untempered_logprobs`` and ``mask`` (batch, steps).
 
     Raises:
         LMLoadError: If the model's forward pass ignores the KV cache.
 
     """
     model, device = lm.model, lm.device
+    # Each distinct prompt is read once; its KV cache is then shared by its sequences.
+    distinct = list(dict.fromkeys(texts))
+    row_of = torch.tensor([distinct.index(text) for text in texts], device=device)
     encoded = lm.tokenizer(
-        texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+        distinct, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
     ).to(device)
     attention = encoded["attention_mask"]
-    batch = attention.shape[0]
+    batch = len(texts)
     eos = torch.tensor(lm.eos_token_ids or [-1], device=device)
     pad_id = lm.tokenizer.pad_token_id
     temperatures = temperatures.to(device)
@@ -233,6 +236,7 @@ def _generate_batch(
         "logprobs": torch.full(shape, torch.nan),
         "entropies": torch.full(shape, torch.nan),
         "temperatures": torch.full(shape, torch.nan),
+        "untempered_logprobs": torch.full(shape, torch.nan),
         "mask": torch.zeros(shape, dtype=torch.bool),
     }
     steps_per_copy = _steps_per_copy(device)
@@ -245,14 +249,19 @@ def _generate_batch(
         input_ids=encoded["input_ids"],
         attention_mask=attention,
         position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+        logits_to_keep=1,  # only the last position is read (a model without it computes all)
         **with_cache,
     )
     check_cache_used(cache, attention.shape[1])
+    if len(distinct) < batch:
+        cache.batch_select_indices(row_of)
+    attention = attention[row_of]
+    own_logits = output.logits[row_of, -1].float()  # the model's own next-token logits
     alive = torch.ones(batch, dtype=torch.bool, device=device)
     previous = None  # the state, at the control's layer, after reading the last token
     read_out = None  # the last layer's state after reading the last token
     for step in range(max_new_tokens):
-        logits = output.logits[:, -1].float()
+        logits = own_logits
         if nudge is not None and read_out is not None:
             if step == 1:
                 _check_read_out(lm, read_out, logits)
@@ -263,6 +272,8 @@ def _generate_batch(
         logp = _sampling_distribution(logits, now, top_p)
         token = _sample(logp, uniforms[:, step])
         token_logp = logp.gather(1, token[:, None]).squeeze(1)
+        own_logp = torch.log_softmax(own_logits, dim=-1)
+        untempered = own_logp.gather(1, token[:, None]).squeeze(1)
         entropy = _entropy(logp)
         token = torch.where(alive, token, pad_id)
         # Feed the token: the state *after* reading it is this step's state.
@@ -274,6 +285,7 @@ def _generate_batch(
             output_hidden_states=True,
             **with_cache,
         )
+        own_logits = output.logits[:, -1].float()
         hidden = torch.stack([output.hidden_states[layer][:, -1] for layer in layers], dim=1)
         if control is not None and control.layer is not None:
             previous = output.hidden_states[control.layer][:, -1].float()
@@ -285,6 +297,7 @@ def _generate_batch(
             "logprobs": token_logp,
             "entropies": entropy,
             "temperatures": now,
+            "untempered_logprobs": untempered,
             "mask": alive,
         }
         for key, value in recorded.items():
@@ -304,6 +317,7 @@ def _generate_batch(
     out["logprobs"][not_recorded] = torch.nan
     out["entropies"][not_recorded] = torch.nan
     out["temperatures"][not_recorded] = torch.nan
+    out["untempered_logprobs"][not_recorded] = torch.nan
     out["states"][not_recorded[:, None].expand(-1, len(layers), -1)] = 0.0
     return out
 
@@ -449,8 +463,10 @@ def extract(
     Every (prompt, temperature, sample) triple is one sequence. Step ``k`` of a sequence is its
     ``k``-th generated token ``y_k``: its hidden states after reading ``y_k`` (one per requested
     layer; the last token's state is included), the token id, the log-probability of ``y_k`` and
-    the entropy of the distribution (after temperature and top-p) it was drawn from. A sequence
-    ends after its end-of-sequence token, which is recorded; later steps are masked out.
+    the entropy of the distribution (after temperature and top-p) it was drawn from, and the
+    log-probability of ``y_k`` under the model itself (temperature 1, no top-p, no nudge: what
+    :func:`rescore` computes by reading the text again). A sequence ends after its
+    end-of-sequence token, which is recorded; later steps are masked out.
 
     Args:
         lm: The model, from :func:`sdelm.load_lm`.
@@ -631,6 +647,33 @@ def rescore(lm: LM, trajs: Trajectories, *, batch_size: int = 16) -> torch.Tenso
     return out
 
 
+def untempered(lm: LM, trajs: Trajectories) -> torch.Tensor:
+    """Each token's log-probability under the model itself, at temperature 1.
+
+    Trajectories from :func:`extract` and :func:`encode_texts` record it
+    (``Trajectories.untempered_logprobs``); generated rows saved before it was recorded are
+    read again with :func:`rescore`, and read text's own ``logprobs`` are untempered already.
+
+    Args:
+        lm: The model that recorded the trajectories (used only for rows that lack the record).
+        trajs: Trajectories with a ``source`` row attribute.
+
+    Returns:
+        Float tensor of size (n_sequences, n_steps), NaN where a step is masked out.
+
+    """
+    out = trajs.untempered_logprobs.clone()
+    lacking = torch.isnan(out).logical_and(trajs.mask).any(dim=1).numpy()
+    generated = (trajs.rows["source"] == "generated").to_numpy()
+    if (lacking & generated).any():
+        rows = torch.from_numpy(lacking & generated)
+        out[rows] = rescore(lm, trajs[rows])
+    if (lacking & ~generated).any():
+        rows = torch.from_numpy(lacking & ~generated)
+        out[rows] = trajs.logprobs[rows]
+    return out
+
+
 @torch.inference_mode()
 def encode_texts(
     lm: LM,
@@ -733,7 +776,13 @@ def encode_texts(
     merged["states"][invalid[:, None].expand(-1, len(layers), -1)] = 0.0
     rows = _passage_rows(passages, _decode(lm, merged["tokens"], merged["mask"]), "human")
     meta = _meta(lm, layers, kind="human", max_tokens=max_tokens)
-    return Trajectories(**merged, rows=rows, layers=layers, meta=meta)
+    return Trajectories(
+        **merged,
+        untempered_logprobs=merged["logprobs"].clone(),  # read text: its own distribution
+        rows=rows,
+        layers=layers,
+        meta=meta,
+    )
 
 
 @torch.no_grad()
@@ -817,7 +866,7 @@ def layer_trajectories(
     ):
         batch = pieces[start : start + batch_size]
         batch = torch.cat([prefix.expand(len(batch), -1), batch], dim=1).to(lm.device)
-        output = lm.model(input_ids=batch, output_hidden_states=True)
+        output = lm.model(input_ids=batch, output_hidden_states=True, logits_to_keep=1)
         parts.append(torch.stack([h[:, -1] for h in output.hidden_states], dim=1).float().cpu())
     states = torch.cat(parts).unsqueeze(1)  # (n, 1, n_layers + 1, hidden)
     n, steps = states.shape[0], states.shape[2]

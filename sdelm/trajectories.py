@@ -8,7 +8,9 @@ Conventions (token time):
     Step ``k`` of a row belongs to token ``y_k``. ``states[:, :, k]`` is the hidden state at
     ``y_k``'s position, i.e. *after* the model has read ``y_k``; ``logprobs[:, k]`` and
     ``entropies[:, k]`` describe the next-token distribution that ``y_k`` was drawn from (the one
-    computed at the previous position). The last generated token's state is included.
+    computed at the previous position), and ``untempered_logprobs[:, k]`` is ``y_k``'s
+    log-probability under the model itself (temperature 1, no top-p). The last generated
+    token's state is included.
 
 Files are safetensors (tensors) with the row table and metadata as JSON in the header: no pickle.
 """
@@ -36,9 +38,19 @@ __all__ = ["ROW_COLUMNS", "Trajectories", "TrajectoryFileError", "check_time_ste
 
 FORMAT = "sdelm.trajectories/1"
 ROW_COLUMNS = ("prompt_id", "prompt", "category", "temperature", "sample", "source", "text")
-_TENSORS = ("states", "mask", "tokens", "logprobs", "entropies", "temperatures")
+_TENSORS = (
+    "states",
+    "mask",
+    "tokens",
+    "logprobs",
+    "entropies",
+    "temperatures",
+    "untempered_logprobs",
+)
+#: Tensors that files written by earlier versions may lack (filled on loading).
+_OPTIONAL_TENSORS = ("temperatures", "untempered_logprobs")
 _HEADER_FIELDS = ("format", "layers", "dt", "time_axis", "rows", "meta")
-_FLOAT_TENSORS = ("states", "logprobs", "entropies", "temperatures")
+_FLOAT_TENSORS = ("states", "logprobs", "entropies", "temperatures", "untempered_logprobs")
 #: A shard file of a folder written by :func:`sdelm.shards.extract_shards` (see _shard_name).
 _SHARD = re.compile(r"shard-(\d+)\.safetensors")
 
@@ -129,7 +141,7 @@ def _fields_from_file(header: object, tensors: dict[str, torch.Tensor]) -> dict[
     missing = [name for name in _HEADER_FIELDS if name not in header]
     if missing:
         raise ValueError(f"the header lacks the fields {missing}.")
-    absent = [name for name in _TENSORS if name not in tensors and name != "temperatures"]
+    absent = [name for name in _TENSORS if name not in tensors and name not in _OPTIONAL_TENSORS]
     if absent:
         raise ValueError(f"the file lacks the tensors {absent}.")
     found = {name: tensors[name] for name in _TENSORS if name in tensors}
@@ -171,6 +183,7 @@ def _fields_from_file(header: object, tensors: dict[str, torch.Tensor]) -> dict[
     return {
         **found,
         "temperatures": found.get("temperatures"),  # absent in older files: from rows
+        "untempered_logprobs": found.get("untempered_logprobs"),  # absent in older: NaN
         "rows": pd.DataFrame(rows, columns=list(ROW_COLUMNS)),
         "layers": header["layers"],
         "dt": check_time_step(header["dt"], "header field 'dt'"),
@@ -202,6 +215,12 @@ class Trajectories:
             was drawn at (NaN where unknown, e.g. for read text). It differs from the row's
             ``temperature`` only under a temperature control (:mod:`sdelm.control`); ``None``
             fills it from the row table.
+        untempered_logprobs: Float tensor of size (n_sequences, n_steps): each token's
+            log-probability (nats) under the model itself, at temperature 1 and without top-p,
+            whatever distribution it was drawn from: the same yardstick for every run. Equal to
+            ``logprobs`` for read text; NaN where unknown (``None`` means unknown everywhere,
+            e.g. trajectories saved before it was recorded: :func:`sdelm.untempered` then
+            rescores them).
 
     Raises:
         ValueError: On construction, if the parts disagree in size, a layer label or ``dt``
@@ -221,6 +240,7 @@ class Trajectories:
     time_axis: str = "token"
     meta: dict[str, Any] = field(default_factory=dict)
     temperatures: torch.Tensor | None = None
+    untempered_logprobs: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.layers = _layer_labels(self.layers)
@@ -232,6 +252,8 @@ class Trajectories:
                 self.rows["temperature"].to_numpy(float, copy=True), dtype=torch.float32
             )
             self.temperatures = torch.where(self.mask, per_row[:, None], torch.full((), math.nan))
+        if self.untempered_logprobs is None:
+            self.untempered_logprobs = torch.full(self.mask.shape, math.nan)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -350,6 +372,9 @@ class Trajectories:
             time_axis=first.time_axis,
             meta={**first.meta, "parts": [p.meta for p in parts]},
             temperatures=torch.cat([pad(p.temperatures, 1, math.nan) for p in parts]),
+            untempered_logprobs=torch.cat(
+                [pad(p.untempered_logprobs, 1, math.nan) for p in parts]
+            ),
         )
 
     # ------------------------------------------------------------------ properties
@@ -414,6 +439,7 @@ class Trajectories:
             logprobs=self.logprobs[positions],
             entropies=self.entropies[positions],
             temperatures=self.temperatures[positions],
+            untempered_logprobs=self.untempered_logprobs[positions],
             rows=self.rows.iloc[positions.numpy()],
         )
 
@@ -628,8 +654,8 @@ class Trajectories:
                 f"got {tuple(self.states.shape)}."
             )
         n, n_layers, n_steps, _ = self.states.shape
-        for name in ("mask", "tokens", "logprobs", "entropies", "temperatures"):
-            if getattr(self, name) is None:  # temperatures: filled from the rows afterwards
+        for name in _TENSORS[1:]:
+            if getattr(self, name) is None:  # optional ones are filled afterwards
                 continue
             shape = tuple(getattr(self, name).shape)
             if shape != (n, n_steps):

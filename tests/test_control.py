@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -167,6 +168,29 @@ def test_rescore_gives_the_untempered_log_probabilities(lm):
     assert scores[hot.mask].mean() < hot.logprobs[hot.mask].mean()
 
 
+def test_extraction_records_what_rescore_computes(lm):
+    hot = extract(
+        lm,
+        PROMPTS,
+        max_new_tokens=8,
+        temperatures=[2.0],
+        top_p=0.9,
+        samples_per_prompt=2,
+        progress=False,
+    )
+    again = rescore(lm, hot)
+    torch.testing.assert_close(hot.untempered_logprobs, again, equal_nan=True, rtol=0, atol=1e-4)
+    assert (hot.untempered_logprobs[hot.mask] - hot.logprobs[hot.mask]).abs().max() > 0.1
+    # Trajectories saved before the record: untempered reads the tokens again.
+    older = replace(hot, untempered_logprobs=None)
+    assert torch.isnan(older.untempered_logprobs).all()
+    torch.testing.assert_close(sdelm.untempered(lm, older), again, equal_nan=True)
+    human = sdelm.encode_texts(lm, ["some human text, read"], progress=False)
+    torch.testing.assert_close(
+        sdelm.untempered(lm, human), human.logprobs, equal_nan=True, rtol=0, atol=0
+    )
+
+
 def test_rescore_refuses_other_rows_and_models(llama):
     human = sdelm.encode_texts(llama, ["some human text"], progress=False)
     with pytest.raises(ValueError, match="generated rows"):
@@ -235,7 +259,7 @@ def test_score_arms_measures_each_runs_text(llama):
             progress=False,
         ),
     }
-    table = control.score_arms(llama, arms, batch_size=4)
+    table = control.score_arms(llama, arms)
     assert list(table.columns) == [
         "arm",
         "prompt_id",
@@ -252,7 +276,7 @@ def test_score_arms_measures_each_runs_text(llama):
     assert cool["logprob"].mean() > hot["logprob"].mean()
     first = arms["cool"].where(prompt_id="prompt-000")
     expected = sdelm.applications.sequence_mean(rescore(llama, first), first.mask).mean()
-    assert cool.loc["prompt-000", "logprob"] == pytest.approx(expected, rel=1e-5)
+    assert cool.loc["prompt-000", "logprob"] == pytest.approx(expected, abs=1e-4)
     assert cool.loc["prompt-000", "distinct"] == pytest.approx(
         control.distinct(first.tokens, first.mask, [0, 0])[0]
     )
@@ -327,6 +351,10 @@ def test_the_next_token_is_read_out_from_the_nudged_state(llama):
             logp = torch.log_softmax(head(moved), dim=-1)
         expected = logp.gather(1, trajs.tokens[row, 1:n, None]).squeeze(1)
         torch.testing.assert_close(trajs.logprobs[row, 1:n], expected, rtol=1e-4, atol=1e-4)
+    # The untempered record is the model's own judgement of the drawn tokens, not the nudged one.
+    torch.testing.assert_close(
+        trajs.untempered_logprobs, rescore(llama, trajs), equal_nan=True, rtol=0, atol=1e-4
+    )
     # The recorded states are the model's own: a replay of the drawn tokens gives them back.
     torch.testing.assert_close(
         replay_states(llama, trajs, 0)[-1], states[0, : int(trajs.lengths[0])], atol=1e-4, rtol=0
