@@ -70,6 +70,7 @@ ORIGINS = {
     "nll": "sdelm.fit",
     "prepare": "sdelm.data",
     "project": "sdelm.data",
+    "read_in_context": "sdelm.extract",
     "rescore": "sdelm.extract",
     "untempered": "sdelm.extract",
     "resolve_device": "sdelm.devices",
@@ -102,7 +103,14 @@ if TYPE_CHECKING:  # the names as static tools see them
     from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
     from sdelm.devices import resolve_device
     from sdelm.evaluate import compare_models, standard_models, summarise
-    from sdelm.extract import encode_texts, extract, layer_trajectories, rescore, untempered
+    from sdelm.extract import (
+        encode_texts,
+        extract,
+        layer_trajectories,
+        read_in_context,
+        rescore,
+        untempered,
+    )
     from sdelm.fit import FitResult, fit, nll
     from sdelm.lm import LM, LMLoadError, load_lm, untrained
     from sdelm.models import NeuralSDE, SDEModel, load_checkpoint, load_projection, save_checkpoint
@@ -185,6 +193,7 @@ __all__ = [
     "plots",
     "prepare",
     "project",
+    "read_in_context",
     "rescore",
     "resolve_device",
     "save_checkpoint",

@@ -20,14 +20,17 @@ from scipy import stats
 from sdelm.data import SDEData
 from sdelm.describe import mean_interval
 from sdelm.models import SDEModel
+from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
 __all__ = [
-    "auc",
+    "cluster_auc",
+    "detection_scores",
     "predict_temperature",
     "repetition",
     "sequence_mean",
     "sequence_scores",
+    "temperature_errors",
     "token_scores",
 ]
 
@@ -83,8 +86,9 @@ def token_scores(trajs: Trajectories) -> pd.DataFrame:
 
     Returns:
         One row per sequence with ``prompt_id, source, temperature, sample``, ``logprob`` (mean
-        log-probability of its tokens, nats), ``entropy`` (mean next-token entropy) and
-        ``length``.
+        log-probability of its tokens under the distribution they were drawn from, nats),
+        ``untempered_logprob`` (the same under the model at temperature 1: the yardstick that
+        does not know the temperature), ``entropy`` (mean next-token entropy) and ``length``.
 
     """
     return (
@@ -92,6 +96,7 @@ def token_scores(trajs: Trajectories) -> pd.DataFrame:
         .reset_index(drop=True)
         .assign(
             logprob=sequence_mean(trajs.logprobs, trajs.mask),
+            untempered_logprob=sequence_mean(trajs.untempered_logprobs, trajs.mask),
             entropy=sequence_mean(trajs.entropies, trajs.mask),
             length=trajs.mask.sum(1).numpy(),
         )
@@ -134,40 +139,80 @@ def repetition(tokens: torch.Tensor, mask: torch.Tensor, *, n: int = 3) -> np.nd
     return np.asarray(shares)
 
 
-def auc(
-    positive: Sequence[float] | np.ndarray,
-    negative: Sequence[float] | np.ndarray,
-    *,
-    seed: int = 0,
-) -> dict[str, float]:
-    """ROC AUC of a score (higher means positive) with a bootstrap 95% interval.
+def _auc(positive: np.ndarray, negative: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mann–Whitney probability that a positive outscores a negative (ties count half)."""
+    statistic = stats.mannwhitneyu(positive, negative, axis=axis).statistic
+    return statistic / (positive.shape[axis] * negative.shape[axis])
+
+
+def detection_scores(
+    model: SDEModel,
+    generated: SDEData,
+    generated_trajs: Trajectories,
+    human: SDEData,
+    human_trajs: Trajectories,
+) -> pd.DataFrame:
+    """Per-sequence detector scores of generated and human text under one fitted SDE.
 
     Args:
-        positive: Scores of the positive class (e.g. human texts).
-        negative: Scores of the negative class.
+        model: A fitted SDE.
+        generated: Held-out generated sequences, projected.
+        generated_trajs: Trajectories that hold those sequences (matched on :data:`KEYS`).
+        human: Human passages projected with the same projection.
+        human_trajs: Their trajectories (as read: alone, or after a prompt).
+
+    Returns:
+        One row per sequence: :data:`KEYS`, ``human`` (bool), the :func:`sequence_scores`
+        columns and ``perplexity`` (minus the mean untempered log-probability of its tokens).
+        ``prompt_id`` is the unit to resample: a prompt for generated text, a passage for
+        human text.
+
+    """
+    frames = []
+    for data, trajs in ((generated, generated_trajs), (human, human_trajs)):
+        tokens = token_scores(trajs)[[*KEYS, "untempered_logprob"]]
+        frames.append(sequence_scores(model, data).merge(tokens, on=KEYS, validate="1:1"))
+    scores = pd.concat(frames, ignore_index=True)
+    scores["perplexity"] = -scores.pop("untempered_logprob")
+    scores["human"] = scores["source"] == "human"
+    return scores
+
+
+def cluster_auc(
+    scores: pd.DataFrame,
+    column: str,
+    *,
+    label: str = "human",
+    minus: str | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """ROC AUC of a score for telling two kinds of sequence apart, resampling whole prompts.
+
+    Args:
+        scores: One row per sequence with a ``prompt_id`` (the unit resampled: a prompt, or a
+            passage for human text), a boolean ``label`` column and the score columns, e.g.
+            from :func:`detection_scores`.
+        column: The score; higher is read as more likely ``label``.
+        label: Boolean column that marks the positive class.
+        minus: Another score column: the effect is then AUC(column) − AUC(minus) on the same
+            resamples (a paired difference, null 0).
         seed: Seed of the bootstrap.
 
     Returns:
-        ``auc`` (the Mann–Whitney probability that a positive outscores a negative), ``low``,
-        ``high``.
+        :func:`sdelm.stats.cluster_bootstrap`'s fields against chance (0.5), or against no
+        difference. The AUC is the Mann–Whitney probability that a positive outscores a
+        negative (ties count half).
 
     """
-    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
 
-    def statistic(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-        return stats.mannwhitneyu(a, b, axis=axis).statistic / (a.shape[axis] * b.shape[axis])
+    def area(frame: pd.DataFrame, name: str) -> float:
+        positive = frame[label].to_numpy(bool)
+        values = frame[name].to_numpy(float)
+        return float(_auc(values[positive], values[~positive]))
 
-    result = stats.bootstrap(
-        (positive, negative),
-        statistic,
-        confidence_level=0.95,
-        n_resamples=2000,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
-    value = float(statistic(positive, negative))
-    interval = result.confidence_interval
-    return {"auc": value, "low": float(interval.low), "high": float(interval.high)}
+    if minus is None:
+        return cluster_bootstrap(scores, lambda f: area(f, column), null=0.5, seed=seed)
+    return cluster_bootstrap(scores, lambda f: area(f, column) - area(f, minus), seed=seed)
 
 
 def predict_temperature(
@@ -187,14 +232,33 @@ def predict_temperature(
         the training fit).
 
     """
-    design = sm.add_constant(train[list(features)], has_constant="add")
-    result = sm.OLS(train["temperature"], design).fit()
-    predicted = result.predict(sm.add_constant(test[list(features)], has_constant="add"))
-    errors = (predicted - test["temperature"]).abs().groupby(test["prompt_id"]).mean()
+    errors, r_squared = temperature_errors(train, test, features)
     interval = mean_interval(errors.to_numpy(), seed=seed)
     return {
         "mae": interval["mean"],
         "low": interval["low"],
         "high": interval["high"],
-        "r_squared": float(result.rsquared),
+        "r_squared": r_squared,
     }
+
+
+def temperature_errors(
+    train: pd.DataFrame, test: pd.DataFrame, features: Sequence[str]
+) -> tuple[pd.Series, float]:
+    """Fit the temperature by least squares on features; return the held-out errors.
+
+    Args:
+        train: Sequences to fit on (with ``temperature`` and the features).
+        test: Held-out sequences (other prompts).
+        features: Columns used; an empty list predicts the training mean.
+
+    Returns:
+        The mean absolute error of each test prompt's sequences (indexed by ``prompt_id``),
+        and the R² of the training fit.
+
+    """
+    design = sm.add_constant(train[list(features)], has_constant="add")
+    result = sm.OLS(train["temperature"], design).fit()
+    predicted = result.predict(sm.add_constant(test[list(features)], has_constant="add"))
+    errors = (predicted - test["temperature"]).abs().groupby(test["prompt_id"]).mean()
+    return errors, float(result.rsquared)

@@ -35,6 +35,7 @@ from sdelm.data import Projection
 from sdelm.extract import untempered
 from sdelm.lm import LM
 from sdelm.models import SDEModel
+from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
 __all__ = [
@@ -509,14 +510,14 @@ def frontier_gain(
     *,
     quality: str = "logprob",
     diversity: str = "distinct",
-    n_resamples: int = 2000,
     seed: int = 0,
 ) -> dict[str, float]:
     """Return the diversity an arm gains over constant temperature at the same quality.
 
     The constant-temperature arms trace a frontier of (mean quality, mean diversity) over
     prompts; linear interpolation gives the diversity plain sampling reaches at the arm's
-    quality. Prompts are resampled jointly for all arms (a paired bootstrap).
+    quality (the end segments extend it beyond the constant runs' range). Prompts are
+    resampled jointly for all arms (a paired bootstrap).
 
     Args:
         per_prompt: One row per (arm, prompt_id) with the ``quality`` and ``diversity``
@@ -525,13 +526,12 @@ def frontier_gain(
         constant: Constant-temperature arms, at least two.
         quality: Column where higher is better (e.g. mean log-probability at temperature 1).
         diversity: Column where higher is more diverse.
-        n_resamples: Bootstrap resamples.
         seed: Seed of the bootstrap.
 
     Returns:
-        ``gain`` (arm diversity − frontier diversity at the arm's quality) with a percentile
-        95% ``low``/``high``; ``inside`` (share of resamples where the arm's quality lies
-        within the frontier's range, so that no extrapolation was needed).
+        :func:`sdelm.stats.cluster_bootstrap`'s fields for the gain (arm diversity − frontier
+        diversity at the arm's quality; null 0), and ``inside``: 1.0 where the arm's mean
+        quality lies within the constant runs' range (no extrapolation), else 0.0.
 
     Raises:
         ValueError: If fewer than two constant arms are given or the arms' prompts differ.
@@ -544,10 +544,15 @@ def frontier_gain(
     diversity_table = per_prompt.pivot(index="prompt_id", columns="arm", values=diversity)[arms]
     if quality_table.isna().any().any():
         raise ValueError("Every arm needs a value for every prompt; the arms' prompts differ.")
-    q, d = quality_table.to_numpy(), diversity_table.to_numpy()
+    columns = [f"q{i}" for i in range(len(arms))], [f"d{i}" for i in range(len(arms))]
+    wide = pd.DataFrame(
+        np.hstack([quality_table.to_numpy(), diversity_table.to_numpy()]),
+        columns=[*columns[0], *columns[1]],
+    ).assign(prompt_id=quality_table.index)
 
-    def gain(rows: np.ndarray) -> tuple[float, bool]:
-        mean_q, mean_d = q[rows].mean(0), d[rows].mean(0)
+    def frontier(frame: pd.DataFrame) -> tuple[float, bool]:
+        mean_q = frame[columns[0]].to_numpy().mean(0)
+        mean_d = frame[columns[1]].to_numpy().mean(0)
         order = np.argsort(mean_q[1:])
         xs, ys = mean_q[1:][order], mean_d[1:][order]
         inside = bool(xs[0] <= mean_q[0] <= xs[-1])
@@ -556,13 +561,5 @@ def frontier_gain(
         slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
         return float(mean_d[0] - (ys[i] + slope * (mean_q[0] - xs[i]))), inside
 
-    rng = np.random.default_rng(seed)
-    n = q.shape[0]
-    draws = [gain(rng.integers(0, n, n)) for _ in range(n_resamples)]
-    values = np.array([g for g, _ in draws])
-    return {
-        "gain": gain(np.arange(n))[0],
-        "low": float(np.percentile(values, 2.5)),
-        "high": float(np.percentile(values, 97.5)),
-        "inside": float(np.mean([inside for _, inside in draws])),
-    }
+    measured = cluster_bootstrap(wide, lambda frame: frontier(frame)[0], seed=seed)
+    return {**measured, "inside": float(frontier(wide)[1])}

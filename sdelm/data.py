@@ -201,6 +201,7 @@ def prepare(
     standardise: bool = True,
     dt: float | None = None,
     seed: int = 0,
+    fold: tuple[int, int] | None = None,
 ) -> PreparedData:
     """Split trajectories by prompt, project them with PCA fitted on the training split.
 
@@ -214,6 +215,11 @@ def prepare(
         standardise: Divide each component by its training standard deviation.
         dt: Time step, a positive finite number; default ``trajs.dt`` (1 token).
         seed: Seed of the prompt shuffle, a non-negative integer.
+        fold: ``(i, k)`` for K-fold cross-validation by prompt: the shuffled prompts are dealt
+            into ``k`` folds and fold ``i`` is the test split; of the others, the validation
+            split takes the share ``split[1] / (split[0] + split[1])`` (at least one prompt)
+            and the training split the rest. ``split[2]`` is then not used. Over ``i = 0 …
+            k − 1`` every prompt is tested exactly once.
 
     Returns:
         The three splits and the projection.
@@ -249,14 +255,7 @@ def prepare(
 
     ids = np.array(sorted(trajs.rows["prompt_id"].unique()))
     order = np.random.default_rng(seed).permutation(ids)
-    counts = np.floor(fractions * len(ids)).astype(int)
-    counts[0] = len(ids) - counts[1:].sum()
-    if (counts[fractions > 0] == 0).any() or (counts == 0).any():
-        raise ValueError(
-            f"{len(ids)} prompts cannot fill the splits {tuple(split)}: a split would be empty. "
-            "Use more prompts (n_prompts) or other fractions."
-        )
-    groups = np.split(order, np.cumsum(counts)[:-1])
+    groups = _split_prompts(order, fractions, fold)
     masks = [torch.tensor(trajs.rows["prompt_id"].isin(g).to_numpy()) for g in groups]
 
     train_states = states[masks[0]][trajs.mask[masks[0]]]  # (n_valid, hidden_dim)
@@ -314,6 +313,38 @@ def prepare(
         for name, rows in zip(("train", "val", "test"), masks, strict=True)
     ]
     return PreparedData(*splits, projection=projection)
+
+
+def _split_prompts(
+    order: np.ndarray, fractions: np.ndarray, fold: tuple[int, int] | None
+) -> list[np.ndarray]:
+    """Deal shuffled prompt ids into train, validation and test groups (see :func:`prepare`)."""
+    if fold is None:
+        counts = np.floor(fractions * len(order)).astype(int)
+        counts[0] = len(order) - counts[1:].sum()
+        if (counts[fractions > 0] == 0).any() or (counts == 0).any():
+            raise ValueError(
+                f"{len(order)} prompts cannot fill the splits {tuple(fractions)}: a split "
+                "would be empty. Use more prompts (n_prompts) or other fractions."
+            )
+        return np.split(order, np.cumsum(counts)[:-1])
+    if (
+        not isinstance(fold, tuple)
+        or len(fold) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in fold)
+        or not 0 <= fold[0] < fold[1]
+    ):
+        raise ValueError(f"fold must be (i, k) with integers 0 <= i < k, got {fold!r}.")
+    index, k = fold
+    if not 2 <= k <= len(order) - 2 or fractions[:2].sum() == 0:
+        raise ValueError(
+            f"K-fold needs 2 <= k <= prompts - 2 ({len(order)} prompts, k={k}) and a training "
+            "or validation share in split; use fewer folds or more prompts."
+        )
+    test = order[index::k]
+    rest = np.array([p for j, p in enumerate(order) if j % k != index])
+    n_val = max(1, round(len(rest) * fractions[1] / fractions[:2].sum()))
+    return [rest[n_val:], rest[:n_val], test]
 
 
 def project(

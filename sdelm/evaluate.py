@@ -4,6 +4,9 @@
 weight initialisation and the minibatch order), fits every model of :func:`standard_models`, and
 returns one row per model and seed with its held-out test NLL. :func:`summarise` turns that into
 the book's results table (mean ± sd over seeds, and the gap to the best baseline).
+:func:`cross_validate` tests every prompt once (K-fold by prompt) and returns each prompt's
+held-out NLL under every model, for paired comparisons resampled over prompts
+(:func:`paired_gaps`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,21 @@ from sdelm.baselines import (
     RandomWalk,
 )
 from sdelm.data import PreparedData, prepare
-from sdelm.fit import fit, nll
+from sdelm.fit import fit, nll, sequence_nll
 from sdelm.lines_of_thought import LayerLinear
 from sdelm.models import NeuralSDE, SDEModel
+from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
-__all__ = ["NEURAL", "ModelSpec", "compare_models", "standard_models", "summarise"]
+__all__ = [
+    "NEURAL",
+    "ModelSpec",
+    "compare_models",
+    "cross_validate",
+    "paired_gaps",
+    "standard_models",
+    "summarise",
+]
 
 #: Name of the paper's model in the tables.
 NEURAL = "neural SDE"
@@ -155,3 +167,93 @@ def summarise(results: pd.DataFrame, reference: str = NEURAL) -> pd.DataFrame:
     table["gap"] = table["mean"] - table.loc[reference, "mean"]
     table["wins"] = [int((per_seed[reference] < per_seed[m]).sum()) for m in table.index]
     return table.sort_values("mean")
+
+
+def cross_validate(
+    trajs: Trajectories,
+    *,
+    models: list[ModelSpec] | None = None,
+    folds: int = 5,
+    layer: int | None = None,
+    dim: int | None = 16,
+    split: Sequence[float] = (0.85, 0.15, 0.0),
+    seed: int = 0,
+    **fit_kwargs: Any,
+) -> pd.DataFrame:
+    """K-fold cross-validation by prompt: every prompt is held out once, from every model.
+
+    Each fold has its own projection (PCA on its training prompts) and its own fits; a
+    prompt's NLLs under different models share the fold, so their differences are paired.
+
+    Args:
+        trajs: Trajectories.
+        models: Model specifications; default :func:`standard_models`.
+        folds: Number of folds ``k`` (at least 2).
+        layer: Layer to model; default the last recorded one.
+        dim: PCA dimension.
+        split: Train and validation shares of the prompts outside the test fold (the third
+            entry is not used; see :func:`sdelm.prepare`'s ``fold``).
+        seed: Seed of the prompt shuffle, the initialisation and the minibatch order.
+        **fit_kwargs: Passed to :func:`sdelm.fit` (e.g. ``epochs``, ``device``).
+
+    Returns:
+        One row per model, fold and held-out prompt: ``model, fold, prompt_id, nll`` (mean over
+        the prompt's transitions and dimensions, nats per dimension per step) and
+        ``transitions``.
+
+    """
+    models = standard_models() if models is None else models
+    rows = []
+    for index in range(folds):
+        data = prepare(trajs, layer=layer, dim=dim, split=split, seed=seed, fold=(index, folds))
+        time_scale = float(data.train.states.shape[1])
+        transitions = (data.test.mask[:, :-1] & data.test.mask[:, 1:]).sum(1).numpy()
+        prompts = data.test.rows["prompt_id"].to_numpy()
+        for spec in models:
+            model, _ = _fit_one(spec, data, seed, time_scale, fit_kwargs)
+            per_sequence = (
+                pd.DataFrame(
+                    {
+                        "prompt_id": prompts,
+                        "total": sequence_nll(model, data.test).nan_to_num().numpy() * transitions,
+                        "transitions": transitions,
+                    }
+                )
+                .groupby("prompt_id", sort=True)[["total", "transitions"]]
+                .sum()
+            )
+            rows.append(
+                per_sequence.assign(
+                    nll=per_sequence["total"] / per_sequence["transitions"],
+                    model=spec[0],
+                    fold=index,
+                ).reset_index()
+            )
+    columns = ["model", "fold", "prompt_id", "nll", "transitions"]
+    return pd.concat(rows, ignore_index=True)[columns]
+
+
+def paired_gaps(results: pd.DataFrame, reference: str = NEURAL, *, seed: int = 0) -> pd.DataFrame:
+    """Each model's held-out NLL minus the reference's, per prompt, resampled over prompts.
+
+    Args:
+        results: From :func:`cross_validate`.
+        reference: The model the others are compared with.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        One row per other model: :func:`sdelm.stats.cluster_bootstrap`'s fields for the mean
+        over prompts of (reference NLL − model NLL), in nats per dimension per step: negative
+        where the reference fits the held-out prompts better.
+
+    """
+    table = results.pivot(index="prompt_id", columns="model", values="nll").reset_index()
+    return pd.DataFrame(
+        {
+            model: cluster_bootstrap(
+                table, lambda f, m=model: float((f[reference] - f[m]).mean()), seed=seed
+            )
+            for model in results["model"].unique()
+            if model != reference
+        }
+    ).T

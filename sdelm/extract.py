@@ -785,6 +785,115 @@ def encode_texts(
     )
 
 
+@torch.inference_mode()
+def read_in_context(
+    lm: LM,
+    texts: Sequence[str | Passage],
+    prompts: Sequence[str | Prompt],
+    *,
+    max_tokens: int = 48,
+    layers: Sequence[int] | None = None,
+    chat: bool = True,
+    batch_size: int = 16,
+) -> Trajectories:
+    """Teacher-force each text as the model's reply to a prompt, as generated text is read.
+
+    :func:`encode_texts` reads a text on its own, from its first token; :func:`extract`'s
+    tokens follow a prompt inside the chat template. This reads text ``i`` after
+    ``prompts[i]``, formatted exactly as :func:`extract` formats it, so that human and
+    generated text share context and positions: step ``k`` is the text's ``k``-th token (the
+    first one included), with its hidden states after reading it, its log-probability under
+    the model given the prompt and the text before it, and that distribution's entropy.
+
+    Args:
+        lm: The model.
+        texts: Non-empty list of strings or :class:`sdelm.corpus.Passage`.
+        prompts: One prompt per text (strings or :class:`sdelm.corpus.Prompt`).
+        max_tokens: Steps recorded per text at most (texts are truncated).
+        layers: Layers to record, as in :func:`extract`.
+        chat: Wrap the prompts in the model's chat template (when it has one).
+        batch_size: Texts per forward pass.
+
+    Returns:
+        :class:`Trajectories` with source ``"human"``; a row's ``prompt_id`` and ``category``
+        are its passage's (the unit to resample), ``prompt`` the text of its prompt.
+
+    Raises:
+        ValueError: On an empty list, a text without tokens, a prompt count that differs from
+            the text count, an invalid prompt, count or layer.
+
+    """
+    if isinstance(texts, str) or len(texts) == 0:
+        raise ValueError(
+            "texts must be a non-empty list of strings or sdelm.corpus.Passage; try "
+            "sdelm.corpus.shakespeare_passages(16)."
+        )
+    items = _as_prompts(prompts)
+    if len(items) != len(texts):
+        raise ValueError(f"Give one prompt per text: {len(items)} prompts for {len(texts)} texts.")
+    check_integers(1, max_tokens=max_tokens, batch_size=batch_size)
+    layers = _check_layers(lm, layers)
+    passages = [
+        t if isinstance(t, Passage) else Passage(f"text-{i:03d}", "", t)
+        for i, t in enumerate(texts)
+    ]
+    has_template = chat and bool(lm.tokenizer.chat_template)
+    contexts = [
+        lm.tokenizer(lm.format_prompt(p.text, chat=chat), add_special_tokens=not has_template)
+        for p in items
+    ]
+    read = [
+        lm.tokenizer(p.text, add_special_tokens=False)["input_ids"][:max_tokens] for p in passages
+    ]
+    empty = [i for i, ids in enumerate(read) if not ids]
+    if empty:
+        raise ValueError(f"Texts {empty[:10]} have no tokens; give every text some text.")
+    shape = (len(passages), max(len(ids) for ids in read))
+    merged = {
+        "states": torch.zeros(shape[0], len(layers), shape[1], lm.hidden_size),
+        "tokens": torch.full(shape, -1, dtype=torch.long),
+        "logprobs": torch.full(shape, torch.nan),
+        "entropies": torch.full(shape, torch.nan),
+        "mask": torch.zeros(shape, dtype=torch.bool),
+    }
+    pad_id = lm.tokenizer.pad_token_id
+    for start in range(0, len(passages), batch_size):
+        rows = range(start, min(start + batch_size, len(passages)))
+        sequences = [contexts[i]["input_ids"] + read[i] for i in rows]
+        width = max(len(ids) for ids in sequences)
+        ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids in sequences])
+        attention = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+        output = lm.model(
+            input_ids=ids.to(lm.device),
+            attention_mask=attention.to(lm.device),
+            output_hidden_states=True,
+        )
+        for row, i in enumerate(rows):
+            first, n = len(contexts[i]["input_ids"]), len(read[i])
+            at = torch.arange(first, first + n, device=lm.device)
+            logp = torch.log_softmax(output.logits[row, at - 1].float(), dim=-1)
+            tokens = torch.tensor(read[i], device=lm.device)
+            merged["states"][i, :, :n] = (
+                torch.stack([output.hidden_states[layer][row, at] for layer in layers])
+                .float()
+                .cpu()
+            )
+            merged["tokens"][i, :n] = tokens.cpu()
+            merged["logprobs"][i, :n] = logp.gather(1, tokens[:, None]).squeeze(1).cpu()
+            merged["entropies"][i, :n] = _entropy(logp).cpu()
+            merged["mask"][i, :n] = True
+    rows = _passage_rows(passages, _decode(lm, merged["tokens"], merged["mask"]), "human")
+    rows["prompt"] = [p.text for p in items]
+    meta = _meta(lm, layers, kind="human", max_tokens=max_tokens, chat=has_template, context=True)
+    return Trajectories(
+        **merged,
+        untempered_logprobs=merged["logprobs"].clone(),
+        rows=rows,
+        layers=layers,
+        meta=meta,
+    )
+
+
 @torch.no_grad()
 def layer_trajectories(
     lm: LM,

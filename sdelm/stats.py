@@ -47,13 +47,22 @@ def cluster_bootstrap(
         ValueError: With fewer than two clusters.
 
     """
-    groups = [group for _, group in frame.groupby(cluster, sort=True)]
+    # Row positions of each cluster: a resample is one positional take of the frame, the
+    # clusters' rows in the order drawn.
+    indices = frame.groupby(cluster, sort=True).indices
+    groups = [indices[key] for key in sorted(indices)]
     if len(groups) < 2:
         raise ValueError(f"A cluster bootstrap needs at least two {cluster} groups.")
     rng = np.random.default_rng(seed)
     draws = np.array(
         [
-            statistic(pd.concat([groups[i] for i in rng.integers(len(groups), size=len(groups))]))
+            statistic(
+                frame.take(
+                    np.concatenate(
+                        [groups[i] for i in rng.integers(len(groups), size=len(groups))]
+                    )
+                )
+            )
             for _ in range(n_resamples)
         ]
     )
@@ -69,6 +78,26 @@ def cluster_bootstrap(
         "p_value": float(min(1.0, 2 * min(below, above))),
         "n_clusters": len(groups),
     }
+
+
+def minimum_detectable(measured: dict[str, float], *, power: float = 0.8) -> float:
+    """Smallest effect the data could have detected: (z_{0.975} + z_power) standard errors.
+
+    The standard error is read off a 95% interval (its width over 2 · 1.96), so a null result
+    can say how large an effect it rules out rather than only that it found none.
+
+    Args:
+        measured: ``low`` and ``high`` of a 95% interval, e.g. from :func:`cluster_bootstrap`.
+        power: Power of the two-sided 5% test.
+
+    Returns:
+        The minimum detectable effect, in the effect's units (2.80 standard errors at 80%).
+
+    """
+    from scipy.stats import norm
+
+    standard_error = (measured["high"] - measured["low"]) / (2 * norm.ppf(0.975))
+    return float((norm.ppf(0.975) + norm.ppf(power)) * standard_error)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:

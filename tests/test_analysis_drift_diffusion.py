@@ -109,12 +109,15 @@ def test_temperature_slope_recovers_a_known_effect_and_a_null():
         drift_diffusion.temperature_slope(one[one["temperature"] == 0.5], "diffusion_trace")
 
 
-def test_cluster_spearman_of_dependent_and_independent_columns():
+def test_spearman_bootstrapped_over_prompts_for_dependent_and_independent_columns():
     frame = synthetic_field(0.5)
-    strong = drift_diffusion.cluster_spearman(frame, "diffusion_trace", "next_entropy", n_boot=200)
-    assert strong["rho"] > 0.9 and strong["low"] > 0.8
+    rank = drift_diffusion.spearman("diffusion_trace", "next_entropy")
+    strong = cluster_bootstrap(frame, rank, n_resamples=200)
+    assert strong["estimate"] > 0.9 and strong["low"] > 0.8
     frame["noise"] = np.random.default_rng(3).normal(size=len(frame))
-    null = drift_diffusion.cluster_spearman(frame, "diffusion_trace", "noise", n_boot=200)
+    null = cluster_bootstrap(
+        frame, drift_diffusion.spearman("diffusion_trace", "noise"), n_resamples=200
+    )
     assert null["low"] < 0 < null["high"]
 
 

@@ -43,11 +43,35 @@ def test_repetition_counts_repeated_ngrams():
     assert shares[0] == pytest.approx(0.25) and shares[1] == 0 and np.isnan(shares[2])
 
 
-def test_auc_of_separated_and_identical_scores():
-    assert applications.auc([5, 6, 7], [1, 2, 3])["auc"] == 1.0
+def test_cluster_auc_of_separated_identical_and_paired_scores():
     rng = np.random.default_rng(0)
-    same = applications.auc(rng.normal(size=200), rng.normal(size=200))
+    frame = pd.DataFrame(
+        {
+            "prompt_id": np.repeat(np.arange(40), 4),
+            "human": np.tile([True, False, False, False], 40),
+        }
+    )
+    frame["separated"] = frame["human"] * 3.0 + rng.normal(size=len(frame))
+    frame["noise"] = rng.normal(size=len(frame))
+    separated = applications.cluster_auc(frame, "separated")
+    assert separated["estimate"] > 0.95 and separated["low"] > 0.9 and separated["p_value"] < 0.01
+    assert separated["n_clusters"] == 40
+    same = applications.cluster_auc(frame, "noise")
     assert same["low"] < 0.5 < same["high"]
+    gain = applications.cluster_auc(frame, "separated", minus="noise")
+    assert gain["estimate"] == pytest.approx(separated["estimate"] - same["estimate"])
+    assert gain["low"] > 0.3
+    # Any boolean column can be the label.
+    flipped = applications.cluster_auc(
+        frame.assign(made=~frame["human"]), "separated", label="made"
+    )
+    assert flipped["estimate"] == pytest.approx(1 - separated["estimate"])
+
+
+def test_minimum_detectable_effect_is_280_standard_errors():
+    assert sdelm.stats.minimum_detectable({"low": -1.96, "high": 1.96}) == pytest.approx(
+        2.8016, abs=1e-3
+    )
 
 
 def test_temperature_is_predicted_from_an_informative_feature():

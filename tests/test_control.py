@@ -231,11 +231,12 @@ def frontier_table(arm_quality: float, arm_diversity: float) -> pd.DataFrame:
 
 def test_frontier_gain_measures_diversity_at_equal_quality():
     on = control.frontier_gain(frontier_table(-1.5, 0.7), "ctl", ["T1", "T2", "T3"])
-    assert on["gain"] == pytest.approx(0.0, abs=1e-9) and on["inside"] == 1.0
+    assert on["estimate"] == pytest.approx(0.0, abs=1e-9) and on["inside"] == 1.0
     above = control.frontier_gain(frontier_table(-2.5, 0.95), "ctl", ["T1", "T2", "T3"])
-    assert above["gain"] == pytest.approx(0.1) and above["low"] > 0.09
+    assert above["estimate"] == pytest.approx(0.1) and above["low"] > 0.09
+    assert above["p_value"] < 0.01 and above["n_clusters"] == 20
     outside = control.frontier_gain(frontier_table(-4.0, 1.0), "ctl", ["T1", "T2", "T3"])
-    assert outside["gain"] == pytest.approx(0.0) and outside["inside"] == 0.0  # extrapolated
+    assert outside["estimate"] == pytest.approx(0.0) and outside["inside"] == 0.0  # extrapolated
     with pytest.raises(ValueError, match="two constant"):
         control.frontier_gain(frontier_table(-2, 1), "ctl", ["T1"])
 

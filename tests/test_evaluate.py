@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sdelm
+from sdelm.fit import nll
 from sdelm.synthetic import as_trajectories, lines_of_thought_paths, ou_paths
 
 
@@ -31,3 +32,36 @@ def test_per_step_maps_win_on_a_lines_of_thought_process():
     )
     assert table.index[0] == "Lines of Thought, map per step"
     assert table.loc["OU / VAR(1)", "gap"] > 0.1
+
+
+def test_cross_validation_tests_every_prompt_once_and_pairs_the_models():
+    trajs = as_trajectories(ou_paths(n=80, steps=20, dt=0.1), dt=0.1, per_prompt=2)
+    keep = {"random walk", "OU / VAR(1)"}
+    models = [m for m in sdelm.standard_models(paper_loss=False) if m[0] in keep]
+    results = sdelm.evaluate.cross_validate(trajs, models=models, folds=4, dim=None)
+    prompts = set(trajs.rows["prompt_id"])
+    for _, rows in results.groupby("model"):
+        assert sorted(rows["prompt_id"]) == sorted(prompts)  # each prompt tested once
+    assert set(results["fold"]) == {0, 1, 2, 3}
+    assert (results["transitions"] == 2 * 20).all()  # two sequences of 20 steps per prompt
+    # A prompt's NLL is the mean over its transitions: the fold's NLL weighted back.
+    data = sdelm.prepare(trajs, dim=None, split=(0.85, 0.15, 0.0), fold=(0, 4))
+    ou = {name: build for name, build, _ in models}["OU / VAR(1)"](data.dim, 0, 20.0)
+    ou.fit_least_squares(data.train)
+    fold = results[(results["model"] == "OU / VAR(1)") & (results["fold"] == 0)]
+    weights = fold["transitions"] / fold["transitions"].sum()
+    assert abs((fold["nll"] * weights).sum() - nll(ou, data.test)) < 1e-5
+    gaps = sdelm.evaluate.paired_gaps(results, reference="OU / VAR(1)")
+    assert list(gaps.index) == ["random walk"] and gaps.loc["random walk", "high"] < 0
+    assert gaps.loc["random walk", "n_clusters"] == len(prompts)
+
+
+def test_prepare_refuses_impossible_folds():
+    trajs = as_trajectories(ou_paths(n=8, steps=5, dt=0.1), dt=0.1, per_prompt=2)
+    for fold in [(4, 4), (0, 1), (0, 3.0), (0, 9)]:
+        try:
+            sdelm.prepare(trajs, dim=None, fold=fold)
+        except ValueError as error:
+            assert "fold" in str(error) or "K-fold" in str(error)
+        else:
+            raise AssertionError(f"fold={fold} was accepted")

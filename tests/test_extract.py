@@ -344,3 +344,34 @@ def test_packaged_model_is_reproducible_and_reads_shakespeare(smollm2):
     assert human.lengths.tolist() == [12, 12, 12]
     # The model predicts Shakespeare worse than its own samples at T=1 but not absurdly.
     assert -12 < float(human.logprobs[human.mask].mean()) < -1
+
+
+def test_text_read_after_its_prompt_is_read_as_generated_text_is(lm):
+    texts = ["to be or not to be, that is the question", "once upon a time", "x y"]
+    read = sdelm.read_in_context(lm, texts, PROMPTS, max_tokens=6, batch_size=2)
+    assert list(read.rows["prompt"]) == PROMPTS and (read.rows["source"] == "human").all()
+    assert read.lengths.tolist() == [
+        min(6, len(lm.tokenizer(t, add_special_tokens=False)["input_ids"])) for t in texts
+    ]
+    for i in range(len(texts)):
+        # The states a generated continuation with these tokens would have (see extract).
+        n = int(read.lengths[i])
+        torch.testing.assert_close(
+            read.states[i, :, :n], replay_states(lm, read, i), atol=1e-4, rtol=1e-4
+        )
+    context = lm.tokenizer(lm.format_prompt(PROMPTS[0]), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([context + read.tokens[0, :6].tolist()])
+    with torch.inference_mode():
+        logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), dim=-1)
+    expected = logp[len(context) - 1 : -1].gather(1, read.tokens[0, :6, None]).squeeze(1)
+    torch.testing.assert_close(read.logprobs[0, :6], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(read.untempered_logprobs, read.logprobs, equal_nan=True)
+
+
+def test_read_in_context_refuses_mismatched_or_empty_input(llama):
+    with pytest.raises(ValueError, match="one prompt per text"):
+        sdelm.read_in_context(llama, ["to be", "or not"], ["a prompt"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        sdelm.read_in_context(llama, [], [])
+    with pytest.raises(ValueError, match="no tokens"):
+        sdelm.read_in_context(llama, ["to be", ""], ["a", "b"])

@@ -29,7 +29,6 @@ from sdelm.stats import N_RESAMPLES, cluster_bootstrap
 __all__ = [
     "agreement",
     "agreement_versus",
-    "cluster_spearman",
     "field_along_steps",
     "noise_share",
     "per_sequence",
@@ -285,41 +284,3 @@ def surrogate_tables(
         table = kramers_moyal.transition_table(test, grids[name], linear)
         tables.append(table.assign(series=name))
     return pd.concat(fields, ignore_index=True), pd.concat(tables, ignore_index=True), grids
-
-
-def cluster_spearman(
-    frame: pd.DataFrame,
-    x: str,
-    y: str,
-    *,
-    cluster: str = "prompt_id",
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Spearman correlation of two columns with a cluster-bootstrap 95% interval.
-
-    Args:
-        frame: Rows with columns ``x``, ``y`` and ``cluster``.
-        x: First column.
-        y: Second column.
-        cluster: Column whose groups are resampled together (e.g. prompts).
-        n_boot: Bootstrap resamples.
-        seed: Seed of the bootstrap.
-
-    Returns:
-        ``rho``, ``low``, ``high``.
-
-    """
-    frame = frame.dropna(subset=[x, y])
-    rho = float(stats.spearmanr(frame[x], frame[y]).statistic)
-    groups = [g[[x, y]].to_numpy() for _, g in frame.groupby(cluster)]
-    rng = np.random.default_rng(seed)
-    draws = []
-    with warnings.catch_warnings():  # a resample with a constant column gives NaN, dropped below
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        for _ in range(n_boot):
-            picks = rng.integers(len(groups), size=len(groups))
-            sample = np.concatenate([groups[i] for i in picks])
-            draws.append(stats.spearmanr(sample[:, 0], sample[:, 1]).statistic)
-    low, high = np.nanpercentile(draws, [2.5, 97.5])
-    return {"rho": rho, "low": float(low), "high": float(high)}

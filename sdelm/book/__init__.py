@@ -6,7 +6,15 @@ cell), records measured effects in :class:`Claims`, and finishes with :meth:`Cha
 """
 
 from sdelm.book.chapter import Chapter, ChapterError, execute
-from sdelm.book.claims import ClaimFailedError, Claims
+from sdelm.book.claims import ClaimFailedError, Claims, slug
 from sdelm.book.ledger import ledger
 
-__all__ = ["Chapter", "ChapterError", "ClaimFailedError", "Claims", "execute", "ledger"]
+__all__ = [
+    "Chapter",
+    "ChapterError",
+    "ClaimFailedError",
+    "Claims",
+    "execute",
+    "ledger",
+    "slug",
+]

@@ -16,6 +16,7 @@ sentence that says what the data show); those appear in the ledger without an in
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,12 +28,22 @@ from sdelm.stats import holm
 if TYPE_CHECKING:  # IPython is a book dependency: imported where a chapter shows the report
     from IPython.display import Markdown
 
-__all__ = ["ALPHA", "VERDICTS", "ClaimFailedError", "Claims"]
+__all__ = ["ALPHA", "VERDICTS", "ClaimFailedError", "Claims", "slug"]
 
 #: Family-wise error rate of a chapter's effects (after Holm adjustment).
 ALPHA = 0.05
 #: The verdicts an effect can get.
 VERDICTS = ("as expected", "opposite", "inconclusive")
+
+
+def slug(text: str) -> str:
+    """Turn free text into a claim name, e.g. ``"OU / VAR(1)"`` → ``"ou-var-1"``.
+
+    Lower case; every run of other characters than letters and digits becomes one hyphen.
+    """
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
 _COLUMNS = [
     "name",
     "kind",
