@@ -428,6 +428,22 @@ def _passage_rows(passages: Sequence[Passage], texts: list[str], source: str) ->
     )
 
 
+def _read_text(
+    merged: dict[str, torch.Tensor],
+    rows: pd.DataFrame,
+    layers: tuple[int, ...],
+    meta: dict[str, object],
+) -> Trajectories:
+    """Trajectories of read (teacher-forced) text: its own distribution is the untempered one."""
+    return Trajectories(
+        **merged,
+        untempered_logprobs=merged["logprobs"].clone(),
+        rows=rows,
+        layers=layers,
+        meta=meta,
+    )
+
+
 def _meta(lm: LM, layers: tuple[int, ...], **extra: object) -> dict[str, object]:
     return {
         "model": lm.name,
@@ -775,14 +791,7 @@ def encode_texts(
     merged["entropies"][invalid] = torch.nan
     merged["states"][invalid[:, None].expand(-1, len(layers), -1)] = 0.0
     rows = _passage_rows(passages, _decode(lm, merged["tokens"], merged["mask"]), "human")
-    meta = _meta(lm, layers, kind="human", max_tokens=max_tokens)
-    return Trajectories(
-        **merged,
-        untempered_logprobs=merged["logprobs"].clone(),  # read text: its own distribution
-        rows=rows,
-        layers=layers,
-        meta=meta,
-    )
+    return _read_text(merged, rows, layers, _meta(lm, layers, kind="human", max_tokens=max_tokens))
 
 
 @torch.inference_mode()
@@ -885,13 +894,7 @@ def read_in_context(
     rows = _passage_rows(passages, _decode(lm, merged["tokens"], merged["mask"]), "human")
     rows["prompt"] = [p.text for p in items]
     meta = _meta(lm, layers, kind="human", max_tokens=max_tokens, chat=has_template, context=True)
-    return Trajectories(
-        **merged,
-        untempered_logprobs=merged["logprobs"].clone(),
-        rows=rows,
-        layers=layers,
-        meta=meta,
-    )
+    return _read_text(merged, rows, layers, meta)
 
 
 @torch.no_grad()
