@@ -11,9 +11,10 @@ measures with fitted models.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,93 @@ def _top_mass(logp: torch.Tensor, mass: float = 0.9) -> torch.Tensor:
     return (sorted_p.cumsum(dim=-1) < mass).sum(dim=-1) + 1
 
 
+def _branch_sequence(
+    lm: LM,
+    prompt_ids: list[int],
+    tokens: torch.Tensor,
+    steps: list[int],
+    temperatures: tuple[float, ...],
+    n_branches: int,
+    top_p: float,
+    layers: tuple[int, ...],
+    seed: int,
+    sequence: int,
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Branch one recorded sequence at each of its branch points, reading the sequence once.
+
+    Args:
+        lm: The model that generated the sequence.
+        prompt_ids: Token ids of the formatted prompt.
+        tokens: Long tensor of size (n_steps,): the generated tokens y_0, y_1, ….
+        steps: Branch points k, increasing.
+        temperatures: Branching temperatures.
+        n_branches: Tokens drawn per branch point and temperature.
+        top_p: Nucleus mass in (0, 1].
+        layers: Layers to record.
+        seed: Seed of the draws.
+        sequence: The sequence's row in its trajectories, which keys its random streams.
+
+    Yields:
+        (k, parts): ``prefix_states`` (n_layers, hidden), ``states`` (n_temperatures,
+        n_branches, n_layers, hidden), ``tokens`` and ``logprobs`` (n_temperatures,
+        n_branches), ``entropies`` and ``top_mass`` (n_temperatures,).
+
+    """
+    model, device = lm.model, lm.device
+    body = model.base_model  # the branched tokens' logits are never used
+    ids = torch.tensor([prompt_ids + tokens[: steps[-1] + 1].tolist()], device=device)
+    length = ids.shape[1]
+    cache = DynamicCache(config=model.config)
+    out = model(
+        input_ids=ids,
+        output_hidden_states=True,
+        logits_to_keep=length - len(prompt_ids) - steps[0],
+        **{cache_keyword(model): cache},
+    )
+    check_cache_used(cache, length)
+    offset = length - out.logits.shape[1]  # 0 where the model computes every position's logits
+    n_temperatures, width = len(temperatures), len(temperatures) * n_branches
+    for k in steps:
+        position = len(prompt_ids) + k
+        logits = out.logits[0, position - offset].float()
+        logp = _sampling_distribution(
+            logits.expand(n_temperatures, -1), torch.tensor(temperatures, device=device), top_p
+        )
+        uniforms = torch.stack(
+            [
+                torch.rand(n_branches, generator=_row_generator(seed, sequence, k, t))
+                for t in range(n_temperatures)
+            ]
+        )
+        drawn = _sample(logp.repeat_interleave(n_branches, 0), uniforms.flatten())
+        shared = copy.deepcopy(cache)
+        shared.batch_repeat_interleave(width)
+        attention_mask = torch.ones(width, length + 1, dtype=torch.long, device=device)
+        attention_mask[:, position + 1 : length] = 0  # the recorded tokens after y_k
+        branched = body(
+            input_ids=drawn[:, None],
+            attention_mask=attention_mask,
+            position_ids=torch.full((width, 1), position + 1, device=device),
+            output_hidden_states=True,
+            **{cache_keyword(body): shared},
+        )
+        states = torch.stack([branched.hidden_states[layer][:, -1] for layer in layers], dim=1)
+        prefix = torch.stack([out.hidden_states[layer][0, position] for layer in layers])
+        yield (
+            k,
+            {
+                "prefix_states": prefix.float().cpu(),
+                "states": states.float().cpu().view(n_temperatures, n_branches, len(layers), -1),
+                "tokens": drawn.view(n_temperatures, n_branches).cpu(),
+                "logprobs": torch.log_softmax(logits, dim=-1)[drawn]
+                .view(n_temperatures, n_branches)
+                .cpu(),
+                "entropies": _entropy(logp).cpu(),
+                "top_mass": _top_mass(logp).cpu(),
+            },
+        )
+
+
 @torch.inference_mode()
 def branch(
     lm: LM,
@@ -206,8 +294,9 @@ def branch(
 ) -> Branches:
     """Draw many next tokens from recorded prefixes and record the states they lead to.
 
-    Each prefix is read once; its KV cache is then repeated for every branch and temperature,
-    and all branches' tokens are read in one batched one-token forward pass.
+    Each recorded sequence is read once, up to its last branch point; for each branch point its
+    KV cache is repeated for every branch and temperature, and all branches' tokens are read in
+    one batched one-token forward pass that masks the positions after the branch point.
 
     Args:
         lm: The model that generated ``trajs``.
@@ -248,50 +337,28 @@ def branch(
             "Choose them with sdelm.branching.prefix_positions."
         )
     chat = bool(trajs.meta.get("chat", False))
-    model, device = lm.model, lm.device
-    width = len(temps) * n_branches
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in _TENSORS}
+    by_sequence: dict[int, list[int]] = {}
     for i, k in positions:
+        by_sequence.setdefault(i, []).append(k)
+    found: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+    for i, steps in by_sequence.items():
         prompt = lm.format_prompt(trajs.rows["prompt"].iloc[i], chat=chat)
-        ids = lm.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
-        ids = torch.tensor([ids + trajs.tokens[i, : k + 1].tolist()], device=device)
-        cache = DynamicCache(config=model.config)
-        out = model(
-            input_ids=ids,
-            output_hidden_states=True,
-            logits_to_keep=1,
-            **{cache_keyword(model): cache},
-        )
-        check_cache_used(cache, ids.shape[1])
-        parts["prefix_states"].append(
-            torch.stack([out.hidden_states[layer][0, -1] for layer in layers]).float().cpu()
-        )
-        logits = out.logits[:, -1].float()
-        logp = _sampling_distribution(
-            logits.expand(len(temps), -1), torch.tensor(temps, device=device), top_p
-        )
-        uniforms = torch.stack(
-            [
-                torch.rand(n_branches, generator=_row_generator(seed, i, k, t))
-                for t in range(len(temps))
-            ]
-        )
-        drawn = _sample(logp.repeat_interleave(n_branches, 0), uniforms.flatten())
-        untempered = torch.log_softmax(logits[0], dim=-1)
-        cache.batch_repeat_interleave(width)
-        branched = model(
-            input_ids=drawn[:, None],
-            attention_mask=torch.ones(width, ids.shape[1] + 1, dtype=torch.long, device=device),
-            position_ids=torch.full((width, 1), ids.shape[1], device=device),
-            output_hidden_states=True,
-            **{cache_keyword(model): cache},
-        )
-        states = torch.stack([branched.hidden_states[layer][:, -1] for layer in layers], dim=1)
-        parts["states"].append(states.float().cpu().view(len(temps), n_branches, len(layers), -1))
-        parts["tokens"].append(drawn.view(len(temps), n_branches).cpu())
-        parts["logprobs"].append(untempered[drawn].view(len(temps), n_branches).cpu())
-        parts["entropies"].append(_entropy(logp).cpu())
-        parts["top_mass"].append(_top_mass(logp).cpu())
+        prompt_ids = lm.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+        branch_points = sorted(set(steps))
+        for k, branched in _branch_sequence(
+            lm,
+            prompt_ids,
+            trajs.tokens[i],
+            branch_points,
+            temps,
+            n_branches,
+            top_p,
+            layers,
+            seed,
+            i,
+        ):
+            found[i, k] = branched
+    parts = {name: [found[position][name] for position in positions] for name in _TENSORS}
     rows = trajs.rows.iloc[[i for i, _ in positions]].reset_index(drop=True)
     prefixes = rows[["prompt_id", "prompt", "category", "temperature", "sample"]].assign(
         sequence=[i for i, _ in positions], step=[k for _, k in positions]

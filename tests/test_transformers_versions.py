@@ -2,9 +2,9 @@
 
 transformers up to 5.23 takes the KV cache as ``past_key_values``, 5.24 as ``cache``, and a
 forward pass silently drops a keyword it does not know: every step then runs without its
-context and the recorded states are wrong, with no error. These tests run the replay check
-under the oldest supported version, installed into a side folder, and check that a forward
-pass which ignores the cache is refused.
+context and the recorded states are wrong, with no error. These tests run the replay checks of
+extraction and branching under the oldest supported version, installed into a side folder, and
+check that a forward pass which ignores the cache is refused.
 
 The side folder: ``SDELM_OLD_TRANSFORMERS=/path`` names one made with
 ``python -m pip install --no-deps --target /path transformers==<OLDEST>`` (the Makefile makes
@@ -39,8 +39,10 @@ REPLAY = textwrap.dedent(
     """
     import torch, transformers
     from sdelm import extract
+    from sdelm.branching import branch, prefix_positions
     from sdelm.lm import cache_keyword
     from tests.conftest import tiny_lm
+    from tests.test_branching import replay as replay_branch
     from tests.test_extract import PROMPTS, replay_states
 
     print("transformers", transformers.__version__, "from", transformers.__file__)
@@ -53,6 +55,12 @@ REPLAY = textwrap.dedent(
             recorded = trajs.states[row, :, : int(trajs.lengths[row])]
             error = float((recorded - replay).abs().max() / recorded.abs().max())
             assert error <= 1e-4, (kind, row, error)
+        positions = prefix_positions(trajs, [1, 4])
+        branches = branch(lm, trajs, positions, n_branches=3)
+        for p, (i, k) in enumerate(positions):
+            token = int(branches.tokens[p, 0, 2])
+            expected = replay_branch(lm, trajs, i, k, token, branches.layers)
+            assert torch.allclose(branches.states[p, 0, 2], expected, atol=1e-4), (kind, i, k)
     print("replay equal")
     """
 )
