@@ -251,7 +251,8 @@ def _branch_sequence(
                 for t in range(n_temperatures)
             ]
         )
-        drawn = _sample(logp.repeat_interleave(n_branches, 0), uniforms.flatten())
+        probs = logp.exp()
+        drawn = _sample(probs.repeat_interleave(n_branches, 0), uniforms.flatten())
         shared = copy.deepcopy(cache)
         shared.batch_repeat_interleave(width)
         attention_mask = torch.ones(width, length + 1, dtype=torch.long, device=device)
@@ -274,7 +275,7 @@ def _branch_sequence(
                 "logprobs": torch.log_softmax(logits, dim=-1)[drawn]
                 .view(n_temperatures, n_branches)
                 .cpu(),
-                "entropies": _entropy(logp).cpu(),
+                "entropies": _entropy(logp, probs).cpu(),
                 "top_mass": _top_mass(logp).cpu(),
             },
         )

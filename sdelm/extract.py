@@ -154,17 +154,21 @@ def _sampling_distribution(
     return torch.log_softmax(logp.masked_fill(drop, -torch.inf), dim=-1)
 
 
-def _entropy(logp: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of each row of log-probabilities (batch, vocab) -> (batch,)."""
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros((), device=logp.device)).sum(dim=-1)
+def _entropy(logp: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy in nats of each row of log-probabilities (batch, vocab) -> (batch,).
+
+    ``probs``, ``logp.exp()`` where the caller has it, saves computing it again; tokens of
+    probability 0 (log-probability -inf) contribute 0.
+    """
+    probs = logp.exp() if probs is None else probs
+    return -(probs * logp).nansum(dim=-1)
 
 
-def _sample(logp: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling: one token per row of (batch, vocab) from uniforms (batch,)."""
-    cdf = logp.exp().cumsum(dim=-1)
+def _sample(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: one token per row of probabilities (batch, vocab) from uniforms."""
+    cdf = probs.cumsum(dim=-1)
     target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
-    return torch.searchsorted(cdf, target).squeeze(1).clamp(max=logp.shape[-1] - 1)
+    return torch.searchsorted(cdf, target).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 
 def _steps_per_copy(device: torch.device) -> int:
@@ -270,11 +274,12 @@ def _generate_batch(
         if control is not None:
             now = control(step, previous, logits, temperatures).to(device)
         logp = _sampling_distribution(logits, now, top_p)
-        token = _sample(logp, uniforms[:, step])
+        probs = logp.exp()
+        token = _sample(probs, uniforms[:, step])
         token_logp = logp.gather(1, token[:, None]).squeeze(1)
-        own_logp = torch.log_softmax(own_logits, dim=-1)
-        untempered = own_logp.gather(1, token[:, None]).squeeze(1)
-        entropy = _entropy(logp)
+        own_logit = own_logits.gather(1, token[:, None]).squeeze(1)
+        untempered = own_logit - torch.logsumexp(own_logits, dim=-1)
+        entropy = _entropy(logp, probs)
         token = torch.where(alive, token, pad_id)
         # Feed the token: the state *after* reading it is this step's state.
         attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=1)
