@@ -30,9 +30,9 @@ $(STAMP): pyproject.toml constraints.txt
 book: setup
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --path-output .
 
-# Every test: unit, packaged model, each chapter executed once by papermill (claims enforced)
-# and the chapters that cover every way the book extracts and fits again by nbval (determinism),
-# and the HTML built from the executed notebooks.
+# Every test: unit, packaged model, each chapter executed once by papermill (claims enforced),
+# two chapters again by nbval from an empty cache (extraction, a fit and its simulation:
+# determinism), and the HTML built from the executed notebooks.
 test: setup
 	SDELM_OLD_TRANSFORMERS=$(VENV)/old-transformers $(BIN)/python -m pytest
 

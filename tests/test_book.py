@@ -1,13 +1,15 @@
 """Every chapter executes under papermill, passes nbval, and the book builds with figures.
 
 Each chapter is executed from an empty trajectory cache (the model cache is shared) by
-papermill, with its claims enforced. The chapters that extract the book's standard data and
-fit its models (:data:`NBVAL`) are executed again by nbval, from another empty cache, which
-compares every text output: the two executions extract their trajectories and fit their models
+papermill, with its claims enforced. Two chapters (:data:`NBVAL`) are executed again by nbval,
+from another empty cache, which compares every text output: the chapter that extracts the
+book's standard data (generated and teacher-forced human text) and the cheapest one that fits
+the neural SDE to it and simulates the fit. The two executions extract, fit and simulate
 independently, so nbval checks that the same seed gives the same outputs on the real model. The
-other ways of extracting are checked for bit-identical repetition on tiny models, in less time:
-sampling (``tests/test_extract.py``), branching (``tests/test_branching.py``) and layer time
-(``tests/test_layer_time.py``). Each of the two runs has one cache
+other ways of extracting and fitting are checked for bit-identical repetition on tiny models,
+in less time: sampling (``tests/test_extract.py``), branching (``tests/test_branching.py``),
+layer time (``tests/test_layer_time.py``) and the fitting chapter's model zoo, cross-validated
+and compared over seeds (``tests/test_evaluate.py``). Each of the two runs has one cache
 for all chapters, as a reader's machine does: what one chapter extracted or fitted, a later
 chapter of the same run reuses. The HTML is built from the notebooks papermill executed, with
 execution off: no chapter runs a third time.
@@ -122,10 +124,11 @@ def test_chapter_executes_and_enforces_its_claims(executed, chapter):
 
 
 #: The chapters re-executed by nbval from a fresh cache: the determinism check of the book's
-#: standard data (generation and teacher-forced Shakespeare on the real model) and of the model
-#: zoo's fits. The other chapters are executed once, by papermill, with their claims enforced;
-#: branching and layer time repeat bit for bit in the unit tests named in this module's text.
-NBVAL = ["trajectories", "fitting"]
+#: standard data (generation and teacher-forced Shakespeare on the real model), of a neural SDE
+#: fitted to it and of its simulation. The other chapters are executed once, by papermill, with
+#: their claims enforced; branching, layer time and the model zoo's fits repeat bit for bit in
+#: the unit tests named in this module's text.
+NBVAL = ["trajectories", "simulation"]
 
 
 @pytest.mark.parametrize("chapter", NBVAL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 import sdelm
 from sdelm.fit import nll
 from sdelm.synthetic import as_trajectories, lines_of_thought_paths, ou_paths
@@ -65,3 +67,20 @@ def test_prepare_refuses_impossible_folds():
             assert "fold" in str(error) or "K-fold" in str(error)
         else:
             raise AssertionError(f"fold={fold} was accepted")
+
+
+def test_the_model_zoo_fits_bit_identically_twice():
+    """The fitting chapter's determinism, on data small enough for a unit test."""
+    trajs = as_trajectories(ou_paths(n=24, steps=12, dt=0.1), dt=0.1, per_prompt=2)
+    keep = {"OU / VAR(1)", "neural drift + σ floor", "neural SDE", "neural SDE (paper loss)"}
+    models = [m for m in sdelm.standard_models(hidden=8) if m[0] in keep]
+    assert len(models) == len(keep)
+    first, second = (
+        sdelm.evaluate.cross_validate(trajs, models=models, folds=3, dim=None) for _ in range(2)
+    )
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
+    first, second = (
+        sdelm.compare_models(trajs, seeds=[0, 1], dim=None, models=models).drop(columns="seconds")
+        for _ in range(2)
+    )
+    pd.testing.assert_frame_equal(first, second, check_exact=True)
