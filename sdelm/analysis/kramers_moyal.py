@@ -153,6 +153,15 @@ def _matrix(table: pd.DataFrame, prefixes: tuple[str, ...], dim: int) -> np.ndar
     return table[[f"{p}{j}" for p in prefixes for j in range(dim)]].to_numpy(dtype=float)
 
 
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson r of two vectors of equal length; None for fewer than three values or a constant."""
+    if len(a) < 3:
+        return None
+    a, b = a - a.mean(), b - b.mean()
+    scale = np.sqrt((a @ a) * (b @ b))
+    return float(a @ b / scale) if scale > 0 else None
+
+
 def _per_coordinate(table: pd.DataFrame, grid: Grid, min_count: int):
     """Yield each coordinate's kept cells and their moments as arrays (the fast core)."""
     if len(table) < min_count:
@@ -165,7 +174,8 @@ def _per_coordinate(table: pd.DataFrame, grid: Grid, min_count: int):
     x, dx, mu, var = (block[:, k * dim : (k + 1) * dim] for k in range(4))
     cells = table[[f"cell{p}" for p in range(len(grid.pairs))]].to_numpy()
     design = np.column_stack([x, np.ones(len(x))])
-    residual = dx - design @ np.linalg.lstsq(design, dx, rcond=None)[0]
+    # Least squares by its normal equations: (d + 1)² numbers to solve, once per resample.
+    residual = dx - design @ np.linalg.lstsq(design.T @ design, design.T @ dx, rcond=None)[0]
     n_cells = grid.bins**2
     for p, pair in enumerate(grid.pairs):
         cell = cells[:, p]
@@ -231,11 +241,11 @@ def agreement(
         left out); NaN if none is left.
 
     """
-    rs = []
-    for row in _per_coordinate(table, grid, min_count):
-        a, b = row[kind], row[f"model_{kind}"]
-        if len(a) >= 3 and a.std() > 0 and b.std() > 0:
-            rs.append(np.corrcoef(a, b)[0, 1])
+    rs = [
+        _correlation(row[kind], row[f"model_{kind}"])
+        for row in _per_coordinate(table, grid, min_count)
+    ]
+    rs = [r for r in rs if r is not None]
     return float(np.mean(rs)) if rs else float("nan")
 
 
@@ -380,6 +390,7 @@ class DriftSums:
             for slot in range(len(dict.fromkeys(pair))):
                 a = increments[p, kept, slot] / count[p, kept] / self.dt
                 b = drift[p, kept, slot] / count[p, kept]
-                if len(a) >= 3 and a.std() > 0 and b.std() > 0:
-                    rs.append(np.corrcoef(a, b)[0, 1])
+                r = _correlation(a, b)
+                if r is not None:
+                    rs.append(r)
         return float(np.mean(rs)) if rs else float("nan")
