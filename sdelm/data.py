@@ -89,6 +89,11 @@ class SDEData:
         x = self.states[seq, step]
         return Transitions(x=x, t=self.times[step], dx=self.states[seq, step + 1] - x, dt=self.dt)
 
+    def transition_prompts(self) -> np.ndarray:
+        """Return the ``prompt_id`` of each transition, in :meth:`transitions`' order: (n,)."""
+        both = self.mask[:, :-1] & self.mask[:, 1:]
+        return self.rows["prompt_id"].to_numpy()[both.nonzero(as_tuple=True)[0].numpy()]
+
     def __len__(self) -> int:
         return int(self.states.shape[0])
 

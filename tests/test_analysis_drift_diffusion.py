@@ -188,13 +188,34 @@ def test_drift_agreement_against_a_surrogate_equals_the_bootstrap_over_the_table
     _, tables, grids = drift_diffusion.surrogate_tables(ou_split, bins=4, seed=0)
     fast = drift_diffusion.agreement_versus(tables, grids, "iid", n_resamples=40, seed=3)
 
-    def difference(frame: pd.DataFrame) -> float:  # the agreement on each series' rows
-        return kramers_moyal.agreement(
-            frame[frame["series"] == "data"], grids["data"]
-        ) - kramers_moyal.agreement(frame[frame["series"] == "iid"], grids["iid"])
+    # The agreement on each series' rows, read on the cells each series populates.
+    statistics = {
+        name: drift_diffusion.agreement(tables[tables["series"] == name], grids[name])
+        for name in ("data", "iid")
+    }
+
+    def difference(frame: pd.DataFrame) -> float:
+        data, iid = (statistics[name](frame[frame["series"] == name]) for name in statistics)
+        return data - iid
 
     slow = cluster_bootstrap(tables, difference, n_resamples=40, seed=3)
     assert fast == pytest.approx(slow, rel=1e-9, abs=1e-12)
     # A linear drift agrees with the binned increments of an i.i.d. series too (its drift is
     # a full pull to the mean): the agreement is generic, and the difference small.
     assert abs(fast["estimate"]) < 0.2
+
+
+def test_a_resample_of_the_agreement_reads_the_cells_the_data_populate(ou_split):
+    grid = kramers_moyal.Grid.fit(ou_split.train.states[ou_split.train.mask], bins=6)
+    table = kramers_moyal.transition_table(ou_split.test, grid, ou_model())
+    statistic = drift_diffusion.agreement(table, grid, min_count=100)
+    assert statistic(table) == kramers_moyal.agreement(table, grid, min_count=100)
+    # Every prompt drawn twice: the same cell means, and no cell admitted that the data leave
+    # below min_count, although each now holds twice its transitions.
+    doubled = pd.concat([table, table], ignore_index=True)
+    assert statistic(doubled) == pytest.approx(statistic(table), rel=1e-9)
+    sparse = kramers_moyal.populated_cells(doubled, grid, min_count=100)
+    assert (sparse & ~kramers_moyal.populated_cells(table, grid, min_count=100)).any()
+    assert kramers_moyal.agreement(doubled, grid, min_count=100) != pytest.approx(
+        statistic(table), rel=1e-6
+    )

@@ -213,18 +213,3 @@ def test_a_discrete_mixture_is_heavier_tailed_than_its_gaussian_surrogate():
     jumps = Branches(**{**branches.__dict__, "states": z1})
     seen = branching_analysis.measured(jumps, identity)
     assert (seen["kurtosis"] - seen["surrogate_kurtosis"]).mean() > 5
-
-
-def test_cluster_bootstrap_and_holm():
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        {"prompt_id": np.repeat(np.arange(20), 5), "x": rng.normal(0.5, 1.0, 100)}
-    )
-    effect = sdelm.stats.cluster_bootstrap(frame, lambda f: f["x"].mean(), n_resamples=500)
-    assert effect["low"] < effect["estimate"] < effect["high"]
-    assert effect["low"] > 0 and effect["p_value"] < 0.01 and effect["n_clusters"] == 20
-    null = sdelm.stats.cluster_bootstrap(frame, lambda f: f["x"].mean(), null=0.5, n_resamples=500)
-    assert null["p_value"] > 0.2
-    assert np.allclose(sdelm.stats.holm([0.01, 0.04, 0.3]), [0.03, 0.08, 0.3])
-    with pytest.raises(ValueError, match="two"):
-        sdelm.stats.cluster_bootstrap(frame.assign(prompt_id=1), lambda f: 0.0)

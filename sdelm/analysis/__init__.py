@@ -7,6 +7,7 @@ from sdelm.analysis import (
     kramers_moyal,
     phase,
     properties,
+    pull_back,
     surrogates,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "kramers_moyal",
     "phase",
     "properties",
+    "pull_back",
     "surrogates",
 ]

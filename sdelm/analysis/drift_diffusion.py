@@ -202,11 +202,19 @@ def versus(statistic: Statistic, surrogate: str, column: str = "series") -> Stat
     return difference
 
 
-def agreement(grid: kramers_moyal.Grid, *, kind: str = "drift", min_count: int = 30) -> Statistic:
-    """Statistic: :func:`kramers_moyal.agreement` of a transition table on ``grid``."""
+def agreement(
+    table: pd.DataFrame, grid: kramers_moyal.Grid, *, kind: str = "drift", min_count: int = 30
+) -> Statistic:
+    """Statistic: :func:`kramers_moyal.agreement` of a resample of ``table``.
 
-    def statistic(table: pd.DataFrame) -> float:
-        return kramers_moyal.agreement(table, grid, kind=kind, min_count=min_count)
+    Every resample reads the cells that ``table`` populates
+    (:func:`kramers_moyal.populated_cells`), so the statistic of the data is the agreement of
+    ``table`` itself and repeated prompts cannot admit sparse cells.
+    """
+    cells = kramers_moyal.populated_cells(table, grid, min_count=min_count)
+
+    def statistic(frame: pd.DataFrame) -> float:
+        return kramers_moyal.agreement(frame, grid, kind=kind, min_count=min_count, cells=cells)
 
     return statistic
 

@@ -40,6 +40,7 @@ __all__ = [
     "binned_moments",
     "cell_moments",
     "compare_with_model",
+    "populated_cells",
     "transition_table",
 ]
 
@@ -105,9 +106,7 @@ class Grid:
 def _transitions(data: SDEData | Transitions) -> tuple[Transitions, np.ndarray | None]:
     if isinstance(data, Transitions):
         return data, None
-    both = data.mask[:, :-1] & data.mask[:, 1:]
-    seq = both.nonzero(as_tuple=True)[0].numpy()
-    return data.transitions(), data.rows["prompt_id"].to_numpy()[seq]
+    return data.transitions(), data.transition_prompts()
 
 
 @torch.no_grad()
@@ -162,8 +161,39 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(a @ b / scale) if scale > 0 else None
 
 
-def _per_coordinate(table: pd.DataFrame, grid: Grid, min_count: int):
-    """Yield each coordinate's kept cells and their moments as arrays (the fast core)."""
+def populated_cells(table: pd.DataFrame, grid: Grid, *, min_count: int = 30) -> np.ndarray:
+    """Cells with at least ``min_count`` transitions of a table, for each pair of coordinates.
+
+    A bootstrap of a statistic over cells reads the cells populated in the data: a resample
+    that repeats prompts repeats their transitions, so selecting cells by its own counts would
+    admit cells the data leave sparse, whose noisier moments bias the resampled statistic.
+
+    Args:
+        table: From :func:`transition_table`.
+        grid: The grid the table was binned on.
+        min_count: Minimum transitions per cell (at least 2).
+
+    Returns:
+        Bool array of size (n_pairs, bins²).
+
+    """
+    n_cells = grid.bins**2
+    return np.stack(
+        [
+            np.bincount(table[f"cell{p}"].to_numpy(), minlength=n_cells) >= max(min_count, 2)
+            for p in range(len(grid.pairs))
+        ]
+    )
+
+
+def _per_coordinate(
+    table: pd.DataFrame, grid: Grid, min_count: int, read: np.ndarray | None = None
+):
+    """Yield each coordinate's kept cells and their moments as arrays (the fast core).
+
+    ``read`` (from :func:`populated_cells` of the data) fixes the cells read; a cell is then
+    dropped only where the table has fewer than two of its transitions.
+    """
     if len(table) < min_count:
         raise ValueError(f"{len(table)} transitions are fewer than min_count={min_count}.")
     dt = table.attrs.get("dt", 1.0)
@@ -180,7 +210,8 @@ def _per_coordinate(table: pd.DataFrame, grid: Grid, min_count: int):
     for p, pair in enumerate(grid.pairs):
         cell = cells[:, p]
         count = np.bincount(cell, minlength=n_cells).astype(float)
-        kept = np.flatnonzero(count >= max(min_count, 2))
+        populated = count >= max(min_count, 2) if read is None else read[p] & (count >= 2)
+        kept = np.flatnonzero(populated)
 
         def mean(values: np.ndarray, cell=cell, count=count, kept=kept) -> np.ndarray:
             return (np.bincount(cell, values, minlength=n_cells) / np.maximum(count, 1))[kept]
@@ -226,7 +257,12 @@ def cell_moments(table: pd.DataFrame, grid: Grid, *, min_count: int = 30) -> pd.
 
 
 def agreement(
-    table: pd.DataFrame, grid: Grid, *, kind: str = "drift", min_count: int = 30
+    table: pd.DataFrame,
+    grid: Grid,
+    *,
+    kind: str = "drift",
+    min_count: int = 30,
+    cells: np.ndarray | None = None,
 ) -> float:
     """Mean over coordinates of the across-cell Pearson r of Kramers–Moyal and model.
 
@@ -235,6 +271,8 @@ def agreement(
         grid: The grid the table was binned on.
         kind: ``"drift"`` or ``"diffusion"``.
         min_count: Minimum transitions per cell.
+        cells: Read these cells (:func:`populated_cells` of the data, for a resample of it);
+            default those of ``table`` with ``min_count`` transitions.
 
     Returns:
         The mean r (coordinates with fewer than three kept cells, or a constant column, are
@@ -243,7 +281,7 @@ def agreement(
     """
     rs = [
         _correlation(row[kind], row[f"model_{kind}"])
-        for row in _per_coordinate(table, grid, min_count)
+        for row in _per_coordinate(table, grid, min_count, cells)
     ]
     rs = [r for r in rs if r is not None]
     return float(np.mean(rs)) if rs else float("nan")
@@ -377,16 +415,20 @@ class DriftSums:
     def agreement(self, rows: np.ndarray, *, min_count: int = 30) -> float:
         """Return :func:`agreement` (drift) of the clusters at ``rows`` (repeats count).
 
+        The cells read are those every cluster together populates (:func:`populated_cells`),
+        as for a bootstrap of :func:`agreement`.
+
         Args:
             rows: Row indices into :attr:`clusters`, with repetition.
             min_count: Minimum transitions per cell.
 
         """
+        populated = self.count.sum(0) >= max(min_count, 2)
         count = self.count[rows].sum(0)
         increments, drift = self.increments[rows].sum(0), self.drift[rows].sum(0)
         rs = []
         for p, pair in enumerate(self.pairs):
-            kept = count[p] >= max(min_count, 2)
+            kept = populated[p] & (count[p] >= 2)
             for slot in range(len(dict.fromkeys(pair))):
                 a = increments[p, kept, slot] / count[p, kept] / self.dt
                 b = drift[p, kept, slot] / count[p, kept]

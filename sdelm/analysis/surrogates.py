@@ -14,7 +14,8 @@ sequences, lengths and valid steps:
   same marginal law, no sequence structure at all.
 
 The functions work on ``states`` (n_sequences, n_steps, dim) and ``mask`` (n_sequences, n_steps)
-tensors; :func:`surrogate_split` applies one to an :class:`~sdelm.data.SDEData`.
+tensors; :func:`surrogate_split` applies one to an :class:`~sdelm.data.SDEData`, and
+:func:`surrogate_data` to every split of prepared data, for refitting a model.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from sdelm.data import SDEData
+from sdelm.data import PreparedData, SDEData
 
 __all__ = [
     "KINDS",
@@ -33,6 +34,7 @@ __all__ = [
     "iid_resample",
     "shuffle_in_time",
     "simulate_var1",
+    "surrogate_data",
     "surrogate_series",
     "surrogate_split",
     "var1_surrogate",
@@ -237,6 +239,31 @@ def surrogate_split(
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
     return replace(data, states=states, name=f"{data.name} ({kind} surrogate)", entropies=None)
+
+
+def surrogate_data(
+    data: PreparedData, kind: Literal["var1", "shuffled", "iid"], *, seed: int = 0
+) -> PreparedData:
+    """Make a surrogate of every split of prepared data, to refit a model on.
+
+    The VAR(1) is fitted to the training split and simulated in each split; each split draws
+    its own random stream. Sequences keep their rows (prompts), and the projection is kept.
+
+    Args:
+        data: Prepared data.
+        kind: ``"var1"``, ``"shuffled"`` or ``"iid"``.
+        seed: Seed of the surrogate.
+
+    Returns:
+        The surrogate's train, validation and test splits.
+
+    """
+    var1 = fit_var1(data.train.states, data.train.mask) if kind == "var1" else None
+    train, val, test = (
+        surrogate_split(split, kind, var1=var1, seed=seed + j)
+        for j, split in enumerate((data.train, data.val, data.test))
+    )
+    return replace(data, train=train, val=val, test=test)
 
 
 def surrogate_series(

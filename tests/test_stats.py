@@ -1,0 +1,25 @@
+"""One bootstrap for every effect (clusters resampled, a percentile interval) and Holm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import sdelm
+from sdelm.stats import cluster_bootstrap
+
+
+def test_cluster_bootstrap_and_holm():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"prompt_id": np.repeat(np.arange(20), 5), "x": rng.normal(0.5, 1.0, 100)}
+    )
+    effect = cluster_bootstrap(frame, lambda f: f["x"].mean(), n_resamples=500)
+    assert effect["low"] < effect["estimate"] < effect["high"]
+    assert effect["low"] > 0 and effect["p_value"] < 0.01 and effect["n_clusters"] == 20
+    null = cluster_bootstrap(frame, lambda f: f["x"].mean(), null=0.5, n_resamples=500)
+    assert null["p_value"] > 0.2
+    assert np.allclose(sdelm.stats.holm([0.01, 0.04, 0.3]), [0.03, 0.08, 0.3])
+    with pytest.raises(ValueError, match="two"):
+        cluster_bootstrap(frame.assign(prompt_id=1), lambda f: 0.0)
