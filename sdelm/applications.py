@@ -232,8 +232,8 @@ def predict_temperature(
 
     Returns:
         ``mae`` (mean absolute error in temperature units, averaged per test prompt, then over
-        prompts) with ``low``/``high`` (BCa bootstrap over test prompts) and ``r_squared`` (of
-        the training fit).
+        prompts) with ``low``/``high`` (a bootstrap over test prompts) and ``r_squared`` (of the
+        training fit).
 
     """
     errors, r_squared = temperature_errors(train, test, features)

@@ -2,7 +2,8 @@
 
 One bootstrap API: :func:`cluster_bootstrap` resamples whole clusters (prompts, passages) with
 replacement, gives a percentile interval and a two-sided bootstrap p-value against a null
-value; :func:`holm` adjusts a chapter's p-values together.
+value, both widened for few clusters by the ratio of the t(G − 1) and normal critical values;
+:func:`holm` adjusts a chapter's p-values together.
 """
 
 from __future__ import annotations
@@ -39,14 +40,25 @@ def cluster_bootstrap(
         n_resamples: Bootstrap resamples.
         seed: Seed of the resampling.
 
+    With few clusters the resamples spread less than the statistic varies between samples:
+    G clusters resampled give a bootstrap distribution of G − 1 effective degrees of freedom
+    at most. So the resampled values are stretched about the estimate by
+    t_{G−1}/z at the interval's level (Cameron, Gelbach and Miller's t(G − 1) critical values
+    for clustered data): 1.62 for 4 clusters, 1.09 for 16, 1.04 for 32, tending to 1. The
+    interval and the p-value are both read off the stretched values.
+
     Returns:
-        ``estimate``, ``low``, ``high``, ``p_value`` (two-sided, the share of resamples on the
-        far side of ``null``, doubled, with the +1 correction) and ``n_clusters``.
+        ``estimate``, ``low``, ``high``, ``p_value`` (two-sided, the share of stretched
+        resamples on the far side of ``null``, doubled, with the +1 correction) and
+        ``n_clusters``.
 
     Raises:
         ValueError: With fewer than two clusters.
 
     """
+    from scipy.stats import norm as normal
+    from scipy.stats import t as t_distribution
+
     # Row positions of each cluster: a resample is one positional take of the frame, the
     # clusters' rows in the order drawn.
     indices = frame.groupby(cluster, sort=True).indices
@@ -67,12 +79,15 @@ def cluster_bootstrap(
         ]
     )
     draws = draws[np.isfinite(draws)]
+    estimate = float(statistic(frame))
     tail = (1 - confidence) / 2
+    stretch = t_distribution.ppf(1 - tail, len(groups) - 1) / normal.ppf(1 - tail)
+    draws = estimate + stretch * (draws - estimate)
     low, high = np.quantile(draws, [tail, 1 - tail])
     below = (1 + np.sum(draws <= null)) / (1 + len(draws))
     above = (1 + np.sum(draws >= null)) / (1 + len(draws))
     return {
-        "estimate": float(statistic(frame)),
+        "estimate": estimate,
         "low": float(low),
         "high": float(high),
         "p_value": float(min(1.0, 2 * min(below, above))),

@@ -21,9 +21,9 @@ def autoregressive(
     x = torch.zeros(n, steps, dim)
     for t in range(len(coefficients), steps):
         shock = torch.randn(n, dim, generator=generator)
-        if noise == "student":  # t with 3 degrees of freedom: heavy tails
-            chi2 = torch.randn(n, dim, 3, generator=generator).pow(2).sum(-1)
-            shock = shock / (chi2 / 3).sqrt()
+        if noise == "student":  # t with 5 degrees of freedom: heavy tails, finite kurtosis
+            chi2 = torch.randn(n, dim, 5, generator=generator).pow(2).sum(-1)
+            shock = shock / (chi2 / 5).sqrt()
         x[:, t] = sum(c * x[:, t - 1 - i] for i, c in enumerate(coefficients)) + shock
     trajs = synthetic.as_trajectories(x, dt=1.0, per_prompt=4)
     return sdelm.prepare(trajs, dim=dim, seed=seed)

@@ -23,3 +23,16 @@ def test_cluster_bootstrap_and_holm():
     assert np.allclose(sdelm.stats.holm([0.01, 0.04, 0.3]), [0.03, 0.08, 0.3])
     with pytest.raises(ValueError, match="two"):
         cluster_bootstrap(frame.assign(prompt_id=1), lambda f: 0.0)
+
+
+def test_few_clusters_widen_the_interval_by_the_t_critical_value():
+    # Four prompts, all with a positive mean: the plain bootstrap would call it certain (every
+    # resample positive); the t(3) stretch widens the interval by 3.18 / 1.96.
+    frame = pd.DataFrame({"prompt_id": np.arange(4), "x": [0.4, 1.0, 1.6, 2.2]})
+    few = cluster_bootstrap(frame, lambda f: f["x"].mean(), n_resamples=4000)
+    assert few["estimate"] == pytest.approx(1.3)
+    assert few["low"] < 0.4 and few["p_value"] > 0.001
+    many = pd.DataFrame({"prompt_id": np.arange(400), "x": np.tile([0.4, 1.0, 1.6, 2.2], 100)})
+    plain = cluster_bootstrap(many, lambda f: f["x"].mean(), n_resamples=4000)
+    width = plain["high"] - plain["low"]  # ≈ 2 · 1.96 · sd / √400, stretched by 1.003
+    assert width == pytest.approx(2 * 1.96 * frame["x"].std(ddof=0) / 20 * 1.003, rel=0.06)
