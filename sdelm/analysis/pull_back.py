@@ -46,8 +46,8 @@ def pull_back_frame(
 
     Returns:
         Columns ``series`` (``"data"`` and :data:`surrogates.KINDS`), ``prompt_id``, ``radius``
-        (|x|), ``outer`` (radius above the series' :data:`OUTER` quantile) and ``pulled``
-        (ΔV < 0 under the series' model).
+        (the distance from the centre), ``outer`` (radius above the series' :data:`OUTER`
+        quantile) and ``pulled`` (ΔV < 0 under the series' model).
 
     """
     frames = []
