@@ -13,18 +13,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
 from sdelm.data import SDEData
 from sdelm.extract import untempered
 from sdelm.lm import LM
-from sdelm.simulate import energy_distance
 from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
 __all__ = [
-    "direction",
-    "energy_test",
+    "energy_effect",
     "equivalence_effect",
     "explained_variance",
     "group_labels",
@@ -446,52 +443,88 @@ def mean_difference(
     return {"difference": result["estimate"], "low": result["low"], "high": result["high"]}
 
 
-def energy_test(
-    a: np.ndarray | torch.Tensor,
-    b: np.ndarray | torch.Tensor,
+def _energy(distances: np.ndarray, first: np.ndarray, pairs: np.ndarray) -> float:
+    """2·mean d(A, B) − mean d(A, A) − mean d(B, B) over the allowed ``pairs`` (n, n)."""
+    cross = pairs & (first[:, None] != first[None, :])
+    own_a = pairs & first[:, None] & first[None, :]
+    own_b = pairs & ~first[:, None] & ~first[None, :]
+    return float(2 * distances[cross].mean() - distances[own_a].mean() - distances[own_b].mean())
+
+
+def energy_effect(
+    points: np.ndarray | torch.Tensor,
+    groups: Sequence[object] | np.ndarray,
+    clusters: Sequence[object] | np.ndarray,
     *,
-    n_resamples: int = 999,
+    paired: bool = False,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Two-sample permutation test of equal distributions by the energy distance.
+    """Energy distance between two groups of points, with an interval over clusters.
+
+    The energy distance ``2E d(X, Y) − E d(X, X') − E d(Y, Y')`` (Euclidean ``d``) is 0
+    exactly when the two groups share one distribution. It is estimated from pairs of points
+    of *different* clusters only (``paired=False``: the groups are made of different units,
+    e.g. human passages and generated prompts), or of the *same* cluster only
+    (``paired=True``: every cluster holds both groups, e.g. one prompt's samples at two
+    temperatures; each cluster's own distance, averaged over clusters). Either way no point is
+    paired with itself or with its copy in a bootstrap resample, so the estimate is unbiased
+    for 0 under no difference, and so are its resamples.
 
     Args:
-        a: Array of size (n, dim): one point per independent unit (e.g. a sequence's mean
-            state).
-        b: Array of size (m, dim).
-        n_resamples: Random relabellings (``scipy.stats.permutation_test``).
-        seed: Seed of the relabellings.
+        points: Array of size (n, dim): one point per independent unit of observation (e.g. a
+            sequence's mean state).
+        groups: Array of size (n,) with exactly two distinct labels.
+        clusters: Array of size (n,): the units resampled together (prompts, passages).
+        paired: Whether pairs are taken within clusters (see above).
+        seed: Seed of the bootstrap.
 
     Returns:
-        ``energy_distance`` (observed) and ``p_value`` (one-sided: large distances are
-        evidence of different distributions).
+        :func:`sdelm.stats.cluster_bootstrap`'s ``estimate``, ``low``, ``high``, ``p_value``
+        (against 0) and ``n_clusters``.
 
     Raises:
-        ValueError: If either sample has fewer than two points or the dimensions differ.
+        ValueError: On sizes that disagree, other than two groups, or too few pairs: fewer
+            than two clusters with two points of each group (paired), or a group within
+            fewer than two clusters (unpaired).
 
     """
-    a = torch.tensor(np.asarray(a, dtype=np.float64))
-    b = torch.tensor(np.asarray(b, dtype=np.float64))
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+    points = np.asarray(points, dtype=np.float64)
+    groups, clusters = np.asarray(groups), np.asarray(clusters)
+    labels = np.unique(groups)
+    if points.ndim != 2 or not len(points) == len(groups) == len(clusters) or len(labels) != 2:
         raise ValueError(
-            "energy_test needs two samples of size (n, dim) and (m, dim) with n, m >= 2, got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}."
+            "energy_effect needs points of size (n, dim), and groups and clusters of size "
+            f"(n,) with two group labels; got {points.shape}, {groups.shape} ({len(labels)} "
+            f"labels) and {clusters.shape}."
         )
-    pooled = torch.cat([a, b])
+    first = groups == labels[0]
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    if paired:
+        values = {}
+        for key in np.unique(clusters):
+            rows = np.flatnonzero(clusters == key)
+            if min(first[rows].sum(), (~first[rows]).sum()) >= 2:
+                own = ~np.eye(len(rows), dtype=bool)
+                values[key] = _energy(distances[np.ix_(rows, rows)], first[rows], own)
+        if len(values) < 2:
+            raise ValueError(
+                "A paired energy distance needs two clusters with two points of each group."
+            )
+        frame = pd.DataFrame({"cluster": list(values), "value": list(values.values())})
+        return cluster_bootstrap(
+            frame, lambda f: float(f["value"].mean()), cluster="cluster", seed=seed
+        )
+    for side in (first, ~first):
+        if len(np.unique(clusters[side])) < 2:
+            raise ValueError("Each group needs points from two clusters at least.")
+    frame = pd.DataFrame({"cluster": clusters, "row": np.arange(len(points))})
 
-    def statistic(i: np.ndarray, j: np.ndarray) -> float:
-        return energy_distance(pooled[i], pooled[j])
+    def statistic(f: pd.DataFrame) -> float:
+        rows, keys = f["row"].to_numpy(), f["cluster"].to_numpy()
+        apart = keys[:, None] != keys[None, :]
+        return _energy(distances[np.ix_(rows, rows)], first[rows], apart)
 
-    result = stats.permutation_test(
-        (np.arange(len(a)), np.arange(len(a), len(pooled))),
-        statistic,
-        permutation_type="independent",
-        vectorized=False,
-        n_resamples=n_resamples,
-        alternative="greater",
-        random_state=np.random.default_rng(seed),
-    )
-    return {"energy_distance": float(result.statistic), "p_value": float(result.pvalue)}
+    return cluster_bootstrap(frame, statistic, cluster="cluster", seed=seed)
 
 
 def temperature_contrast(
@@ -579,25 +612,6 @@ def untempered_logprob(lm: LM, trajs: Trajectories) -> np.ndarray:
     logprobs = untempered(lm, trajs).double()
     logprobs[~trajs.mask] = 0.0
     return (logprobs.sum(dim=1) / trajs.mask.sum(dim=1).clamp(min=1)).numpy()
-
-
-def direction(low: float, high: float) -> str:
-    """Read an interval of a slope or difference as a direction.
-
-    Args:
-        low: Lower end of the interval.
-        high: Upper end.
-
-    Returns:
-        ``"rises"`` when the interval is above 0, ``"falls"`` when below, else
-        ``"shows no clear change"``.
-
-    """
-    if low > 0:
-        return "rises"
-    if high < 0:
-        return "falls"
-    return "shows no clear change"
 
 
 def state_labels(data: SDEData) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:

@@ -21,6 +21,7 @@ import dataclasses
 import math
 import numbers
 import warnings
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,9 +35,17 @@ from sdelm.corpus import check_integers
 from sdelm.data import SDEData
 from sdelm.devices import check_memory
 from sdelm.models import SDEModel
+from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import check_time_step
 
-__all__ = ["METHODS", "convergence", "energy_distance", "simulate", "simulate_split"]
+__all__ = [
+    "METHODS",
+    "convergence",
+    "energy_distance",
+    "energy_distance_effect",
+    "simulate",
+    "simulate_split",
+]
 
 METHODS = ("euler", "milstein", "srk")
 
@@ -452,3 +461,85 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(
         2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
     )
+
+
+def energy_distance_effect(
+    real: torch.Tensor,
+    mask: torch.Tensor,
+    simulated: dict[str, torch.Tensor],
+    prompts: Sequence[object],
+    statistic: Callable[[pd.DataFrame], float],
+    *,
+    steps: Sequence[int],
+    null: float = 0.0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Measure a statistic of simulated ensembles' energy distances to the real states.
+
+    At each of ``steps`` the cloud of every model's paths is compared with the cloud of real
+    states by the energy distance (:func:`energy_distance`). A bootstrap resample of prompts
+    takes their real sequences and the paths simulated from those sequences' first states
+    together: a sequence drawn twice weighs twice, so every resample reuses the distance
+    matrices of the full sample.
+
+    Args:
+        real: Float tensor of size (n, K + 1, dim): held-out sequences.
+        mask: Bool tensor of size (n, K + 1): their valid steps.
+        simulated: Model name → float tensor of size (n · n_paths, K + 1, dim), as
+            :func:`simulate` returns from the sequences' first states (row ``i · n_paths + j``
+            is the j-th path from sequence i).
+        prompts: Size (n,): each sequence's prompt, the unit resampled.
+        statistic: Maps a table of energy distances (index ``steps``, one column per model)
+            to the effect, e.g. the mean over steps of one model's minus another's.
+        steps: Positions compared (each with a valid real state).
+        null: The statistic's value under no effect.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s ``estimate``, ``low``, ``high``, ``p_value``
+        and ``n_clusters``.
+
+    Raises:
+        ValueError: If the sizes disagree.
+
+    """
+    n = len(real)
+    sizes = {name: len(paths) for name, paths in simulated.items()}
+    if mask.shape != real.shape[:2] or len(prompts) != n or any(s % n for s in sizes.values()):
+        raise ValueError(
+            f"real (n, K + 1, dim), mask (n, K + 1), prompts (n,) and simulated (n · n_paths, "
+            f"K + 1, dim) must agree; got {tuple(real.shape)}, {tuple(mask.shape)}, "
+            f"{len(prompts)} prompts and path counts {sizes}."
+        )
+    steps = list(steps)
+    valid = mask[:, steps].T.double()  # (S, n)
+    real_pairs, means = [], {name: ([], []) for name in simulated}
+    for k in steps:  # per step, distances summed over each pair of sequences' paths
+        x = real[:, k].double()
+        real_pairs.append(torch.cdist(x, x))
+        for name, paths in simulated.items():
+            per = sizes[name] // n
+            p = paths[:, k].double()
+            means[name][0].append(torch.cdist(p, p).reshape(n, per, n, per).mean((1, 3)))
+            means[name][1].append(torch.cdist(p, x).reshape(n, per, n).mean(1))
+    real_pairs = torch.stack(real_pairs)  # (S, n, n)
+    blocks = {name: (torch.stack(a), torch.stack(b)) for name, (a, b) in means.items()}
+
+    def distances(counts: torch.Tensor) -> pd.DataFrame:
+        weight = counts * valid  # (S, n): sequences drawn, where their real state exists
+        own = torch.einsum("si,sij,sj->s", weight, real_pairs, weight) / weight.sum(1) ** 2
+        table = {}
+        for name, (among, across) in blocks.items():
+            paths = torch.einsum("i,sij,j->s", counts, among, counts) / counts.sum() ** 2
+            cross = torch.einsum("i,sij,sj->s", counts, across, weight) / (
+                counts.sum() * weight.sum(1)
+            )
+            table[name] = (2 * cross - paths - own).numpy()
+        return pd.DataFrame(table, index=pd.Index(steps, name="step"))
+
+    def resampled(f: pd.DataFrame) -> float:
+        counts = np.bincount(f["row"].to_numpy(), minlength=n).astype(np.float64)
+        return statistic(distances(torch.from_numpy(counts)))
+
+    frame = pd.DataFrame({"prompt_id": list(prompts), "row": np.arange(n)})
+    return cluster_bootstrap(frame, resampled, null=null, seed=seed)

@@ -183,11 +183,26 @@ def test_claims_are_enforced_only_with_the_default_parameters():
         enforced.report(["missing"])
 
 
-def test_energy_test_tells_shifted_from_equal_samples():
+def test_energy_effect_tells_shifted_from_equal_clustered_samples():
     rng = np.random.default_rng(0)
-    same = describe.energy_test(rng.normal(size=(30, 2)), rng.normal(size=(30, 2)))
-    shifted = describe.energy_test(rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 1)
-    assert same["p_value"] > 0.05
-    assert shifted["p_value"] < 0.01 and shifted["energy_distance"] > same["energy_distance"]
-    with pytest.raises(ValueError, match="n, m >= 2"):
-        describe.energy_test(np.zeros((1, 2)), np.zeros((5, 2)))
+    offsets = rng.normal(size=(40, 1, 2))  # each cluster has its own centre
+    points = (offsets + rng.normal(scale=0.5, size=(40, 3, 2))).reshape(-1, 2)
+    clusters = np.repeat(np.arange(40), 3)
+    groups = np.where(clusters < 20, "a", "b")  # unpaired: the groups are other clusters
+    same = describe.energy_effect(points, groups, clusters)
+    shifted = describe.energy_effect(points + (groups == "b")[:, None], groups, clusters)
+    assert same["low"] < 0 < same["high"] and same["p_value"] > 0.05
+    assert shifted["low"] > 0 and shifted["p_value"] < 0.01
+    assert same["n_clusters"] == shifted["n_clusters"] == 40
+    # paired: every cluster holds both groups; within-cluster pairs remove the offsets
+    twice = np.repeat(np.arange(40), 4)
+    pairs = (np.repeat(offsets, 4, axis=1) + rng.normal(scale=0.5, size=(40, 4, 2))).reshape(-1, 2)
+    labels = np.tile(["low", "low", "high", "high"], 40)
+    none = describe.energy_effect(pairs, labels, twice, paired=True)
+    moved = describe.energy_effect(pairs + 0.5 * (labels == "high")[:, None], labels, twice,
+                                   paired=True)  # fmt: skip
+    assert none["low"] < 0 < none["high"] and moved["low"] > 0
+    with pytest.raises(ValueError, match="two group labels"):
+        describe.energy_effect(points, np.zeros(len(points)), clusters)
+    with pytest.raises(ValueError, match="two clusters with two points"):
+        describe.energy_effect(points, groups, clusters, paired=True)

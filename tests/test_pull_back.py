@@ -1,11 +1,11 @@
-"""The pull-back of outer states, on the data and on its surrogates."""
+"""The pull-back of outer states and the drift map's contraction, on data and surrogates."""
 
 from __future__ import annotations
 
 import torch
 
 import sdelm
-from sdelm.analysis import surrogates
+from sdelm.analysis import contraction, surrogates
 from sdelm.analysis.pull_back import pull_back_effects, pull_back_frame
 from sdelm.baselines import OrnsteinUhlenbeck
 from sdelm.synthetic import as_trajectories, ou_paths
@@ -46,3 +46,17 @@ def test_surrogate_data_keeps_rows_masks_and_the_projection():
             assert copy.rows.equals(split.rows) and torch.equal(copy.mask, split.mask)
             assert not torch.equal(copy.states, split.states)
         assert other.projection is data.projection
+
+
+def test_an_ou_contracts_like_its_var1_surrogate_and_slower_than_memoryless_ones():
+    paths = ou_paths(n=160, steps=40, dt=0.1)  # lag-one correlation e^{-0.1}: slow
+    data = sdelm.prepare(as_trajectories(paths, dt=1.0, per_prompt=2), dim=None, seed=0)
+    frame = contraction.largest_exponent_frame(
+        data, least_squares(data), least_squares, horizon=4, seed=0
+    )
+    assert frame.groupby("series").size().nunique() == 1  # every series, every sequence
+    found = contraction.largest_exponent_effects(frame, seed=0)
+    assert -0.2 < found["data"]["estimate"] < 0 and found["data"]["high"] < 0
+    assert abs(found["var1"]["estimate"]) < 0.02  # a linear map: the same contraction
+    for kind in ("shuffled", "iid"):  # less memory: states are pulled in faster
+        assert found[kind]["low"] > 0.3

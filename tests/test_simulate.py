@@ -17,8 +17,9 @@ from sdelm.simulate import (
     _solver_times,
     convergence,
     energy_distance,
+    energy_distance_effect,
 )
-from sdelm.synthetic import ou_model
+from sdelm.synthetic import ou_model, ou_paths
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -232,3 +233,32 @@ def test_energy_distance_is_zero_for_one_distribution_and_matches_scipy_in_1d():
     u, v = x[:, :1], y[:, :1] + 0.3
     expected = stats.energy_distance(u[:, 0].numpy(), v[:, 0].numpy()) ** 2
     assert energy_distance(u, v) == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_energy_distance_effect_resamples_prompts_and_tells_the_true_model():
+    real = ou_paths(n=48, steps=12, dt=0.1, seed=3)  # (48, 13, 3), from the true OU
+    mask = torch.ones(real.shape[:2], dtype=torch.bool)
+    mask[:6, 9:] = False  # some sequences end early
+    true, wrong = ou_model(), ou_model()
+    with torch.no_grad():
+        wrong.log_sigma.add_(0.7)  # twice the noise
+    simulated = {
+        name: sdelm.simulate(m, real[:, 0], 12, dt=0.1, n_paths=4, seed=0)
+        for name, m in {"true": true, "wrong": wrong}.items()
+    }
+    steps = [4, 8, 12]
+
+    def gap(table):
+        return float((table["true"] - table["wrong"]).mean())
+
+    prompts = np.repeat(np.arange(24), 2)
+    found = energy_distance_effect(real, mask, simulated, prompts, gap, steps=steps, seed=0)
+    by_hand = np.mean([
+        energy_distance(simulated["true"][:, k], real[mask[:, k], k])
+        - energy_distance(simulated["wrong"][:, k], real[mask[:, k], k])
+        for k in steps
+    ])  # fmt: skip
+    assert found["estimate"] == pytest.approx(by_hand, rel=1e-9)
+    assert found["high"] < 0 and found["n_clusters"] == 24
+    with pytest.raises(ValueError, match="must agree"):
+        energy_distance_effect(real, mask, simulated, prompts[:10], gap, steps=steps)

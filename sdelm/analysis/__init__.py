@@ -2,6 +2,7 @@
 
 from sdelm.analysis import (
     branching,
+    contraction,
     cross_model,
     drift_diffusion,
     kramers_moyal,
@@ -13,6 +14,7 @@ from sdelm.analysis import (
 
 __all__ = [
     "branching",
+    "contraction",
     "cross_model",
     "drift_diffusion",
     "kramers_moyal",

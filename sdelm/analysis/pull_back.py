@@ -20,7 +20,6 @@ import pandas as pd
 from sdelm.analysis import surrogates
 from sdelm.data import PreparedData
 from sdelm.models import SDEModel
-from sdelm.stats import cluster_bootstrap
 from sdelm.theory import discrete_generator
 
 __all__ = ["OUTER", "pull_back_effects", "pull_back_frame"]
@@ -51,9 +50,7 @@ def pull_back_frame(
 
     """
     frames = []
-    for series in ("data", *surrogates.KINDS):
-        prepared = data if series == "data" else surrogates.surrogate_data(data, series, seed=seed)
-        model = fitted if series == "data" else refit(prepared)
+    for series, prepared, model in surrogates.refitted(data, fitted, refit, seed=seed):
         moves = prepared.test.transitions()
         radius = moves.x.norm(dim=1).numpy()
         frames.append(
@@ -73,8 +70,8 @@ def pull_back_frame(
 def pull_back_effects(frame: pd.DataFrame, *, seed: int = 0) -> dict[str, dict[str, float]]:
     """Measure the share of outer states pulled back, and its excess over each surrogate.
 
-    Prompts are resampled, data and surrogates together (a surrogate sequence keeps its
-    prompt); each is first reduced to per-prompt counts, so a resample is a sum.
+    Prompts are resampled, data and surrogates together
+    (:func:`sdelm.analysis.surrogates.surrogate_effects`).
 
     Args:
         frame: From :func:`pull_back_frame`.
@@ -87,35 +84,4 @@ def pull_back_effects(frame: pd.DataFrame, *, seed: int = 0) -> dict[str, dict[s
 
     """
     outer = frame[frame["outer"]]
-    counts = outer.pivot_table(
-        index="prompt_id",
-        columns="series",
-        values="pulled",
-        aggfunc=["sum", "count"],
-        fill_value=0,
-    )
-    per_prompt = (
-        pd.DataFrame(
-            {
-                f"{kind}_{series}": counts[kind].get(series, 0)
-                for kind in ("sum", "count")
-                for series in ("data", *surrogates.KINDS)
-            }
-        )
-        .rename_axis("prompt_id")
-        .reset_index()
-    )
-
-    def share(series: str) -> Callable[[pd.DataFrame], float]:
-        def statistic(f: pd.DataFrame) -> float:
-            return float(f[f"sum_{series}"].sum() / f[f"count_{series}"].sum())
-
-        return statistic
-
-    effects = {"data": cluster_bootstrap(per_prompt, share("data"), null=0.5, seed=seed)}
-    for kind in surrogates.KINDS:
-        on_data, on_kind = share("data"), share(kind)
-        effects[kind] = cluster_bootstrap(
-            per_prompt, lambda f, a=on_data, b=on_kind: a(f) - b(f), seed=seed
-        )
-    return effects
+    return surrogates.surrogate_effects(outer, "pulled", null=0.5, seed=seed)

@@ -16,25 +16,34 @@ sequences, lengths and valid steps:
 The functions work on ``states`` (n_sequences, n_steps, dim) and ``mask`` (n_sequences, n_steps)
 tensors; :func:`surrogate_split` applies one to an :class:`~sdelm.data.SDEData`, and
 :func:`surrogate_data` to every split of prepared data, for refitting a model.
+:func:`refitted` gives the data and each surrogate with a model fitted to it, and
+:func:`surrogate_effects` measures a per-state statistic on the data against a null and
+against each surrogate, resampling prompts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import pandas as pd
 import torch
 
 from sdelm.data import PreparedData, SDEData
+from sdelm.models import SDEModel
+from sdelm.stats import cluster_bootstrap
 
 __all__ = [
     "KINDS",
     "VAR1",
     "fit_var1",
     "iid_resample",
+    "refitted",
     "shuffle_in_time",
     "simulate_var1",
     "surrogate_data",
+    "surrogate_effects",
     "surrogate_series",
     "surrogate_split",
     "var1_surrogate",
@@ -292,3 +301,74 @@ def surrogate_series(
             for j, split in enumerate((train, test))
         )
     return series
+
+
+def refitted(
+    data: PreparedData,
+    fitted: SDEModel,
+    refit: Callable[[PreparedData], SDEModel],
+    *,
+    seed: int = 0,
+) -> Iterator[tuple[str, PreparedData, SDEModel]]:
+    """Yield the data with its fitted model, then each surrogate with the model refitted to it.
+
+    Args:
+        data: Prepared data.
+        fitted: The model fitted to ``data``.
+        refit: Fits the same kind of model to a surrogate's prepared data.
+        seed: Seed of the surrogates (:func:`surrogate_data`).
+
+    Yields:
+        ``(series, prepared, model)`` for ``series`` in ``"data"`` and :data:`KINDS`.
+
+    """
+    yield "data", data, fitted
+    for kind in KINDS:
+        prepared = surrogate_data(data, kind, seed=seed)
+        yield kind, prepared, refit(prepared)
+
+
+def surrogate_effects(
+    frame: pd.DataFrame, value: str, *, null: float, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Measure the mean of ``value`` on the data, and its excess over each surrogate.
+
+    Prompts are resampled, data and surrogates together (a surrogate sequence keeps its
+    prompt); each series is first reduced to per-prompt sums and counts, so a resample is a
+    sum and the mean weighs every row alike.
+
+    Args:
+        frame: One row per state (or sequence) of each series: ``series`` (``"data"`` and
+            :data:`KINDS`), ``prompt_id`` and the numeric or boolean column ``value``.
+        value: The column to average.
+        null: The data's mean under no effect (the surrogate differences are tested against 0).
+        seed: Seed of the bootstrap.
+
+    Returns:
+        ``{"data": ..., "var1": ..., ...}``: :func:`sdelm.stats.cluster_bootstrap` results;
+        ``"data"`` is the data's mean against ``null``, each surrogate kind the data's mean
+        minus that surrogate's, against 0.
+
+    Raises:
+        ValueError: If a series is missing from ``frame``.
+
+    """
+    missing = {"data", *KINDS} - set(frame["series"])
+    if missing:
+        raise ValueError(f"frame lacks the series {sorted(missing)}.")
+    grouped = frame.assign(value=frame[value].astype(float)).groupby(["prompt_id", "series"])
+    per_prompt = grouped["value"].agg(["sum", "count"]).unstack("series", fill_value=0)
+    per_prompt.columns = [f"{stat}_{series}" for stat, series in per_prompt.columns]
+    per_prompt = per_prompt.reset_index()
+
+    def mean(f: pd.DataFrame, series: str) -> float:
+        return float(f[f"sum_{series}"].sum() / f[f"count_{series}"].sum())
+
+    effects = {
+        "data": cluster_bootstrap(per_prompt, lambda f: mean(f, "data"), null=null, seed=seed)
+    }
+    for kind in KINDS:
+        effects[kind] = cluster_bootstrap(
+            per_prompt, lambda f, k=kind: mean(f, "data") - mean(f, k), seed=seed
+        )
+    return effects

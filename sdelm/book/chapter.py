@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdelm.book.claims import Claims
-from sdelm.book.setup import Setup, standard_setup, standard_trajectories
+from sdelm.book.setup import Setup, standard_neural, standard_setup, standard_trajectories
 
 if TYPE_CHECKING:
+    from sdelm.data import PreparedData
+    from sdelm.models import SDEModel
     from sdelm.trajectories import Trajectories
 
 __all__ = [
@@ -256,6 +258,13 @@ class Chapter:
 
         """
         return standard_setup(self.namespace, source=source, split=split, fit=fit)
+
+    def refit(self, data: PreparedData) -> SDEModel:
+        """Fit (or load) the chapter's neural SDE on other data, e.g. a surrogate.
+
+        The same model and fit as :meth:`setup`'s (:func:`~sdelm.book.setup.standard_neural`).
+        """
+        return standard_neural(self.namespace, data)
 
     def finish(self) -> str:
         """Verify the claims and, when they are enforced, record them for the ledger.

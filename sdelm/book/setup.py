@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from sdelm.models import SDEModel
     from sdelm.trajectories import Trajectories
 
-__all__ = ["Setup", "standard_setup", "standard_trajectories"]
+__all__ = ["Setup", "standard_neural", "standard_setup", "standard_trajectories"]
 
 
 class Setup(NamedTuple):
@@ -85,17 +85,40 @@ def standard_setup(
         KeyError: If ``parameters`` lacks ``dim`` or ``seed``.
 
     """
-    from sdelm.cache import cached_fit
     from sdelm.data import prepare
-    from sdelm.models import NeuralSDE
 
     trajs = standard_trajectories(parameters)
     chosen = trajs if source is None else trajs.where(source=source)
-    dim, seed = parameters["dim"], parameters["seed"]
-    data = prepare(chosen, dim=dim, seed=seed, **({} if split is None else {"split": split}))
-    neural = None
-    if fit:
-        start = NeuralSDE(dim, time_scale=float(data.train.states.shape[1]), seed=seed)
-        device = parameters.get("device", "auto")
-        neural = cached_fit(start, data, seed=seed, device=device, progress=False)
+    data = prepare(
+        chosen,
+        dim=parameters["dim"],
+        seed=parameters["seed"],
+        **({} if split is None else {"split": split}),
+    )
+    neural = standard_neural(parameters, data) if fit else None
     return Setup(trajs, data, neural)
+
+
+def standard_neural(parameters: Mapping[str, Any], data: PreparedData) -> SDEModel:
+    """Fit (or load) the chapters' neural SDE on ``data``: also for refits on surrogates.
+
+    Args:
+        parameters: A chapter's parameters by name: ``dim``, ``seed`` and optionally
+            ``device``.
+        data: Prepared data (of dimension ``dim``).
+
+    Returns:
+        :class:`sdelm.NeuralSDE` with ``time_scale`` the number of steps, fitted by
+        :func:`sdelm.cached_fit` with the chapter's ``seed`` and ``device``.
+
+    Raises:
+        KeyError: If ``parameters`` lacks ``dim`` or ``seed``.
+
+    """
+    from sdelm.cache import cached_fit
+    from sdelm.models import NeuralSDE
+
+    dim, seed = parameters["dim"], parameters["seed"]
+    start = NeuralSDE(dim, time_scale=float(data.train.states.shape[1]), seed=seed)
+    device = parameters.get("device", "auto")
+    return cached_fit(start, data, seed=seed, device=device, progress=False)
