@@ -125,15 +125,7 @@ VERDICT_COLOURS = {
     "as expected": "#029e73",
     "opposite": "#d55e00",
     "inconclusive": "#949494",
-    "check holds": "#56b4e9",
-    "check fails": "#cc78bc",
 }
-
-
-def _verdict_labels(claims: pd.DataFrame) -> pd.Series:
-    """Return each effect's verdict, and ``"check holds"``/``"check fails"`` for checks."""
-    checks = np.where(claims["holds"].astype(bool), "check holds", "check fails")
-    return claims["verdict"].where(claims["kind"] == "effect", checks)
 
 
 def verdict_evidence(claims: pd.DataFrame, *, alpha: float = 0.05, ax: Axes | None = None) -> Axes:
@@ -141,7 +133,7 @@ def verdict_evidence(claims: pd.DataFrame, *, alpha: float = 0.05, ax: Axes | No
 
     Args:
         claims: The claims ledger (:func:`sdelm.book.ledger`): ``chapter``, ``name``,
-            ``kind``, ``estimate``, ``null``, ``expected``, ``p_holm``, ``verdict``.
+            ``estimate``, ``null``, ``expected``, ``p_holm``, ``verdict``.
         alpha: The family-wise error rate, drawn as the verdict thresholds.
         ax: Axes to draw on.
 
@@ -150,7 +142,7 @@ def verdict_evidence(claims: pd.DataFrame, *, alpha: float = 0.05, ax: Axes | No
         expected side of its null.
 
     """
-    effects = claims[claims["kind"] == "effect"].copy()
+    effects = claims.copy()
     side = np.where(effects["expected"] == "greater", 1.0, -1.0)
     effects["evidence"] = (
         np.sign(effects["estimate"] - effects["null"]) * side * -np.log10(effects["p_holm"])
@@ -173,7 +165,7 @@ def verdict_evidence(claims: pd.DataFrame, *, alpha: float = 0.05, ax: Axes | No
 
 
 def verdict_counts(claims: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
-    """Count each chapter's claims by verdict (effects) or outcome (boolean checks).
+    """Count each chapter's claims by verdict.
 
     Args:
         claims: The claims ledger (:func:`sdelm.book.ledger`).
@@ -183,8 +175,9 @@ def verdict_counts(claims: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
         The axes: one stacked bar per chapter.
 
     """
-    counts = pd.crosstab(claims["chapter"], _verdict_labels(claims)).reindex(
-        claims["chapter"].unique()
+    counts = pd.crosstab(claims["chapter"], claims["verdict"]).reindex(
+        index=claims["chapter"].unique(),
+        columns=[v for v in VERDICT_COLOURS if v in set(claims["verdict"])],
     )
     ax = _axes(ax)
     colours = [VERDICT_COLOURS[label] for label in counts.columns]

@@ -41,7 +41,8 @@ def test_a_verdict_other_than_the_one_found_fails_only_when_enforced():
         claims = Claims(enforce=enforce)
         claims.effect("a", measured(0.01, -0.1, 0.1, 0.8), what="ρ", expected="greater",
                       found="as expected")  # fmt: skip
-        claims.check("b", True, "fine")
+        claims.effect("b", measured(0.5, 0.4, 0.6, 0.001), what="ρ", expected="greater",
+                      found="as expected")  # fmt: skip
         if enforce:
             with pytest.raises(ClaimFailedError, match="found at the defaults: as expected"):
                 claims.verify()
@@ -60,9 +61,9 @@ def test_effects_refuse_bad_input():
     with pytest.raises(ValueError, match="not finite"):
         claims.effect("a", measured(float("nan"), 0, 2, 0.1), what="x", expected="less",
                       found="opposite")  # fmt: skip
-    claims.check("a", True, "fine")
+    claims.effect("a", measured(1, 0, 2, 0.1), what="x", expected="less", found="inconclusive")
     with pytest.raises(ValueError, match="already recorded"):
-        claims.check("a", True, "again")
+        claims.effect("a", measured(1, 0, 2, 0.1), what="x", expected="less", found="opposite")
 
 
 MINI = chapter_source(
@@ -111,7 +112,8 @@ def test_a_chapter_without_its_source_computes_but_does_not_enforce(tmp_path, mo
 def test_finish_records_the_claims_at_the_defaults_only(mini_book):
     chapter = Chapter.open("mini", {"n": 3, "temperatures": [0.5, 1.0], "device": "auto",
                                     "label": "3"}, root=mini_book)  # fmt: skip
-    chapter.claims.check("c", True, "fine")
+    chapter.claims.effect("c", measured(1, 0, 2, 0.1), what="x", expected="less",
+                          found="inconclusive")  # fmt: skip
     chapter.finish()
     record = json.loads(record_path("mini").read_text())
     assert [c["name"] for c in record["claims"]] == ["c"]

@@ -170,15 +170,16 @@ def test_claims_are_enforced_only_with_the_default_parameters():
     defaults = {"n": 3, "temperatures": [0.7, 1.3]}
     enforced = Claims.for_parameters({"n": 3, "temperatures": (0.7, 1.3)}, defaults)
     relaxed = Claims.for_parameters({"n": 4, "temperatures": [0.7, 1.3]}, defaults)
+    strong = {"estimate": 0.5, "low": 0.4, "high": 0.6, "p_value": 0.001, "n_clusters": 8}
     for claims in (enforced, relaxed):
-        claims.check("holds", True, "fine")
-        claims.check("fails", False, "the data disagree")
+        claims.effect("holds", strong, what="ρ", expected="greater", found="as expected")
+        claims.effect("fails", strong, what="gap", expected="less", found="as expected")
     assert "not enforced" in relaxed.verify()
-    with pytest.raises(ClaimFailedError, match="fails: the data disagree"):
+    with pytest.raises(ClaimFailedError, match=r"fails: Gap: 0.5 .* — opposite"):
         enforced.verify()
     assert isinstance(enforced.table(), pd.DataFrame) and len(enforced.table()) == 2
-    assert "- fine" in enforced.report().data
-    assert enforced.report(["fails"]).data == "- the data disagree"
+    assert enforced.report().data.startswith("- ρ: 0.5 [0.4, 0.6] against 0")
+    assert enforced.report(["fails"]).data.startswith("- Gap: 0.5")
     with pytest.raises(KeyError, match="No claims named"):
         enforced.report(["missing"])
 

@@ -139,7 +139,8 @@ WITHOUT_IPYTHON = textwrap.dedent(
     assert torch.isfinite(torch.tensor(result.best_val_nll))
 
     claims = sdelm.Claims(enforce=True)
-    claims.check("x", True, "X holds.")
+    claims.effect("x", {"estimate": 1, "low": 0.5, "high": 1.5, "p_value": 0.01},
+                  what="x", expected="greater", found="as expected")
     assert claims.verify().startswith("1 claims checked")
     with pytest.raises(ModuleNotFoundError, match="pip install 'sdelm.book.'"):
         claims.report()

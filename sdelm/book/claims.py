@@ -9,8 +9,8 @@ verdict found at its default parameters; :meth:`Claims.verify`, in a hidden cell
 build when the computed verdict differs from it. A reader who re-executes with other parameters
 gets the computed sentences and never an AssertionError.
 
-:meth:`Claims.check` records an older, boolean claim (a property that holds or not, with the
-sentence that says what the data show); those appear in the ledger without an interval.
+A property that always holds (a bound, a solver against its own ODE) is not a claim: it is a
+test, or a demonstration in a chapter's text.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ def slug(text: str) -> str:
 
 _COLUMNS = [
     "name",
-    "kind",
     "what",
     "estimate",
     "low",
@@ -101,17 +100,6 @@ class Claims:
             raise ValueError(f"A claim named {name!r} was already recorded in this chapter.")
         self.results.append({"name": name, **row})
 
-    def check(self, name: str, holds: bool, statement: str) -> None:
-        """Record a boolean claim.
-
-        Args:
-            name: Short identifier that says what is tested, e.g. ``"entropy-vs-temperature"``.
-            holds: Whether the data support the claim.
-            statement: What the data show, phrased for either outcome.
-
-        """
-        self._add(name, kind="check", holds=bool(holds), statement=statement)
-
     def effect(
         self,
         name: str,
@@ -154,7 +142,6 @@ class Claims:
             raise ValueError(f"The estimate of {name!r} is not finite: {values['estimate']}.")
         self._add(
             name,
-            kind="effect",
             what=what,
             null=float(null),
             expected=expected,
@@ -165,19 +152,17 @@ class Claims:
         )
 
     def table(self) -> pd.DataFrame:
-        """Return every claim, one row each, with Holm-adjusted p and verdicts for the effects.
+        """Return every claim, one row each, with its Holm-adjusted p and verdict.
 
         Returns:
-            Columns ``name``, ``kind`` (``"effect"`` or ``"check"``), ``what``, ``estimate``,
-            ``low``, ``high``, ``null``, ``expected``, ``n_clusters``, ``unit``, ``p_value``,
-            ``p_holm``, ``verdict``, ``found``, ``holds`` and ``statement`` (missing values are
-            NaN for checks).
+            Columns ``name``, ``what``, ``estimate``, ``low``, ``high``, ``null``,
+            ``expected``, ``n_clusters``, ``unit``, ``p_value``, ``p_holm``, ``verdict``,
+            ``found``, ``holds`` (the verdict is the one found) and ``statement``.
 
         """
         rows = [dict(r) for r in self.results]
-        effects = [r for r in rows if r["kind"] == "effect"]
-        if effects:
-            for row, adjusted in zip(effects, holm([r["p_value"] for r in effects]), strict=True):
+        if rows:
+            for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
                 row["p_holm"] = float(adjusted)
                 row["verdict"] = _verdict(row["estimate"], row["null"], row["expected"], adjusted)
                 row["holds"] = row["verdict"] == row["found"]
@@ -237,8 +222,7 @@ class Claims:
         failed = table[~table["holds"].astype(bool)]
         if self.enforce and len(failed):
             lines = "\n".join(
-                f"- {r.name}: {r.statement}"
-                + (f" (found at the defaults: {r.found})" if r.kind == "effect" else "")
+                f"- {r.name}: {r.statement} (found at the defaults: {r.found})"
                 for r in failed.itertuples()
             )
             raise ClaimFailedError(
