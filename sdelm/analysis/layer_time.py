@@ -1,4 +1,4 @@
-"""The growth of the layer-time noise, α·e^{λt}, as effects that resample pieces of text.
+"""Layer-time effects that resample pieces of text: the noise law, its last layer, the ensembles.
 
 Lines of Thought fit one linear map per layer and the law α·e^{λt} to the variance of the
 maps' residuals, in coordinates that keep the states' scale. State norms grow about 100-fold
@@ -14,9 +14,18 @@ therefore measured twice (:func:`residual_frame`):
 held-out pieces (:func:`growth_effects`), not the 29 correlated layers of one OLS fit. The
 nulls (gibberish, an untrained twin) read the same pieces, so a difference of λ between a set
 and a null resamples the pieces of both together.
+
+The same held-out residuals (:func:`held_out_residuals`) give the shape of the noise
+(:func:`anisotropy_effect`: is it isotropic?) and the last step, into the final normalisation
+(:func:`last_layer_effect`: does it follow the law?). :func:`ensemble_effect` compares two
+simulated ensembles with the real one, layer by layer, and :func:`gain_difference` compares
+per-prompt cross-validated gains on two time axes. Every interval resamples whole pieces (or
+prompts) with :func:`sdelm.stats.cluster_bootstrap`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -27,18 +36,93 @@ from sdelm.lines_of_thought import LayerLinear
 from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
-__all__ = ["COLUMNS", "growth_effects", "growth_rate", "residual_frame"]
+__all__ = [
+    "COLUMNS",
+    "HeldOutResiduals",
+    "anisotropy_effect",
+    "energy_terms",
+    "ensemble_effect",
+    "gain_difference",
+    "growth_effects",
+    "growth_rate",
+    "held_out_residuals",
+    "last_layer_effect",
+    "residual_frame",
+    "sphericity",
+    "weighted_energy_distance",
+]
 
 #: The two readings of the residual variance: in the states' scale, and per-layer normalised.
 COLUMNS = ("variance", "normalised")
 
 
+@dataclass(frozen=True)
+class HeldOutResiduals:
+    """Residuals of a Lines-of-Thought fit on held-out pieces, at every transition.
+
+    Attributes:
+        residuals: Float tensor (n_pieces, n_steps − 1, dim): ``x_{k+1}`` minus the map's
+            prediction from ``x_k``, for transition ``k``.
+        valid: Bool tensor (n_pieces, n_steps − 1): whether both states of the transition
+            exist.
+        spread: Float tensor (n_steps − 1,): the variance per dimension of the held-out states
+            at the layer transition ``k`` arrives at.
+        prompt_ids: Array (n_pieces,) of each held-out sequence's piece (or prompt).
+        law: The transitions the law α·e^{λt} was fitted on (blocks 1 to L − 2).
+
+    """
+
+    residuals: torch.Tensor
+    valid: torch.Tensor
+    spread: torch.Tensor
+    prompt_ids: np.ndarray
+    law: range
+
+
+def held_out_residuals(layer_trajs: Trajectories, *, dim: int, seed: int = 0) -> HeldOutResiduals:
+    """Fit one linear map per layer on half of the pieces; its residuals on another 40%.
+
+    The maps are fitted by least squares in PCA coordinates that keep the states' scale, the
+    law on blocks 1 to L − 2; the split is by piece and seeded, so sets of the same pieces
+    hold out the same ones.
+
+    Args:
+        layer_trajs: Layer-time trajectories (steps are layers).
+        dim: PCA dimension.
+        seed: Seed of the piece split.
+
+    Returns:
+        The held-out residuals at every transition, the last one (into the final
+        normalisation) included.
+
+    """
+    data = prepare(layer_trajs, dim=dim, standardise=False, split=(0.5, 0.1, 0.4), seed=seed)
+    n_steps = data.train.states.shape[1]
+    law = range(1, n_steps - 2)
+    model = LayerLinear(dim, n_steps).fit_least_squares(data.train, law_steps=law)
+    test = data.test
+    states, valid = test.states, test.mask[:, :-1] & test.mask[:, 1:]
+    times = torch.arange(n_steps - 1, dtype=states.dtype) * test.dt
+    with torch.no_grad():
+        x = states[:, :-1].reshape(-1, dim)
+        drift = model.drift(x, times.repeat(len(states))).reshape(len(states), -1, dim)
+    residuals = torch.where(valid[..., None], states[:, 1:] - states[:, :-1] - drift * test.dt, 0)
+    spread = torch.stack(
+        [
+            (states[v, k + 1] - states[v, k + 1].mean(0)).pow(2).mean()
+            for k, v in enumerate(valid.T)
+        ]
+    )
+    ids = test.rows["prompt_id"].to_numpy()
+    return HeldOutResiduals(residuals, valid, spread, ids, law)
+
+
 def residual_frame(layer_trajs: Trajectories, *, dim: int, seed: int = 0) -> pd.DataFrame:
     """Held-out residual variance of a Lines-of-Thought fit, per piece and layer.
 
-    One linear map per layer is fitted by least squares on half of the pieces, in PCA
-    coordinates that keep the states' scale; its residuals are measured on the other 40% (the
-    split is by piece, seeded, so sets of the same pieces hold out the same ones).
+    The residuals of :func:`held_out_residuals` (one linear map per layer fitted on half of
+    the pieces, in PCA coordinates that keep the states' scale; measured on another 40%,
+    split by piece and seeded, so sets of the same pieces hold out the same ones).
 
     Args:
         layer_trajs: Layer-time trajectories (steps are layers).
@@ -52,32 +136,19 @@ def residual_frame(layer_trajs: Trajectories, *, dim: int, seed: int = 0) -> pd.
         layer t + 1).
 
     """
-    data = prepare(layer_trajs, dim=dim, standardise=False, split=(0.5, 0.1, 0.4), seed=seed)
-    n_steps = data.train.states.shape[1]
-    law = range(1, n_steps - 2)
-    model = LayerLinear(dim, n_steps).fit_least_squares(data.train, law_steps=law)
-    test = data.test
-    frames = []
-    with torch.no_grad():
-        for layer in law:
-            valid = test.mask[:, layer] & test.mask[:, layer + 1]
-            x = test.states[valid, layer]
-            t = torch.full((len(x),), layer * test.dt)
-            predicted = x + model.drift(x, t) * test.dt
-            arrived = test.states[valid, layer + 1]
-            variance = (arrived - predicted).pow(2).mean(-1)
-            spread = (arrived - arrived.mean(0)).pow(2).mean()
-            ids = test.rows["prompt_id"].to_numpy()[valid.numpy()]
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "prompt_id": ids,
-                        "layer": layer,
-                        "variance": variance.numpy(),
-                        "normalised": (variance / spread).numpy(),
-                    }
-                )
-            )
+    held = held_out_residuals(layer_trajs, dim=dim, seed=seed)
+    variance = held.residuals.pow(2).mean(-1)
+    frames = [
+        pd.DataFrame(
+            {
+                "prompt_id": held.prompt_ids[held.valid[:, layer].numpy()],
+                "layer": layer,
+                "variance": variance[held.valid[:, layer], layer].numpy(),
+                "normalised": (variance[held.valid[:, layer], layer] / held.spread[layer]).numpy(),
+            }
+        )
+        for layer in held.law
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -146,3 +217,253 @@ def growth_effects(
             measured = cluster_bootstrap(pieces, difference, seed=seed)
             rows.append({"set": f"{reference} − {name}", "reading": column, **measured})
     return pd.DataFrame(rows).set_index(["set", "reading"])
+
+
+def _piece_frame(prompt_ids: np.ndarray) -> pd.DataFrame:
+    """One row per held-out sequence: its ``prompt_id`` and ``row`` (position) to resample."""
+    return pd.DataFrame({"prompt_id": prompt_ids, "row": np.arange(len(prompt_ids))})
+
+
+def _counts(frame: pd.DataFrame, n: int) -> torch.Tensor:
+    """How often a resample draws each of ``n`` rows: float64 tensor (n,)."""
+    return torch.bincount(torch.tensor(frame["row"].to_numpy()), minlength=n).double()
+
+
+def _pair_weights(weights: torch.Tensor, self_pairs: bool) -> torch.Tensor:
+    """Weights (..., n, n) of pairs of pieces drawn with ``weights`` (..., n) times each.
+
+    Two different pieces ``i ≠ j`` pair ``w_i w_j`` times. Of the pairs of a piece with itself
+    only the ``w_i`` of each copy with itself are kept (``self_pairs``) or none: a pair of a
+    piece with its own copy in a resample never occurs in the data.
+    """
+    pairs = weights[..., :, None] * weights[..., None, :]
+    diagonal = weights if self_pairs else torch.zeros_like(weights)
+    return pairs - torch.diag_embed(pairs.diagonal(dim1=-2, dim2=-1) - diagonal)
+
+
+def sphericity(residuals: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """How unequally the residuals' variance spreads over directions, per layer.
+
+    The index ``d · tr(M²) / tr(M)²`` of the residuals' second-moment matrix ``M``: 1 for
+    isotropic noise, ``1 + CV²`` of ``M``'s eigenvalues in general (John's sphericity
+    statistic). Both traces are estimated over pairs of different pieces, ``tr(M²)`` by the
+    mean of ``(r_iᵀ r_j)²`` and ``tr(M)²`` by the mean of ``‖r_i‖² ‖r_j‖²`` (U-statistics,
+    Chen, Zhang & Zhong 2010), so that neither the number of residuals nor a piece repeated
+    in a bootstrap resample biases the index, as they do the largest eigenvalue of a sample
+    covariance. ``M`` includes the residuals' mean, which a map fitted on other pieces does
+    not make exactly zero.
+
+    Args:
+        residuals: Float tensor (n_layers, n, dim).
+        weights: Tensor (n_layers, n) of non-negative weights: how often each residual counts
+            (a bootstrap resample's counts, 0 for a missing residual); default all 1.
+
+    Returns:
+        Float64 tensor (n_layers,).
+
+    """
+    x = residuals.double()
+    w = torch.ones(x.shape[:2], dtype=x.dtype) if weights is None else weights.double()
+    pairs = _pair_weights(w, self_pairs=False)
+    return _sphericity(x.shape[-1], _sphericity_terms(x), pairs)
+
+
+def _sphericity_terms(x: torch.Tensor) -> torch.Tensor:
+    """``(r_iᵀ r_j)²`` and ``‖r_i‖² ‖r_j‖²`` of residuals (L, n, d): tensor (2, L, n, n)."""
+    squared = x.pow(2).sum(-1)
+    return torch.stack(
+        [torch.einsum("lid,ljd->lij", x, x).pow(2), squared[..., :, None] * squared[..., None, :]]
+    )
+
+
+def _sphericity(dim: int, terms: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    sums = (terms * pairs).sum((-2, -1))
+    return dim * sums[0] / sums[1]
+
+
+def anisotropy_effect(
+    held: HeldOutResiduals, *, steps: range | None = None, seed: int = 0
+) -> dict[str, float]:
+    """Measure the residuals' :func:`sphericity` index, averaged over layers.
+
+    Args:
+        held: From :func:`held_out_residuals`.
+        steps: Transitions averaged over; default the law's (``held.law``).
+        seed: Seed of the bootstrap, which resamples held-out pieces, all layers together.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s result against 1 (isotropic noise).
+
+    """
+    steps = list(held.law if steps is None else steps)
+    residuals = held.residuals[:, steps].transpose(0, 1).double()
+    valid = held.valid[:, steps].T.double()
+    terms = _sphericity_terms(residuals)
+
+    def statistic(frame: pd.DataFrame) -> float:
+        pairs = _pair_weights(valid * _counts(frame, valid.shape[1]), self_pairs=False)
+        return float(_sphericity(residuals.shape[-1], terms, pairs).mean())
+
+    return cluster_bootstrap(_piece_frame(held.prompt_ids), statistic, null=1.0, seed=seed)
+
+
+def last_layer_effect(held: HeldOutResiduals, *, seed: int = 0) -> dict[str, float]:
+    """Log of the last step's residual variance over what the law predicts for it.
+
+    The law ``log v_t = log α + λ t`` is fitted to the held-out mean residual variance per
+    dimension ``v_t`` on the law's transitions (``held.law``) and extrapolated to the last
+    transition, into the final normalisation; the statistic is ``log v_last`` minus that
+    prediction (0: the last step follows the law). Law and last step are both read off the
+    held-out pieces, so the interval resamples them together.
+
+    Args:
+        held: From :func:`held_out_residuals`.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s result against 0.
+
+    """
+    variance = held.residuals.pow(2).mean(-1).double()  # (n_pieces, n_steps - 1)
+    valid = held.valid.double()
+    law = np.asarray(held.law, dtype=float)
+    last = variance.shape[1] - 1
+
+    def statistic(frame: pd.DataFrame) -> float:
+        weights = valid * _counts(frame, len(valid))[:, None]
+        log_mean = ((weights * variance).sum(0) / weights.sum(0)).log().numpy()
+        slope, intercept = np.polyfit(law, log_mean[held.law], 1)
+        return float(log_mean[last] - (intercept + slope * last))
+
+    return cluster_bootstrap(_piece_frame(held.prompt_ids), statistic, seed=seed)
+
+
+def energy_terms(real: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+    """Return the mean distances between pieces that an energy distance sums, per step.
+
+    Args:
+        real: Float tensor (n, n_steps, dim): the real states of ``n`` pieces.
+        paths: Float tensor (n * n_paths, n_steps, dim): simulated paths, row
+            ``i * n_paths + j`` the ``j``-th started from piece ``i`` (as
+            :func:`sdelm.simulate` returns them).
+
+    Returns:
+        Float64 tensor (3, n_steps, n, n): at each step, the mean distance between the paths
+        of piece ``i`` and the real state of piece ``j``; between the paths of ``i`` and those
+        of ``j``; between the real states of ``i`` and ``j``.
+
+    """
+    n, n_steps, dim = real.shape
+    per_piece = paths.double().reshape(n, -1, n_steps, dim)
+    n_paths = per_piece.shape[1]
+    terms = torch.empty(3, n_steps, n, n, dtype=torch.float64)
+    for t in range(n_steps):  # one step at a time: (n · n_paths)² distances each
+        x, y = per_piece[:, :, t].reshape(-1, dim), real[:, t].double()
+        terms[0, t] = torch.cdist(x, y).reshape(n, n_paths, n).mean(1)
+        terms[1, t] = torch.cdist(x, x).reshape(n, n_paths, n, n_paths).mean((1, 3))
+        terms[2, t] = torch.cdist(y, y)
+    return terms
+
+
+def weighted_energy_distance(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Energy distance between the simulated and the real states of weighted pieces.
+
+    Args:
+        terms: From :func:`energy_terms`, (3, n_steps, n, n).
+        weights: Tensor (n,) of non-negative weights (a bootstrap resample's counts).
+
+    Returns:
+        Float64 tensor (n_steps,): ``2 E d(X, Y) − E d(X, X') − E d(Y, Y')`` over the pairs of
+        pieces drawn: for unit weights, :func:`sdelm.simulate.energy_distance` of all paths
+        and all real states at each step (the V-statistic, pairs of a piece with itself
+        included). Pairs of a piece with its own copy in a resample are left out, so that a
+        resample keeps the data's share of pairs of a piece with itself (distance 0 between
+        its real states; its own paths, or them and its real state): with them, every
+        repeated piece would pull the distance towards that of the pieces with themselves.
+
+    """
+    pairs = _pair_weights(weights.double(), self_pairs=True)
+    means = (terms * pairs).sum((-2, -1)) / pairs.sum()
+    return 2 * means[0] - means[1] - means[2]
+
+
+def ensemble_effect(
+    real: torch.Tensor,
+    paths: torch.Tensor,
+    reference: torch.Tensor,
+    prompt_ids: np.ndarray,
+    *,
+    steps: range | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean over layers of the log ratio of two ensembles' energy distances to the real one.
+
+    At each step, ``log(ED(paths, real) / ED(reference, real))``: any common yardstick (a
+    sampling floor) cancels, and below 0 means ``paths`` is the closer ensemble. A resample
+    of pieces takes each piece's real states and the paths started from it together
+    (:func:`weighted_energy_distance`).
+
+    Args:
+        real: Float tensor (n, n_steps, dim): held-out real states.
+        paths: Float tensor (n * n_paths, n_steps, dim): one model's paths, started from
+            ``real[:, 0]`` (:func:`sdelm.simulate`).
+        reference: The other model's paths, the same size.
+        prompt_ids: Array (n,): the piece (or prompt) of each real sequence.
+        steps: The steps averaged over; default all but the start.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s result against 0.
+
+    """
+    steps = list(range(1, real.shape[1]) if steps is None else steps)
+    terms = {name: energy_terms(real, p)[:, steps] for name, p in (("a", paths), ("b", reference))}
+
+    def statistic(frame: pd.DataFrame) -> float:
+        weights = _counts(frame, len(real))
+        first = weighted_energy_distance(terms["a"], weights)
+        second = weighted_energy_distance(terms["b"], weights)
+        return float((first / second).log().mean())
+
+    return cluster_bootstrap(_piece_frame(prompt_ids), statistic, seed=seed)
+
+
+def gain_difference(
+    first: pd.DataFrame,
+    second: pd.DataFrame,
+    *,
+    baseline: str = "random walk",
+    model: str = "neural SDE",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Compare a model's per-prompt gain over a baseline in two cross-validations.
+
+    The gain of a prompt is its held-out NLL under ``baseline`` minus under ``model``. Prompts
+    are resampled as clusters with their rows in both tables: paired where both tables hold
+    a prompt (e.g. the same generated texts in layer time and in token time), unpaired
+    otherwise.
+
+    Args:
+        first: From :func:`sdelm.evaluate.cross_validate`.
+        second: The same, on other trajectories (another time axis).
+        baseline: The model the gains are measured from.
+        model: The model whose gains are compared.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s result for the mean gain in ``first`` minus
+        the mean gain in ``second`` (nats per dimension per step), against 0.
+
+    """
+
+    def gains(results: pd.DataFrame, which: str) -> pd.DataFrame:
+        table = results.pivot(index="prompt_id", columns="model", values="nll")
+        return (table[baseline] - table[model]).rename("gain").reset_index().assign(table=which)
+
+    frame = pd.concat([gains(first, "first"), gains(second, "second")], ignore_index=True)
+
+    def statistic(f: pd.DataFrame) -> float:
+        mean = f.groupby("table")["gain"].mean()
+        return float(mean.get("first", np.nan) - mean.get("second", np.nan))
+
+    return cluster_bootstrap(frame, statistic, seed=seed)
