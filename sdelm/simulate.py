@@ -463,6 +463,25 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     )
 
 
+def _fold_blocks(
+    real: torch.Tensor, simulated: dict[str, torch.Tensor], steps: list[int]
+) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Per step, the mean distances between sequences' real states and paths: (S, n, n)."""
+    n = len(real)
+    real_pairs, means = [], {name: ([], []) for name in simulated}
+    for k in steps:
+        x = real[:, k].double()
+        real_pairs.append(torch.cdist(x, x))
+        for name, paths in simulated.items():
+            per = len(paths) // n
+            p = paths[:, k].double()
+            means[name][0].append(torch.cdist(p, p).reshape(n, per, n, per).mean((1, 3)))
+            means[name][1].append(torch.cdist(p, x).reshape(n, per, n).mean(1))
+    return torch.stack(real_pairs), {
+        name: (torch.stack(a), torch.stack(b)) for name, (a, b) in means.items()
+    }
+
+
 def energy_distance_effect(
     real: torch.Tensor,
     mask: torch.Tensor,
@@ -471,14 +490,17 @@ def energy_distance_effect(
     statistic: Callable[[pd.DataFrame], float],
     *,
     steps: Sequence[int],
+    folds: Sequence[int] | None = None,
     null: float = 0.0,
     seed: int = 0,
 ) -> dict[str, float]:
     """Measure a statistic of simulated ensembles' energy distances to the real states.
 
     At each of ``steps`` the cloud of every model's paths is compared with the cloud of real
-    states by the energy distance (:func:`energy_distance`). A bootstrap resample of prompts
-    takes their real sequences and the paths simulated from those sequences' first states
+    states by the energy distance (:func:`energy_distance`). With cross-validation folds
+    (each in its own coordinates) the distance is taken within each fold and averaged over
+    the folds, weighted by their held-out sequences. A bootstrap resample of prompts takes
+    their real sequences and the paths simulated from those sequences' first states
     together: a sequence drawn twice weighs twice, so every resample reuses the distance
     matrices of the full sample.
 
@@ -492,6 +514,7 @@ def energy_distance_effect(
         statistic: Maps a table of energy distances (index ``steps``, one column per model)
             to the effect, e.g. the mean over steps of one model's minus another's.
         steps: Positions compared (each with a valid real state).
+        folds: Size (n,): each sequence's cross-validation fold; default one fold.
         null: The statistic's value under no effect.
         seed: Seed of the bootstrap.
 
@@ -504,38 +527,52 @@ def energy_distance_effect(
 
     """
     n = len(real)
+    folds = np.zeros(n, dtype=int) if folds is None else np.asarray(folds)
     sizes = {name: len(paths) for name, paths in simulated.items()}
-    if mask.shape != real.shape[:2] or len(prompts) != n or any(s % n for s in sizes.values()):
+    if (
+        mask.shape != real.shape[:2]
+        or len(prompts) != n
+        or len(folds) != n
+        or any(s % n for s in sizes.values())
+    ):
         raise ValueError(
-            f"real (n, K + 1, dim), mask (n, K + 1), prompts (n,) and simulated (n · n_paths, "
-            f"K + 1, dim) must agree; got {tuple(real.shape)}, {tuple(mask.shape)}, "
-            f"{len(prompts)} prompts and path counts {sizes}."
+            f"real (n, K + 1, dim), mask (n, K + 1), prompts and folds (n,) and simulated "
+            f"(n · n_paths, K + 1, dim) must agree; got {tuple(real.shape)}, "
+            f"{tuple(mask.shape)}, {len(prompts)} prompts, {len(folds)} folds and path "
+            f"counts {sizes}."
         )
     steps = list(steps)
-    valid = mask[:, steps].T.double()  # (S, n)
-    real_pairs, means = [], {name: ([], []) for name in simulated}
-    for k in steps:  # per step, distances summed over each pair of sequences' paths
-        x = real[:, k].double()
-        real_pairs.append(torch.cdist(x, x))
-        for name, paths in simulated.items():
-            per = sizes[name] // n
-            p = paths[:, k].double()
-            means[name][0].append(torch.cdist(p, p).reshape(n, per, n, per).mean((1, 3)))
-            means[name][1].append(torch.cdist(p, x).reshape(n, per, n).mean(1))
-    real_pairs = torch.stack(real_pairs)  # (S, n, n)
-    blocks = {name: (torch.stack(a), torch.stack(b)) for name, (a, b) in means.items()}
+    parts = []  # per fold: its sequences, valid steps (S, n_f) and distance blocks
+    for fold in np.unique(folds):
+        rows = np.flatnonzero(folds == fold)
+        paths = {
+            name: p.reshape(n, -1, *p.shape[1:])[rows].flatten(0, 1)
+            for name, p in simulated.items()
+        }
+        parts.append(
+            (rows, mask[rows][:, steps].T.double(), *_fold_blocks(real[rows], paths, steps))
+        )
+
+    names = list(simulated)
 
     def distances(counts: torch.Tensor) -> pd.DataFrame:
-        weight = counts * valid  # (S, n): sequences drawn, where their real state exists
-        own = torch.einsum("si,sij,sj->s", weight, real_pairs, weight) / weight.sum(1) ** 2
-        table = {}
-        for name, (among, across) in blocks.items():
-            paths = torch.einsum("i,sij,j->s", counts, among, counts) / counts.sum() ** 2
-            cross = torch.einsum("i,sij,sj->s", counts, across, weight) / (
-                counts.sum() * weight.sum(1)
-            )
-            table[name] = (2 * cross - paths - own).numpy()
-        return pd.DataFrame(table, index=pd.Index(steps, name="step"))
+        total, weights = torch.zeros(len(steps), len(names), dtype=torch.float64), 0.0
+        for rows, valid, real_pairs, blocks in parts:
+            drawn = counts[rows]
+            size = float(drawn.sum())
+            if size == 0:
+                continue
+            weight = drawn * valid  # (S, n_f): sequences drawn, where their real state exists
+            own = torch.einsum("si,sij,sj->s", weight, real_pairs, weight) / weight.sum(1) ** 2
+            for column, name in enumerate(names):
+                among, across = blocks[name]
+                paths = torch.einsum("i,sij,j->s", drawn, among, drawn) / size**2
+                cross = torch.einsum("i,sij,sj->s", drawn, across, weight) / (size * weight.sum(1))
+                total[:, column] += size * (2 * cross - paths - own)
+            weights += size
+        return pd.DataFrame(
+            (total / weights).numpy(), index=pd.Index(steps, name="step"), columns=names
+        )
 
     def resampled(f: pd.DataFrame) -> float:
         counts = np.bincount(f["row"].to_numpy(), minlength=n).astype(np.float64)

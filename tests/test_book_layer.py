@@ -176,3 +176,7 @@ def test_setup_passes_the_chapters_parameters_and_fits_on_its_prepared_data(monk
     assert fit_args == {"seed": 3, "device": "cpu", "progress": False}
     _, all_rows, none = chapter.setup(source=None, split=(0.5, 0.25, 0.25), fit=False)
     assert none is None and all_rows.train.states.shape[0] == 20
+    folds = chapter.folds(4)  # every prompt held out once, by the same fit as setup's
+    held = [set(fold.test.rows["prompt_id"]) for fold in folds]
+    assert sum(map(len, held)) == len(set().union(*held)) == 20
+    assert chapter.refit(folds[1]) is calls["fit"][0] and calls["fit"][1] is folds[1]

@@ -37,7 +37,7 @@ def held_out(data: sdelm.PreparedData) -> sdelm.SDEData:
 def ar1():
     data = autoregressive((0.9,))
     ou = sdelm.baselines.OrnsteinUhlenbeck(data.dim).fit_least_squares(data.train)
-    return data, ou, pe.effects(data.train, held_out(data), ou, seed=0)
+    return data, ou, pe.effects([(data.train, held_out(data), ou)], seed=0)
 
 
 def test_estimates_equal_the_descriptive_tables(ar1):
@@ -79,10 +79,30 @@ def test_an_ar1_is_indistinguishable_from_its_var1_surrogate(ar1):
 def test_memory_and_heavy_tails_are_found_where_they_are():
     data = autoregressive((0.5, 0.4), noise="student", seed=1)
     ou = sdelm.baselines.OrnsteinUhlenbeck(data.dim).fit_least_squares(data.train)
-    found = pe.effects(data.train, held_out(data), ou, seed=0)
+    found = pe.effects([(data.train, held_out(data), ou)], seed=0)
     assert found["order-2-gain"]["low"] > 0
     assert found["order-2-gain-data-minus-var1"]["low"] > 0
     assert found["residual-excess-kurtosis"]["low"] > 0.5
+
+
+def test_folds_hold_out_every_prompt_once_and_pool_their_sums():
+    x = torch.zeros(96, 48, 4)
+    generator = torch.Generator().manual_seed(2)
+    for t in range(1, 48):
+        x[:, t] = 0.9 * x[:, t - 1] + torch.randn(96, 4, generator=generator)
+    trajs = synthetic.as_trajectories(x, dt=1.0, per_prompt=4)
+    folds = []
+    for i in range(3):
+        split = sdelm.prepare(trajs, dim=4, seed=0, split=(0.85, 0.15, 0.0), fold=(i, 3))
+        model = sdelm.baselines.OrnsteinUhlenbeck(4).fit_least_squares(split.train)
+        folds.append((split.train, split.test, model))
+    found = pe.effects(folds, seed=0)
+    assert {m["n_clusters"] for m in found.values()} == {24}  # every prompt, once
+    assert found["msd-exponent"]["high"] < 1
+    assert found["order-2-gain-data-minus-var1"]["low"] <= 0 <= found[
+        "order-2-gain-data-minus-var1"]["high"]  # fmt: skip
+    with pytest.raises(ValueError, match="held out by one fold only"):
+        pe.effects([folds[0], folds[0]], seed=0)
 
 
 def test_short_held_out_sequences_are_refused():

@@ -260,5 +260,21 @@ def test_the_energy_distance_effect_resamples_prompts_and_tells_the_true_model()
     ])  # fmt: skip
     assert found["estimate"] == pytest.approx(by_hand, rel=1e-9)
     assert found["high"] < 0 and found["n_clusters"] == 24
+    # Two folds (as if in two coordinate systems): each fold's distance, weighted by size.
+    folds = np.repeat([0, 1], [16, 32])
+    pooled = energy_distance_effect(
+        real, mask, simulated, prompts, gap, steps=steps, folds=folds, seed=0
+    )
+    per_fold = []
+    for fold in (0, 1):
+        rows = torch.from_numpy(np.flatnonzero(folds == fold))
+        paths = {k: v.reshape(48, 4, 13, 3)[rows].flatten(0, 1) for k, v in simulated.items()}
+        real_f, mask_f = real[rows], mask[rows]
+        per_fold.append(np.mean([
+            energy_distance(paths["true"][:, k], real_f[mask_f[:, k], k])
+            - energy_distance(paths["wrong"][:, k], real_f[mask_f[:, k], k])
+            for k in steps
+        ]))  # fmt: skip
+    assert pooled["estimate"] == pytest.approx((16 * per_fold[0] + 32 * per_fold[1]) / 48)
     with pytest.raises(ValueError, match="must agree"):
         energy_distance_effect(real, mask, simulated, prompts[:10], gap, steps=steps)

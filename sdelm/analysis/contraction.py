@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from sdelm.analysis import phase, surrogates
-from sdelm.data import PreparedData, SDEData
+from sdelm.data import PreparedData
 from sdelm.models import SDEModel
 
 __all__ = ["largest_exponent_effects", "largest_exponent_frame"]
@@ -34,21 +34,21 @@ def largest_exponent_frame(
     """Measure the largest exponent of each series' drift map from held-out first states.
 
     Args:
-        data: Prepared data.
+        data: Prepared data (e.g. one cross-validation fold: its test prompts are read).
         fitted: The model fitted to ``data``.
         refit: Fits the same kind of model to a surrogate's prepared data.
         horizon: Tokens of the map over which the exponents are measured.
         seed: Seed of the surrogates.
 
     Returns:
-        One row per held-out sequence (validation and test) of each series: ``series``
+        One row per test sequence of each series: ``series``
         (``"data"`` and :data:`~sdelm.analysis.surrogates.KINDS`), ``prompt_id`` and
         ``largest`` (per token).
 
     """
     frames = []
     for series, prepared, model in surrogates.refitted(data, fitted, refit, seed=seed):
-        held_out = SDEData.concat([prepared.val, prepared.test], name="held-out")
+        held_out = prepared.test
         orbits = phase.drift_orbits(model, held_out.states[:, 0], horizon)
         frames.append(
             pd.DataFrame(

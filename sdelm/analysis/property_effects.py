@@ -16,7 +16,7 @@ dozen effects take seconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +125,15 @@ class SequenceSums:
     acf_neural: np.ndarray | None = None
     moments: np.ndarray | None = None
     inside: np.ndarray | None = None
+
+    @classmethod
+    def concat(cls, parts: Sequence[SequenceSums]) -> SequenceSums:
+        """Stack the sequences of several held-out splits (e.g. cross-validation folds)."""
+        fields = {}
+        for name in cls.__dataclass_fields__:
+            values = [getattr(part, name) for part in parts]
+            fields[name] = None if values[0] is None else np.concatenate(values)
+        return cls(**fields)
 
 
 def _acf_sums(series: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
@@ -240,26 +249,42 @@ _OF_SUMS: dict[str, Callable[[SequenceSums, np.ndarray], float]] = {
 
 
 def effects(
-    train: SDEData, held: SDEData, model: SDEModel, *, seed: int = 0
+    folds: Sequence[tuple[SDEData, SDEData, SDEModel]], *, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """Measure every effect of :data:`EFFECTS` on held-out prompts.
+    """Measure every effect of :data:`EFFECTS` on held-out prompts, pooled over folds.
+
+    Each fold's held-out sequences are read with that fold's training split and model (and
+    surrogates of its own splits); the folds' sums are stacked, so that with K-fold
+    cross-validation by prompt every prompt is held out once and a resample of prompts draws
+    from all folds.
 
     Args:
-        train: The training split (the surrogates' VAR(1) and every linear fit use it).
-        held: Held-out prompts' split (e.g. validation and test together).
-        model: The neural SDE fitted on ``train``.
-        seed: Seed of the surrogates and of the bootstrap.
+        folds: ``(train, held, model)`` per fold: the training split (the surrogates' VAR(1)
+            and every linear fit use it), the held-out split, and the neural SDE fitted on
+            ``train``. One fold is a single split.
+        seed: Seed of the surrogates (fold i uses ``seed + 100 i``) and of the bootstrap.
 
     Returns:
         :func:`sdelm.stats.cluster_bootstrap`'s result (estimate, interval, p-value against
         the effect's null, clusters) for each effect, in the order of :data:`EFFECTS`.
 
+    Raises:
+        ValueError: Without folds, or if a prompt is held out by two folds.
+
     """
-    series = surrogate_series(train, held, seed=seed)
-    sums = {name: sequence_sums(tr, ho, model if name == "data" else None)
-            for name, (tr, ho) in series.items()}  # fmt: skip
-    frame = pd.DataFrame({"prompt_id": held.rows["prompt_id"].to_numpy(),
-                          "row": np.arange(len(held.rows))})  # fmt: skip
+    if not folds:
+        raise ValueError("effects needs at least one (train, held, model) fold.")
+    parts: dict[str, list[SequenceSums]] = {name: [] for name in ("data", *KINDS)}
+    for index, (train, held, model) in enumerate(folds):
+        series = surrogate_series(train, held, seed=seed + 100 * index)
+        for name, (tr, ho) in series.items():
+            parts[name].append(sequence_sums(tr, ho, model if name == "data" else None))
+    prompts = np.concatenate([held.rows["prompt_id"].to_numpy() for _, held, _ in folds])
+    by_fold = [set(held.rows["prompt_id"]) for _, held, _ in folds]
+    if sum(map(len, by_fold)) != len(set().union(*by_fold)):
+        raise ValueError("Each prompt must be held out by one fold only.")
+    sums = {name: SequenceSums.concat(found) for name, found in parts.items()}
+    frame = pd.DataFrame({"prompt_id": prompts, "row": np.arange(len(prompts))})
     data = sums["data"]
     statistics: dict[str, Callable[[np.ndarray], float]] = {
         "residual-excess-kurtosis": lambda r: _excess_kurtosis(data.moments[r]),

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdelm.book.claims import Claims
-from sdelm.book.setup import Setup, standard_neural, standard_setup, standard_trajectories
+from sdelm.book.setup import (
+    Setup,
+    standard_folds,
+    standard_neural,
+    standard_setup,
+    standard_trajectories,
+)
 
 if TYPE_CHECKING:
     from sdelm.data import PreparedData
@@ -258,6 +264,13 @@ class Chapter:
 
         """
         return standard_setup(self.namespace, source=source, split=split, fit=fit)
+
+    def folds(self, k: int) -> list[PreparedData]:
+        """Prepare the chapter's generated rows in ``k`` cross-validation folds by prompt.
+
+        See :func:`~sdelm.book.setup.standard_folds`; fold ``i`` holds out the i-th group.
+        """
+        return standard_folds(self.namespace, k)
 
     def refit(self, data: PreparedData) -> SDEModel:
         """Fit (or load) the chapter's neural SDE on other data, e.g. a surrogate.

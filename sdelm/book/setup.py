@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from sdelm.models import SDEModel
     from sdelm.trajectories import Trajectories
 
-__all__ = ["Setup", "standard_neural", "standard_setup", "standard_trajectories"]
+__all__ = ["Setup", "standard_folds", "standard_neural", "standard_setup", "standard_trajectories"]
 
 
 class Setup(NamedTuple):
@@ -122,3 +122,37 @@ def standard_neural(parameters: Mapping[str, Any], data: PreparedData) -> SDEMod
     start = NeuralSDE(dim, time_scale=float(data.train.states.shape[1]), seed=seed)
     device = parameters.get("device", "auto")
     return cached_fit(start, data, seed=seed, device=device, progress=False)
+
+
+def standard_folds(
+    parameters: Mapping[str, Any], k: int, *, source: str = "generated"
+) -> list[PreparedData]:
+    """Prepare a chapter's rows of one source for K-fold cross-validation by prompt.
+
+    Fold ``i`` tests on the i-th of ``k`` groups of prompts and trains (with 15% of the rest
+    for validation) on the others, each with its own projection (:func:`sdelm.prepare`'s
+    ``fold``): every prompt is held out exactly once. Chapters with the same parameters get
+    the same folds, so their fits on them (:func:`standard_neural`) share cache entries.
+
+    Args:
+        parameters: A chapter's parameters by name (see :func:`standard_setup`).
+        k: Number of folds (at least 2).
+        source: The rows to prepare.
+
+    Returns:
+        ``k`` prepared splits, fold 0 first.
+
+    """
+    from sdelm.data import prepare
+
+    rows = standard_trajectories(parameters).where(source=source)
+    return [
+        prepare(
+            rows,
+            dim=parameters["dim"],
+            seed=parameters["seed"],
+            split=(0.85, 0.15, 0.0),
+            fold=(i, k),
+        )
+        for i in range(k)
+    ]
