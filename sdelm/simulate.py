@@ -35,7 +35,7 @@ from sdelm.corpus import check_integers
 from sdelm.data import SDEData
 from sdelm.devices import check_memory
 from sdelm.models import SDEModel
-from sdelm.stats import cluster_bootstrap
+from sdelm.stats import cluster_bootstrap, pair_weights
 from sdelm.trajectories import check_time_step
 
 __all__ = [
@@ -501,8 +501,10 @@ def energy_distance_effect(
     (each in its own coordinates) the distance is taken within each fold and averaged over
     the folds, weighted by their held-out sequences. A bootstrap resample of prompts takes
     their real sequences and the paths simulated from those sequences' first states
-    together: a sequence drawn twice weighs twice, so every resample reuses the distance
-    matrices of the full sample.
+    together: a sequence drawn twice weighs twice, each copy paired with itself but not with
+    the other copy (:func:`sdelm.stats.pair_weights`), so that a resample keeps the data's
+    share of pairs of a sequence with itself; every resample reuses the distance matrices
+    of the full sample.
 
     Args:
         real: Float tensor of size (n, K + 1, dim): held-out sequences.
@@ -555,6 +557,9 @@ def energy_distance_effect(
 
     names = list(simulated)
 
+    def mean(distances: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        return (distances * pairs).sum((-2, -1)) / pairs.sum((-2, -1))
+
     def distances(counts: torch.Tensor) -> pd.DataFrame:
         total, weights = torch.zeros(len(steps), len(names), dtype=torch.float64), 0.0
         for rows, valid, real_pairs, blocks in parts:
@@ -563,12 +568,14 @@ def energy_distance_effect(
             if size == 0:
                 continue
             weight = drawn * valid  # (S, n_f): sequences drawn, where their real state exists
-            own = torch.einsum("si,sij,sj->s", weight, real_pairs, weight) / weight.sum(1) ** 2
+            own = mean(real_pairs, pair_weights(weight, weight, weight))
+            across_pairs = pair_weights(drawn.expand_as(weight), weight, weight)
+            among_pairs = pair_weights(drawn, drawn, drawn)
             for column, name in enumerate(names):
                 among, across = blocks[name]
-                paths = torch.einsum("i,sij,j->s", drawn, among, drawn) / size**2
-                cross = torch.einsum("i,sij,sj->s", drawn, across, weight) / (size * weight.sum(1))
-                total[:, column] += size * (2 * cross - paths - own)
+                total[:, column] += size * (
+                    2 * mean(across, across_pairs) - mean(among, among_pairs) - own
+                )
             weights += size
         return pd.DataFrame(
             (total / weights).numpy(), index=pd.Index(steps, name="step"), columns=names

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
-__all__ = ["N_RESAMPLES", "cluster_bootstrap", "holm"]
+__all__ = ["N_RESAMPLES", "cluster_bootstrap", "holm", "pair_weights"]
 
 #: Bootstrap resamples used throughout.
 N_RESAMPLES = 2000
@@ -93,6 +94,28 @@ def cluster_bootstrap(
         "p_value": float(min(1.0, 2 * min(below, above))),
         "n_clusters": len(groups),
     }
+
+
+def pair_weights(left: torch.Tensor, right: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
+    """Weights of the pairs of units that a resample draws, for a pairwise (U- or V-) statistic.
+
+    A unit drawn ``c_i`` times pairs ``left_i · right_j`` times with another unit ``j``; with
+    itself, ``diagonal_i`` times: a pair of a unit with its own copy never occurs in the data,
+    so a resample keeps only what the data have, each copy with itself (``diagonal = counts``
+    for a V-statistic) or nothing (zeros, for a U-statistic).
+
+    Args:
+        left: Float tensor of size (..., n): the first member's weights (e.g. counts, or counts
+            times a validity mask).
+        right: Float tensor of size (..., n): the second member's.
+        diagonal: Float tensor of size (..., n): the weight of each unit paired with itself.
+
+    Returns:
+        Float tensor of size (..., n, n).
+
+    """
+    pairs = left[..., :, None] * right[..., None, :]
+    return pairs - torch.diag_embed(pairs.diagonal(dim1=-2, dim2=-1) - diagonal)
 
 
 def minimum_detectable(measured: dict[str, float], *, power: float = 0.8) -> float:

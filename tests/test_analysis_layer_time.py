@@ -11,7 +11,6 @@ import torch
 
 import sdelm
 from sdelm.analysis import layer_time
-from sdelm.simulate import energy_distance
 
 
 def layer_set(rate: float, seed: int, n: int = 400) -> sdelm.Trajectories:
@@ -116,16 +115,6 @@ def test_held_out_residuals_follow_the_law_up_to_the_last_step_of_a_lines_of_tho
     assert held.residuals.shape == (160, 24, 8) and held.law == range(1, 23)
     found = layer_time.last_layer_effect(held, seed=0)
     assert found["low"] < 0 < found["high"]
-
-
-def test_the_weighted_energy_distance_is_the_energy_distance_at_unit_weights():
-    generator = torch.Generator().manual_seed(0)
-    real = torch.randn(12, 5, 3, generator=generator)
-    paths = torch.randn(12 * 4, 5, 3, generator=generator)
-    terms = layer_time.energy_terms(real, paths)
-    weighted = layer_time.weighted_energy_distance(terms, torch.ones(12))
-    direct = [energy_distance(paths[:, t], real[:, t]) for t in range(5)]
-    assert weighted.numpy() == pytest.approx(direct)
 
 
 def test_the_closer_ensemble_has_a_negative_log_ratio_and_identical_ones_zero():

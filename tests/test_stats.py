@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import sdelm
-from sdelm.stats import cluster_bootstrap
+from sdelm.stats import cluster_bootstrap, pair_weights
 
 
 def test_cluster_bootstrap_and_holm():
@@ -36,3 +37,11 @@ def test_few_clusters_widen_the_interval_by_the_t_critical_value():
     plain = cluster_bootstrap(many, lambda f: f["x"].mean(), n_resamples=4000)
     width = plain["high"] - plain["low"]  # ≈ 2 · 1.96 · sd / √400, stretched by 1.003
     assert width == pytest.approx(2 * 1.96 * frame["x"].std(ddof=0) / 20 * 1.003, rel=0.06)
+
+
+def test_pair_weights_keep_each_copy_with_itself_and_no_pair_of_copies():
+    counts = torch.tensor([2.0, 0.0, 1.0])
+    v_statistic = pair_weights(counts, counts, counts)
+    assert v_statistic.tolist() == [[2, 0, 2], [0, 0, 0], [2, 0, 1]]
+    u_statistic = pair_weights(counts, counts, torch.zeros(3))
+    assert u_statistic.diagonal().tolist() == [0, 0, 0] and u_statistic[0, 2] == 2

@@ -33,14 +33,14 @@ import torch
 
 from sdelm.data import prepare
 from sdelm.lines_of_thought import LayerLinear
-from sdelm.stats import cluster_bootstrap
+from sdelm.simulate import energy_distance_effect
+from sdelm.stats import cluster_bootstrap, pair_weights
 from sdelm.trajectories import Trajectories
 
 __all__ = [
     "COLUMNS",
     "HeldOutResiduals",
     "anisotropy_effect",
-    "energy_terms",
     "ensemble_effect",
     "gain_difference",
     "growth_effects",
@@ -49,7 +49,6 @@ __all__ = [
     "last_layer_effect",
     "residual_frame",
     "sphericity",
-    "weighted_energy_distance",
 ]
 
 #: The two readings of the residual variance: in the states' scale, and per-layer normalised.
@@ -229,18 +228,6 @@ def _counts(frame: pd.DataFrame, n: int) -> torch.Tensor:
     return torch.bincount(torch.tensor(frame["row"].to_numpy()), minlength=n).double()
 
 
-def _pair_weights(weights: torch.Tensor, self_pairs: bool) -> torch.Tensor:
-    """Weights (..., n, n) of pairs of pieces drawn with ``weights`` (..., n) times each.
-
-    Two different pieces ``i ≠ j`` pair ``w_i w_j`` times. Of the pairs of a piece with itself
-    only the ``w_i`` of each copy with itself are kept (``self_pairs``) or none: a pair of a
-    piece with its own copy in a resample never occurs in the data.
-    """
-    pairs = weights[..., :, None] * weights[..., None, :]
-    diagonal = weights if self_pairs else torch.zeros_like(weights)
-    return pairs - torch.diag_embed(pairs.diagonal(dim1=-2, dim2=-1) - diagonal)
-
-
 def sphericity(residuals: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """How unequally the residuals' variance spreads over directions, per layer.
 
@@ -264,7 +251,7 @@ def sphericity(residuals: torch.Tensor, weights: torch.Tensor | None = None) -> 
     """
     x = residuals.double()
     w = torch.ones(x.shape[:2], dtype=x.dtype) if weights is None else weights.double()
-    pairs = _pair_weights(w, self_pairs=False)
+    pairs = pair_weights(w, w, torch.zeros_like(w))
     return _sphericity(x.shape[-1], _sphericity_terms(x), pairs)
 
 
@@ -301,7 +288,8 @@ def anisotropy_effect(
     terms = _sphericity_terms(residuals)
 
     def statistic(frame: pd.DataFrame) -> float:
-        pairs = _pair_weights(valid * _counts(frame, valid.shape[1]), self_pairs=False)
+        weights = valid * _counts(frame, valid.shape[1])
+        pairs = pair_weights(weights, weights, torch.zeros_like(weights))
         return float(_sphericity(residuals.shape[-1], terms, pairs).mean())
 
     return cluster_bootstrap(_piece_frame(held.prompt_ids), statistic, null=1.0, seed=seed)
@@ -338,55 +326,6 @@ def last_layer_effect(held: HeldOutResiduals, *, seed: int = 0) -> dict[str, flo
     return cluster_bootstrap(_piece_frame(held.prompt_ids), statistic, seed=seed)
 
 
-def energy_terms(real: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
-    """Return the mean distances between pieces that an energy distance sums, per step.
-
-    Args:
-        real: Float tensor (n, n_steps, dim): the real states of ``n`` pieces.
-        paths: Float tensor (n * n_paths, n_steps, dim): simulated paths, row
-            ``i * n_paths + j`` the ``j``-th started from piece ``i`` (as
-            :func:`sdelm.simulate` returns them).
-
-    Returns:
-        Float64 tensor (3, n_steps, n, n): at each step, the mean distance between the paths
-        of piece ``i`` and the real state of piece ``j``; between the paths of ``i`` and those
-        of ``j``; between the real states of ``i`` and ``j``.
-
-    """
-    n, n_steps, dim = real.shape
-    per_piece = paths.double().reshape(n, -1, n_steps, dim)
-    n_paths = per_piece.shape[1]
-    terms = torch.empty(3, n_steps, n, n, dtype=torch.float64)
-    for t in range(n_steps):  # one step at a time: (n · n_paths)² distances each
-        x, y = per_piece[:, :, t].reshape(-1, dim), real[:, t].double()
-        terms[0, t] = torch.cdist(x, y).reshape(n, n_paths, n).mean(1)
-        terms[1, t] = torch.cdist(x, x).reshape(n, n_paths, n, n_paths).mean((1, 3))
-        terms[2, t] = torch.cdist(y, y)
-    return terms
-
-
-def weighted_energy_distance(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Energy distance between the simulated and the real states of weighted pieces.
-
-    Args:
-        terms: From :func:`energy_terms`, (3, n_steps, n, n).
-        weights: Tensor (n,) of non-negative weights (a bootstrap resample's counts).
-
-    Returns:
-        Float64 tensor (n_steps,): ``2 E d(X, Y) − E d(X, X') − E d(Y, Y')`` over the pairs of
-        pieces drawn: for unit weights, :func:`sdelm.simulate.energy_distance` of all paths
-        and all real states at each step (the V-statistic, pairs of a piece with itself
-        included). Pairs of a piece with its own copy in a resample are left out, so that a
-        resample keeps the data's share of pairs of a piece with itself (distance 0 between
-        its real states; its own paths, or them and its real state): with them, every
-        repeated piece would pull the distance towards that of the pieces with themselves.
-
-    """
-    pairs = _pair_weights(weights.double(), self_pairs=True)
-    means = (terms * pairs).sum((-2, -1)) / pairs.sum()
-    return 2 * means[0] - means[1] - means[2]
-
-
 def ensemble_effect(
     real: torch.Tensor,
     paths: torch.Tensor,
@@ -401,7 +340,7 @@ def ensemble_effect(
     At each step, ``log(ED(paths, real) / ED(reference, real))``: any common yardstick (a
     sampling floor) cancels, and below 0 means ``paths`` is the closer ensemble. A resample
     of pieces takes each piece's real states and the paths started from it together
-    (:func:`weighted_energy_distance`).
+    (:func:`sdelm.simulate.energy_distance_effect`).
 
     Args:
         real: Float tensor (n, n_steps, dim): held-out real states.
@@ -417,15 +356,15 @@ def ensemble_effect(
 
     """
     steps = list(range(1, real.shape[1]) if steps is None else steps)
-    terms = {name: energy_terms(real, p)[:, steps] for name, p in (("a", paths), ("b", reference))}
-
-    def statistic(frame: pd.DataFrame) -> float:
-        weights = _counts(frame, len(real))
-        first = weighted_energy_distance(terms["a"], weights)
-        second = weighted_energy_distance(terms["b"], weights)
-        return float((first / second).log().mean())
-
-    return cluster_bootstrap(_piece_frame(prompt_ids), statistic, seed=seed)
+    return energy_distance_effect(
+        real,
+        torch.ones(real.shape[:2], dtype=torch.bool),
+        {"paths": paths, "reference": reference},
+        prompt_ids,
+        lambda table: float(np.log(table["paths"] / table["reference"]).mean()),
+        steps=steps,
+        seed=seed,
+    )
 
 
 def gain_difference(
