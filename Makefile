@@ -27,12 +27,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# Chapters the book's cache lacks are executed two at a time, then jupyter-book builds the HTML.
 book: setup
-	$(BIN)/jupyter-book build . --warningiserror --keep-going --path-output .
+	$(BIN)/sdelm book --jobs 2
 
-# Every test: unit, packaged model, each chapter executed once by papermill (claims enforced),
-# two chapters again by nbval from an empty cache (extraction, a fit and its simulation:
-# determinism), and the HTML built from the executed notebooks.
+# Every test: unit, packaged model, each chapter executed once by papermill (claims enforced;
+# two chapters at a time), two chapters again by nbval from an empty cache (extraction, a fit
+# and its simulation: determinism), and the HTML built from the executed notebooks.
 test: setup
 	SDELM_OLD_TRANSFORMERS=$(VENV)/old-transformers $(BIN)/python -m pytest
 

@@ -12,7 +12,9 @@ that the current code would not produce.
 Each entry is a safetensors file plus a JSON record beside it that repeats the parameters and
 fingerprints and holds the file's SHA-256. A load checks all of them, so a damaged, truncated,
 swapped or copied entry is recomputed, not served. Both files are written atomically, the record
-last; two processes filling one entry at once leave either one's complete result.
+last. A process that misses an entry holds a lock file beside it while it computes; a second
+process that misses the same entry waits for the lock and is then served the first one's
+result, so chapters executed side by side (``sdelm book --jobs 2``) compute each entry once.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError
 
 from sdelm.data import PreparedData
@@ -263,20 +266,35 @@ def cached(
     }
     key = cache_key(record)
     path = cache_dir() / kind / f"{key}.safetensors"
-    record_path = path.with_suffix(".json")
-    if not refresh:
-        try:
-            stored = json.loads(record_path.read_text())
-            if stored.pop("sha256") == _file_hash(path) and stored == record:
-                return load(path)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError):
-            pass  # missing, damaged, swapped or from other code: computed afresh below
-        for stale in (record_path, path):
-            stale.unlink(missing_ok=True)  # another reader may have removed it already
-    entry = compute()
-    save(entry, path)
-    write_json_atomically({**record, "sha256": _file_hash(path)}, record_path)
+    if not refresh and (entry := _served(path, record, load)) is not None:
+        return entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_suffix(".lock")):
+        # Another process may have filled the entry while this one waited for the lock.
+        if not refresh and (entry := _served(path, record, load)) is not None:
+            return entry
+        for stale in (path.with_suffix(".json"), path):
+            stale.unlink(missing_ok=True)  # damaged, swapped or from other code
+        entry = compute()
+        save(entry, path)
+        write_json_atomically({**record, "sha256": _file_hash(path)}, path.with_suffix(".json"))
     return entry
+
+
+def _served(path: Path, record: dict[str, Any], load: Callable[[Path], _Entry]) -> _Entry | None:
+    """Return the entry at ``path`` if its record matches ``record`` and its checksum; else None.
+
+    A missing, damaged, swapped or stale entry gives None; its files are left to the caller,
+    which removes them while it holds the entry's lock (a writer may be renaming them now).
+    """
+    record_path = path.with_suffix(".json")
+    try:
+        stored = json.loads(record_path.read_text())
+        if stored.pop("sha256") == _file_hash(path) and stored == record:
+            return load(path)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError):
+        pass  # missing, damaged, swapped or from other code: computed afresh by the caller
+    return None
 
 
 def cached_trajectories(

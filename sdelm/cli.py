@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -378,20 +377,10 @@ def _chapter(args: argparse.Namespace) -> None:
 
 
 def _book(args: argparse.Namespace) -> None:
-    root = _book_root(args.root)
-    executable = Path(sys.executable).with_name("jupyter-book")
-    command = [
-        str(executable) if executable.is_file() else "jupyter-book",
-        "build",
-        str(root),
-        "--warningiserror",
-        "--keep-going",
-        "--path-output",
-        str(Path(args.out) if args.out else root),
-    ]
-    result = subprocess.run(command, check=False)
-    if result.returncode:
-        raise RuntimeError(f"jupyter-book build exited with {result.returncode}.")
+    from sdelm.book.build import build
+
+    html = build(_book_root(args.root), Path(args.out) if args.out else None, jobs=args.jobs)
+    print(f"built {html}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -472,6 +461,9 @@ def _parser() -> argparse.ArgumentParser:
     book = command("book", "Build the executed book with jupyter-book (warnings are errors).")
     book.add_argument("--root", help="book folder (default: here, else the repository)")
     book.add_argument("--out", help="folder for _build (default: the book folder)")
+    book.add_argument(
+        "--jobs", type=_count, default=2, help="chapters executed at once (default 2)"
+    )
     book.set_defaults(run=_book)
     return parser
 

@@ -61,6 +61,7 @@ __all__ = [
     "SUPPORTED_TRANSFORMERS",
     "EmbeddedModel",
     "LMLoadError",
+    "attention_for",
     "cache_keyword",
     "check_cache_used",
     "check_transformers",
@@ -393,6 +394,18 @@ def _hub_unreachable() -> str | None:
     return None
 
 
+def attention_for(device: torch.device) -> str:
+    """Return the attention implementation that sdelm asks transformers for on ``device``.
+
+    On the CPU, ``"eager"`` (a matrix product, a softmax and another product): its result does
+    not depend on the number of threads. PyTorch's fused CPU attention (``"sdpa"``) splits the
+    keys of a one-token query among the threads, so a decoding step's states change in the
+    last bits with the number of cores, and a sampled token now and then with them: the same
+    seed would give other text on another machine. Elsewhere ``"sdpa"``.
+    """
+    return "eager" if device.type == "cpu" else "sdpa"
+
+
 def load_lm(
     name: str | os.PathLike = "smollm2-135m-instruct",
     *,
@@ -462,7 +475,11 @@ def load_lm(
         options = {"trust_remote_code": False, "local_files_only": local_only}
         tokenizer = AutoTokenizer.from_pretrained(source, **options)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=True, **options
+            source,
+            dtype=dtype,
+            use_safetensors=True,
+            attn_implementation=attention_for(device),
+            **options,
         )
     except (OSError, ValueError) as error:
         if folder.is_dir():
@@ -500,7 +517,9 @@ def untrained(lm: LM, *, seed: int = 0) -> LM:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(lm.model.config, dtype=lm.model.dtype)
+        model = AutoModelForCausalLM.from_config(
+            lm.model.config, dtype=lm.model.dtype, attn_implementation=attention_for(lm.device)
+        )
     return LM(
         model=model.to(lm.device),
         tokenizer=lm.tokenizer,

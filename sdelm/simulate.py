@@ -43,6 +43,7 @@ __all__ = [
     "convergence",
     "energy_distance",
     "energy_distance_effect",
+    "one_token_errors",
     "simulate",
     "simulate_split",
 ]
@@ -587,3 +588,39 @@ def energy_distance_effect(
 
     frame = pd.DataFrame({"prompt_id": list(prompts), "row": np.arange(n)})
     return cluster_bootstrap(frame, resampled, null=null, seed=seed)
+
+
+@torch.no_grad()
+def one_token_errors(model: SDEModel, data: SDEData, *, substeps: int = 16) -> pd.DataFrame:
+    """Squared error of two readings of a fitted chain's one-token step, per transition.
+
+    The chain's step is the Euler–Maruyama mean ``x + μ(x, t)·Δt``, the map the likelihood
+    fitted. Its continuous reading follows the drift flow for one token in ``substeps`` steps
+    (noise-free: for a linear drift, the exact conditional mean of the SDE read in continuous
+    time).
+
+    Args:
+        model: A fitted model.
+        data: Held-out sequences (one split of a projection).
+        substeps: Solver steps per token of the continuous reading.
+
+    Returns:
+        One row per transition of ``data`` (:meth:`SDEData.transitions`' order):
+        ``prompt_id``, ``chain`` and ``continuous`` (squared Euclidean errors of the predicted
+        next state).
+
+    """
+    check_integers(1, substeps=substeps)
+    moves = data.transitions()
+    target = moves.x + moves.dx
+    chain = moves.x + model.drift(moves.x, moves.t) * moves.dt
+    flow = moves.x.clone()
+    for k in range(substeps):
+        flow = flow + model.drift(flow, moves.t + k * moves.dt / substeps) * moves.dt / substeps
+    return pd.DataFrame(
+        {
+            "prompt_id": data.transition_prompts(),
+            "chain": (chain - target).pow(2).sum(dim=1).numpy(),
+            "continuous": (flow - target).pow(2).sum(dim=1).numpy(),
+        }
+    )

@@ -31,11 +31,10 @@ import pytest
 import yaml
 
 from sdelm import cache_dir
+from sdelm.book.build import LEDGER, execute_book
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted(p for p in (ROOT / "book").glob("*.md") if "kernelspec:" in p.read_text())
-#: The claims ledger: executed last, it reads the records the other chapters left.
-LEDGER = "verdicts"
 CHAPTERS = [c for c in CHAPTERS if c.stem != LEDGER] + [ROOT / "book" / f"{LEDGER}.md"]
 pytestmark = pytest.mark.book
 
@@ -92,15 +91,12 @@ def nbval_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory, papermill_cache):
+    """Every chapter executed once, two at a time, then the ledger, which reads their records."""
     folder = tmp_path_factory.mktemp("executed")
-    cache = papermill_cache
-    return {
-        chapter.stem: (
-            execute(chapter, folder / f"{chapter.stem}.ipynb", cache),
-            folder / f"{chapter.stem}.ipynb",
-        )
-        for chapter in CHAPTERS
-    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SDELM_CACHE", str(papermill_cache))
+        paths = execute_book(folder, [c.stem for c in CHAPTERS], jobs=2, root=ROOT)
+    return {name: (nbformat.read(path, as_version=4), path) for name, path in paths.items()}
 
 
 def test_there_are_chapters():

@@ -181,13 +181,21 @@ def test_two_readers_of_a_damaged_entry_do_not_race(empty_cache):
 
 def _fill(folder: str, start: multiprocessing.synchronize.Barrier) -> None:
     import os
+    import time
 
     os.environ["SDELM_CACHE"] = folder
+
+    def compute() -> sdelm.Trajectories:
+        with (Path(folder) / "computed.log").open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        time.sleep(1.0)  # long enough for the other process to miss the entry too
+        return Counter().trajectories()
+
     start.wait()
-    sdelm.cached_trajectories({"n": 7}, Counter().trajectories)
+    sdelm.cached_trajectories({"n": 7}, compute)
 
 
-def test_two_processes_filling_one_entry_leave_a_complete_one(empty_cache):
+def test_two_processes_filling_one_entry_compute_it_once(empty_cache):
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(2)
     workers = [context.Process(target=_fill, args=(str(empty_cache), start)) for _ in range(2)]
@@ -196,12 +204,12 @@ def test_two_processes_filling_one_entry_leave_a_complete_one(empty_cache):
     for worker in workers:
         worker.join(timeout=120)
         assert worker.exitcode == 0
+    # The second process waited for the first one's lock, then was served its entry.
+    assert len((empty_cache / "computed.log").read_text().split()) == 1
     (path,) = entries(empty_cache, "trajectories")
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporaries
-    count = Counter()
-    served = sdelm.cached_trajectories({"n": 7}, count.trajectories)
-    assert count.calls == 0
-    assert torch.equal(served.states, Counter().trajectories().states)
+    stored = sdelm.Trajectories.load(path)
+    assert torch.equal(stored.states, Counter().trajectories().states)
 
 
 def test_a_changed_value_that_compute_reads_computes_afresh():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import sdelm
+from sdelm.book.build import stale_chapters
 from tests.conftest import chapter_source
 
 MINI_CHAPTER = chapter_source(
@@ -142,6 +144,33 @@ def test_book_builds_a_book(mini_book, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "site" / "_build" / "html" / "book" / "mini.html").is_file()
     assert sdelm_cli("book", "--root", str(tmp_path / "empty")).returncode == 2
+
+
+def test_book_executes_chapters_side_by_side_into_jupyter_books_cache(tmp_path):
+    root = tmp_path / "src"
+    (root / "book").mkdir(parents=True)
+    for name in ("one", "two"):
+        body = f'import os\nprint("{name} ran with", os.environ.get("OMP_NUM_THREADS"))\n'
+        (root / "book" / f"{name}.md").write_text(chapter_source(name, "x = 1\n", body))
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/one\nchapters:\n  - file: book/two\n"
+    )
+    (root / "_config.yml").write_text("title: two\nexecute:\n  execute_notebooks: cache\n")
+    site = tmp_path / "site"
+    first = sdelm_cli("book", "--root", str(root), "--out", str(site), "--jobs", "2")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    # Executed by sdelm, one torch thread per chapter on this machine's cores split in two,
+    # and served to Jupyter Book from its cache: the build itself executed nothing.
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    for name in ("one", "two"):
+        page = (site / "_build" / "html" / "book" / f"{name}.html").read_text()
+        assert f"{name} ran with {threads}" in page
+    assert "Executing notebook" not in first.stdout + first.stderr
+    assert stale_chapters(root, site / "_build" / ".jupyter_cache") == []
+    # A changed chapter is executed again; the other stays cached.
+    source = root / "book" / "two.md"
+    source.write_text(source.read_text().replace("x = 1", "x = 2"))
+    assert stale_chapters(root, site / "_build" / ".jupyter_cache") == ["two"]
 
 
 def test_sharded_extract_resumes_and_loads_as_one_set(tiny_folder, tmp_path):

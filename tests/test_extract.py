@@ -11,6 +11,7 @@ import sdelm
 from sdelm import LM, extract
 
 EXTRACT_MODULE = importlib.import_module("sdelm.extract")  # `sdelm.extract` is the function
+LM_MODULE = importlib.import_module("sdelm.lm")
 
 PROMPTS = ["hello there", "a", "the quick brown fox"]
 
@@ -375,3 +376,28 @@ def test_read_in_context_refuses_mismatched_or_empty_input(llama):
         sdelm.read_in_context(llama, [], [])
     with pytest.raises(ValueError, match="no tokens"):
         sdelm.read_in_context(llama, ["to be", ""], ["a", "b"])
+
+
+def _extract_with_threads(lm: LM, threads: int) -> sdelm.Trajectories:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return extract(
+            lm, sdelm.corpus.prompts(8), max_new_tokens=12, samples_per_prompt=2, seed=0,
+            progress=False,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_sampled_text_and_states_do_not_depend_on_the_number_of_threads(monkeypatch, attention):
+    # sdelm asks for eager attention on the CPU; PyTorch's fused attention (sdpa) splits a
+    # decoding step's keys among the threads, and its states then differ with their number.
+    assert LM_MODULE.attention_for(torch.device("cpu")) == "eager"
+    monkeypatch.setattr(LM_MODULE, "attention_for", lambda device: attention)
+    lm = sdelm.load_lm("smollm2-135m-instruct", device="cpu")
+    one, two = (_extract_with_threads(lm, threads) for threads in (1, 2))
+    same = torch.equal(one.states, two.states) and torch.equal(one.tokens, two.tokens)
+    assert same == (attention == "eager")

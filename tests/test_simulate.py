@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torchsde
@@ -18,6 +19,7 @@ from sdelm.simulate import (
     convergence,
     energy_distance,
     energy_distance_effect,
+    one_token_errors,
 )
 from sdelm.synthetic import ou_model, ou_paths
 
@@ -278,3 +280,25 @@ def test_the_energy_distance_effect_resamples_prompts_and_tells_the_true_model()
     assert pooled["estimate"] == pytest.approx((16 * per_fold[0] + 32 * per_fold[1]) / 48)
     with pytest.raises(ValueError, match="must agree"):
         energy_distance_effect(real, mask, simulated, prompts[:10], gap, steps=steps)
+
+
+def test_one_token_errors_read_the_chain_and_its_continuous_flow():
+    # Noise-free sequences of the chain x_{k+1} = (I + A) x_k: the chain's step predicts them
+    # exactly; the continuous reading predicts exp(A) x_k, off by (exp(A) − I − A) x_k.
+    matrix = torch.tensor([[-0.5, 0.2], [0.0, -0.3]])
+    model = sdelm.baselines.OrnsteinUhlenbeck(2)
+    with torch.no_grad():
+        model.matrix.copy_(matrix)
+    states = [torch.tensor([[1.0, -2.0], [0.5, 3.0]])]
+    for _ in range(5):
+        states.append(states[-1] + states[-1] @ matrix.T)
+    paths = torch.stack(states, dim=1)  # (2, 6, 2)
+    rows = pd.DataFrame({"prompt_id": [4, 7]})
+    data = sdelm.SDEData(paths, torch.ones(2, 6, dtype=torch.bool), 1.0, rows)
+    errors = one_token_errors(model, data, substeps=400)
+    assert list(errors["prompt_id"]) == [4] * 5 + [7] * 5
+    assert np.allclose(errors["chain"], 0.0, atol=1e-10)
+    x = paths[:, :-1].reshape(-1, 2).double()
+    gap = x @ (torch.linalg.matrix_exp(matrix.double()) - torch.eye(2) - matrix.double()).T
+    expected = gap.pow(2).sum(dim=1).numpy()
+    np.testing.assert_allclose(errors["continuous"], expected, rtol=0.01)

@@ -2,9 +2,12 @@
 
 A chapter opens itself with :meth:`Chapter.open` (its defaults read from its own parameters
 cell), records measured effects in :class:`Claims`, and finishes with :meth:`Chapter.finish`;
-:func:`ledger` gathers every chapter's claims for the claims ledger page.
+:func:`ledger` gathers every chapter's claims for the claims ledger page;
+:func:`execute_book` executes chapters side by side, and :func:`sdelm.book.build.build` builds
+the HTML from them.
 """
 
+from sdelm.book.build import execute_book
 from sdelm.book.chapter import Chapter, ChapterError, execute
 from sdelm.book.claims import ClaimFailedError, Claims, slug
 from sdelm.book.ledger import ledger
@@ -15,6 +18,7 @@ __all__ = [
     "ClaimFailedError",
     "Claims",
     "execute",
+    "execute_book",
     "ledger",
     "slug",
 ]

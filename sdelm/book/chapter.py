@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import multiprocessing
+import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +49,7 @@ __all__ = [
     "book_root",
     "chapter_names",
     "execute",
+    "execute_chapters",
     "parameter_defaults",
     "record_path",
     "source_path",
@@ -352,3 +356,62 @@ def execute(
                 progress_bar=progress,
             )
     return out
+
+
+def _execute_reporting(name: str, out: Path, root: Path | None) -> str | None:
+    """Execute a chapter in a worker process; return its failure as text (None if it ran)."""
+    try:
+        execute(name, out, root=root)
+    except Exception as error:  # reported by the parent, which waits for every chapter
+        return f"{name}: {type(error).__name__}: {error}"[:600]
+    return None
+
+
+def execute_chapters(
+    names: Sequence[str], folder: Path, *, jobs: int = 1, root: Path | None = None
+) -> dict[str, Path]:
+    """Execute chapters at their defaults, ``jobs`` at a time, into ``folder/NAME.ipynb``.
+
+    Chapters side by side share the sdelm cache: an entry that two of them need is computed
+    once (the second waits for the first, :func:`sdelm.cached`). Each kernel gets the cores
+    divided among the jobs as its torch threads (``OMP_NUM_THREADS``, unless already set): on
+    two cores, two chapters with one thread each finish sooner than one after the other with
+    two, because much of a chapter (bootstraps, tables, plots) runs on one core anyway.
+    Chapters start in the order given: put the longest first.
+
+    Args:
+        names: Chapter file names without ``.md``.
+        folder: Where the executed notebooks go (created).
+        jobs: Chapters executed at once, each from its own worker process.
+        root: The book's folder; default found by :func:`book_root`.
+
+    Returns:
+        Chapter name -> executed notebook, in the order given.
+
+    Raises:
+        ChapterError: If any chapter failed (raised after all have run; it names each one).
+
+    """
+    if jobs < 1:
+        raise ChapterError(f"jobs must be at least 1, not {jobs}.")
+    folder.mkdir(parents=True, exist_ok=True)
+    outs = {name: folder / f"{name}.ipynb" for name in names}
+    if jobs == 1:
+        failures = [_execute_reporting(name, out, root) for name, out in outs.items()]
+    else:
+        set_here = "OMP_NUM_THREADS" not in os.environ
+        if set_here:  # the workers, and the kernels they start, inherit it
+            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        try:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                failures = list(
+                    pool.map(_execute_reporting, outs, outs.values(), [root] * len(outs))
+                )
+        finally:
+            if set_here:
+                os.environ.pop("OMP_NUM_THREADS", None)
+    failed = [failure for failure in failures if failure is not None]
+    if failed:
+        raise ChapterError("Chapters failed: " + "; ".join(failed))
+    return outs
