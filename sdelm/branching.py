@@ -24,7 +24,6 @@ import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load
-from transformers import DynamicCache
 
 from sdelm.corpus import check_integers
 from sdelm.extract import (
@@ -229,6 +228,8 @@ def _branch_sequence(
     body = model.base_model  # the branched tokens' logits are never used
     ids = torch.tensor([prompt_ids + tokens[: steps[-1] + 1].tolist()], device=device)
     length = ids.shape[1]
+    from transformers import DynamicCache  # imported with the model, not with sdelm
+
     cache = DynamicCache(config=model.config)
     out = model(
         input_ids=ids,

@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
-from transformers import DynamicCache
 
 from sdelm.corpus import Passage, Prompt, check_integers, is_integer
 from sdelm.devices import check_memory
@@ -246,6 +245,8 @@ def _generate_batch(
     steps_per_copy = _steps_per_copy(device)
     pending: dict[str, list[torch.Tensor]] = {key: [] for key in out}
     first_pending = 0
+
+    from transformers import DynamicCache  # imported with the model, not with sdelm
 
     cache = DynamicCache(config=model.config)
     with_cache = {cache_keyword(model): cache, "use_cache": True}

@@ -36,24 +36,19 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import huggingface_hub.constants
 import torch
-import transformers
 from huggingface_hub.utils import get_session
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    Cache,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
-from transformers.utils import logging as hf_logging
 
 from sdelm.cache import cache_dir
 from sdelm.devices import resolve_device
+
+if TYPE_CHECKING:  # transformers (seconds to import) is imported where a model is used
+    from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "EMBEDDED",
@@ -136,6 +131,8 @@ def check_transformers() -> None:
             install.
 
     """
+    import transformers
+
     installed = transformers.__version__
     if not SpecifierSet(SUPPORTED_TRANSFORMERS).contains(installed, prereleases=True):
         raise LMLoadError(
@@ -162,6 +159,8 @@ def cache_keyword(model: torch.nn.Module) -> str:
     for name in ("cache", "past_key_values"):
         if name in parameters:
             return name
+    import transformers
+
     return "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
 
 
@@ -180,6 +179,8 @@ def check_cache_used(cache: Cache, n_tokens: int) -> None:
     """
     held = int(cache.get_seq_length())
     if held != n_tokens:
+        import transformers
+
         raise LMLoadError(
             f"The model's forward pass did not use the KV cache it was given (it holds {held} "
             f"positions after reading {n_tokens}), so generated tokens would be read without "
@@ -291,6 +292,8 @@ def _gguf_path(embedded: EmbeddedModel, scratch: Path) -> Path:
 
 def _convert_embedded(name: str, dtype_name: str) -> None:
     """Dequantise an embedded GGUF model into a safetensors folder in the cache, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     dtype = getattr(torch, dtype_name)
     folder = _copy_folder(name, dtype)
     embedded = _embedded_model(name)
@@ -438,6 +441,9 @@ def load_lm(
             holds pickled weights only, or the installed transformers is not supported.
 
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(
             f"name must be a model name, folder or hub id (a string), got {name!r}; "
@@ -515,6 +521,8 @@ def untrained(lm: LM, *, seed: int = 0) -> LM:
         An :class:`LM` named ``"<name> (untrained)"`` on the same device and dtype.
 
     """
+    from transformers import AutoModelForCausalLM
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(
