@@ -96,17 +96,19 @@ def stale_chapters(root: Path, cache_path: Path) -> list[str]:
 
     cache = get_cache(str(cache_path))
     code = source_fingerprint()
-    stale = []
-    for name in chapter_names(root):
+    names = chapter_names(root)
+    stale = set()
+    # The ledger last, wherever the table of contents puts it: it is stale with any other.
+    for name in sorted(names, key=lambda n: n == LEDGER):
         try:
             record = cache.match_cache_notebook(_as_read(name, root))
         except KeyError:
-            stale.append(name)
+            stale.add(name)
             continue
         if record.data.get("sdelm") != code or (name == LEDGER and stale):
             cache.remove_cache_record(record.pk)
-            stale.append(name)
-    return stale
+            stale.add(name)
+    return [name for name in names if name in stale]
 
 
 def _add_to_cache(name: str, executed: Path, root: Path, cache_path: Path) -> None:
