@@ -383,6 +383,35 @@ def _book(args: argparse.Namespace) -> None:
     print(f"built {html}")
 
 
+def _seeds(args: argparse.Namespace) -> None:
+    from sdelm.book.robustness import seed_robustness
+    from sdelm.files import atomic_path
+
+    out = _output(args.out, args.force) if args.out else None
+    try:
+        table = seed_robustness(
+            args.seeds, args.chapters or None, jobs=args.jobs, root=_book_root(args.root)
+        )
+    except ChapterError as error:
+        raise UsageError(str(error)) from None
+    if out is not None:
+        with atomic_path(out) as partial:
+            table.to_csv(partial, index=False)
+    asserted = table[table["found"] != "inconclusive"]
+    flipped = asserted[~asserted["sign_kept"]]
+    print(
+        f"{len(asserted)} claims asserted at the defaults; at seeds {args.seeds}, "
+        f"{len(asserted) - len(flipped)} keep their sign and "
+        f"{int(asserted['verdict_kept'].sum())} their verdict."
+    )
+    estimates = [f"estimate@{seed}" for seed in args.seeds]
+    if len(flipped):
+        print("Sign not kept:")
+        print(flipped[["chapter", "name", "null", "estimate", *estimates]].to_string(index=False))
+    if out is not None:
+        print(f"wrote {out}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sdelm",
@@ -465,6 +494,18 @@ def _parser() -> argparse.ArgumentParser:
         "--jobs", type=_count, default=2, help="chapters executed at once (default 2)"
     )
     book.set_defaults(run=_book)
+
+    seeds = command(
+        "seeds", "Execute the chapters at other extraction seeds; compare every claim's sign."
+    )
+    seeds.add_argument("seeds", type=_seed, nargs="+", help="seeds other than the default")
+    seeds.add_argument("--chapters", nargs="+", help="default: every chapter with a seed")
+    seeds.add_argument("--out", help="write the whole comparison as a .csv file")
+    seeds.add_argument("--root", help="book folder (default: here, else the repository)")
+    seeds.add_argument(
+        "--jobs", type=_count, default=2, help="chapters executed at once (default 2)"
+    )
+    seeds.set_defaults(run=_seeds)
     return parser
 
 

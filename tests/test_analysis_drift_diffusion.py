@@ -28,6 +28,44 @@ def ou_split():
     return sdelm.prepare(trajs, dim=None, standardise=False, seed=0)
 
 
+@pytest.fixture(scope="module")
+def ou_folds():
+    trajs = as_trajectories(ou_paths(n=600, steps=40, dt=0.1), dt=0.1, per_prompt=3)
+    return [
+        sdelm.prepare(trajs, dim=None, standardise=False, split=(0.85, 0.15, 0.0), fold=(i, 2))
+        for i in range(2)
+    ]
+
+
+def test_cross_validation_reads_every_prompt_once_with_its_folds_model(ou_folds):
+    models = [
+        ou_model(),
+        sdelm.baselines.OrnsteinUhlenbeck(3).fit_least_squares(ou_folds[1].train),
+    ]
+    field, table, grids = drift_diffusion.cross_validated(models, ou_folds, bins=4)
+    held_out = [set(fold.test.rows["prompt_id"]) for fold in ou_folds]
+    assert not held_out[0] & held_out[1]
+    assert set(field["prompt_id"]) == held_out[0] | held_out[1]
+    # Sequences are numbered across folds, and each fold is read by its own model.
+    assert field["sequence"].nunique() == sum(len(fold.test) for fold in ou_folds)
+    assert field.groupby("sequence")["fold"].nunique().eq(1).all()
+    alone = drift_diffusion.field_along_steps(models[1], ou_folds[1].test)
+    assert np.allclose(field[field["fold"] == 1]["drift_norm"], alone["drift_norm"])
+    assert len(table) == sum(len(fold.test.transitions()) for fold in ou_folds)
+    # The agreement is the mean of the folds' agreements.
+    per_fold = [
+        kramers_moyal.agreement(table[table["fold"] == i], grid) for i, grid in enumerate(grids)
+    ]
+    statistic = drift_diffusion.agreement(table, grids)
+    assert statistic(table) == pytest.approx(np.mean(per_fold))
+    # The drift's bootstrap through per-prompt sums is the bootstrap of the statistic.
+    fast = drift_diffusion.agreement_effect(table, grids, n_resamples=40, seed=2)
+    slow = cluster_bootstrap(table, statistic, n_resamples=40, seed=2)
+    assert fast == pytest.approx(slow, rel=1e-9, abs=1e-12)
+    with pytest.raises(ValueError, match="one per fold"):
+        drift_diffusion.cross_validated(models[:1], ou_folds)
+
+
 def test_field_along_steps_for_a_known_ou(ou_split):
     field = drift_diffusion.field_along_steps(ou_model(), ou_split.test)
     assert len(field) == int(ou_split.test.mask.sum())
@@ -184,13 +222,21 @@ def test_kramers_moyal_second_moment_leaves_out_the_drift_at_unit_time_step():
     assert plain.median() > 1.2 * float(sigma[0])
 
 
-def test_drift_agreement_against_a_surrogate_equals_the_bootstrap_over_the_table(ou_split):
-    _, tables, grids = drift_diffusion.surrogate_tables(ou_split, bins=4, seed=0)
+@pytest.mark.parametrize("n_folds", [1, 2])
+def test_drift_agreement_against_a_surrogate_equals_the_bootstrap_over_the_table(
+    ou_split, ou_folds, n_folds
+):
+    folds = [ou_split] if n_folds == 1 else ou_folds
+    _, tables, grids = drift_diffusion.surrogate_tables(folds, bins=4, seed=0)
+    assert sorted(tables["fold"].unique()) == list(range(n_folds))
     fast = drift_diffusion.agreement_versus(tables, grids, "iid", n_resamples=40, seed=3)
 
-    # The agreement on each series' rows, read on the cells each series populates.
+    # The agreement on each series' rows, read on the cells each series populates, averaged
+    # over the folds.
     statistics = {
-        name: drift_diffusion.agreement(tables[tables["series"] == name], grids[name])
+        name: drift_diffusion.agreement(
+            tables[tables["series"] == name], [fold[name] for fold in grids]
+        )
         for name in ("data", "iid")
     }
 
@@ -207,8 +253,8 @@ def test_drift_agreement_against_a_surrogate_equals_the_bootstrap_over_the_table
 
 def test_a_resample_of_the_agreement_reads_the_cells_the_data_populate(ou_split):
     grid = kramers_moyal.Grid.fit(ou_split.train.states[ou_split.train.mask], bins=6)
-    table = kramers_moyal.transition_table(ou_split.test, grid, ou_model())
-    statistic = drift_diffusion.agreement(table, grid, min_count=100)
+    table = kramers_moyal.transition_table(ou_split.test, grid, ou_model()).assign(fold=0)
+    statistic = drift_diffusion.agreement(table, [grid], min_count=100)
     assert statistic(table) == kramers_moyal.agreement(table, grid, min_count=100)
     # Every prompt drawn twice: the same cell means, and no cell admitted that the data leave
     # below min_count, although each now holds twice its transitions.

@@ -32,7 +32,9 @@ def test_growth_effects_resample_pieces_and_compare_a_null_on_the_same_pieces():
     }
     found = layer_time.growth_effects(frames, compared=("untrained",), seed=0)
     human = found.loc[("human", "variance")]
-    assert human["low"] < 0.18 < human["high"] and human["n_clusters"] == 160
+    # Every one of the 400 pieces held out once (cross-fitted maps).
+    assert human["estimate"] == pytest.approx(0.18, abs=0.01) and human["n_clusters"] == 400
+    assert human["low"] < human["estimate"] < human["high"] < human["low"] + 0.02
     assert human["estimate"] == pytest.approx(layer_time.growth_rate(frames["human"]))
     null = found.loc[("untrained", "variance")]
     assert abs(null["estimate"]) < 0.01
@@ -60,7 +62,7 @@ def gaussian_residuals(n: int, n_steps: int, dim: int, scales, seed: int = 0):
     return layer_time.HeldOutResiduals(
         noise * torch.as_tensor(scales, dtype=torch.float64),
         torch.ones(n, n_steps - 1, dtype=torch.bool),
-        torch.ones(n_steps - 1),
+        torch.ones(n, n_steps - 1),
         np.arange(n),
         range(1, n_steps - 2),
     )
@@ -111,10 +113,31 @@ def test_a_last_step_off_the_law_by_a_known_factor_is_recovered():
 
 
 def test_held_out_residuals_follow_the_law_up_to_the_last_step_of_a_lines_of_thought_set():
-    held = layer_time.held_out_residuals(layer_set(0.18, seed=0), dim=8, seed=0)
-    assert held.residuals.shape == (160, 24, 8) and held.law == range(1, 23)
+    pieces = layer_set(0.18, seed=0)
+    held = layer_time.held_out_residuals(pieces, dim=8, seed=0, folds=4)
+    # Cross-fitted: every piece held out once, by one of the four folds.
+    assert held.residuals.shape == (pieces.n_sequences, 24, 8) and held.law == range(1, 23)
+    assert sorted(held.prompt_ids) == sorted(pieces.rows["prompt_id"])
+    assert sorted(set(held.folds)) == [0, 1, 2, 3]
+    assert held.same_fold().sum() == sum(np.bincount(held.folds) ** 2)
     found = layer_time.last_layer_effect(held, seed=0)
     assert found["low"] < 0 < found["high"]
+
+
+def test_sphericity_pairs_only_pieces_of_one_fold():
+    # Two folds whose coordinates differ by a rotation that swaps the two directions: each is
+    # stretched along its own first axis, so pooling their residuals would read isotropy.
+    held = gaussian_residuals(120, 6, 2, torch.tensor([3.0, 1.0]))
+    swapped = held.residuals.clone()
+    swapped[60:] = swapped[60:].flip(-1)
+    folds = np.repeat([0, 1], 60)
+    within = layer_time.anisotropy_effect(
+        dataclasses.replace(held, residuals=swapped, folds=folds), seed=0
+    )
+    pooled = layer_time.anisotropy_effect(dataclasses.replace(held, residuals=swapped), seed=0)
+    # d·tr(M²)/tr(M)² = 2 · (81 + 1) / 10² = 1.64 within a fold; 1 for the pooled mixture.
+    assert within["estimate"] == pytest.approx(1.64, abs=0.15)
+    assert pooled["estimate"] == pytest.approx(1.0, abs=0.1)
 
 
 def test_the_closer_ensemble_has_a_negative_log_ratio_and_identical_ones_zero():

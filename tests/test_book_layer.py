@@ -109,7 +109,7 @@ def test_a_chapter_without_its_source_computes_but_does_not_enforce(tmp_path, mo
     assert chapter.source is None and not chapter.claims.enforce
 
 
-def test_finish_records_the_claims_at_the_defaults_only(mini_book):
+def test_finish_records_the_defaults_for_the_ledger_and_other_runs_apart(mini_book):
     chapter = Chapter.open("mini", {"n": 3, "temperatures": [0.5, 1.0], "device": "auto",
                                     "label": "3"}, root=mini_book)  # fmt: skip
     chapter.claims.effect("c", measured(1, 0, 2, 0.1), what="x", expected="less",
@@ -122,6 +122,10 @@ def test_finish_records_the_claims_at_the_defaults_only(mini_book):
                                     "label": "4"}, root=mini_book)  # fmt: skip
     relaxed.finish()
     assert not record_path("mini").exists()
+    # A run at other parameters is recorded apart, with the parameters that differ.
+    run = json.loads(record_path("mini", {"n": 4, "temperatures": [1.0]}).read_text())
+    assert run["parameters"] == {"n": 4, "temperatures": [1.0]}
+    assert record_path("mini", {"n": 4}) != record_path("mini", {"n": 5})
 
 
 def test_the_ledger_executes_a_chapter_without_a_current_record(mini_book):
@@ -180,3 +184,44 @@ def test_setup_passes_the_chapters_parameters_and_fits_on_its_prepared_data(monk
     held = [set(fold.test.rows["prompt_id"]) for fold in folds]
     assert sum(map(len, held)) == len(set().union(*held)) == 20
     assert chapter.refit(folds[1]) is calls["fit"][0] and calls["fit"][1] is folds[1]
+
+
+SEEDED = chapter_source(
+    "Seeded",
+    "seed = 0\n",
+    "import sdelm\n"
+    'chapter = sdelm.book.Chapter.open("seeded", globals())\n'
+    "shift = 5 - 4 * seed\n"
+    'chapter.claims.effect("shift", {"estimate": shift, "low": shift - 1, "high": shift + 1, '
+    '"p_value": 0.001}, what="shift", expected="greater", found="as expected")\n'
+    "print(chapter.finish())\n",
+)
+
+
+def test_seed_robustness_sets_each_claim_beside_other_seeds(mini_book, monkeypatch):
+    from sdelm.book import robustness
+
+    (mini_book / "book" / "seeded.md").write_text(SEEDED)
+    (mini_book / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/notes\nchapters:\n  - file: book/mini\n"
+        "  - file: book/seeded\n"
+    )
+    table = robustness.seed_robustness([1, 2], jobs=1, root=mini_book)  # mini has no seed
+    row = table.set_index("name").loc["shift"]
+    assert table["chapter"].tolist() == ["seeded"]
+    assert (row["estimate"], row["estimate@1"], row["estimate@2"]) == (5, 1, -3)
+    assert (row["verdict@1"], row["verdict@2"]) == ("as expected", "opposite")
+    assert not row["sign_kept"] and not row["verdict_kept"]
+    kept = robustness.seed_robustness([1], jobs=1, root=mini_book).iloc[0]
+    assert kept["sign_kept"] and kept["verdict_kept"]
+
+    # Every run is recorded: asked again, nothing is executed.
+    def fail(*args, **kwargs):
+        raise AssertionError("executed again")
+
+    monkeypatch.setattr(robustness, "execute_book", fail)
+    assert robustness.seed_robustness([1, 2], jobs=1, root=mini_book).equals(table)
+    with pytest.raises(ChapterError, match="default"):
+        robustness.seed_robustness([0], root=mini_book)
+    with pytest.raises(ChapterError, match="no seed"):
+        robustness.seed_robustness([1], ["mini"], root=mini_book)

@@ -26,6 +26,15 @@ def test_cluster_bootstrap_and_holm():
         cluster_bootstrap(frame.assign(prompt_id=1), lambda f: 0.0)
 
 
+def test_the_interval_of_a_statistic_that_resampling_shifts_holds_its_estimate():
+    # Distinct prompts: 20 in the data, about 12.6 in a resample of 20 drawn with
+    # replacement. The uncentred percentile interval would lie wholly below the estimate.
+    frame = pd.DataFrame({"prompt_id": np.repeat(np.arange(20), 3), "x": 1.0})
+    distinct = cluster_bootstrap(frame, lambda f: f["prompt_id"].nunique(), null=20)
+    assert distinct["low"] < 20 < distinct["high"] and distinct["p_value"] > 0.9
+    assert distinct["high"] - distinct["low"] < 10  # the resamples' spread, kept
+
+
 def test_few_clusters_widen_the_interval_by_the_t_critical_value():
     # Four prompts, all with a positive mean: the plain bootstrap would call it certain (every
     # resample positive); the t(3) stretch widens the interval by 3.18 / 1.96.

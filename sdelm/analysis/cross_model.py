@@ -310,7 +310,8 @@ def findings(
         layer_trajs: Layer-time trajectories of human text.
         branches: Branches of prefixes of unseen prompts at three or more temperatures.
         dim: PCA dimension.
-        n_folds: Folds of the cross-validation by prompt (:func:`held_out_scores`).
+        n_folds: Folds of the cross-validation by prompt (:func:`held_out_scores`) and of
+            the cross-fitting by piece of the layer-time maps.
         seed: Seed of splits, fits and bootstraps.
         device: Where the neural SDE is fitted.
 
@@ -336,7 +337,10 @@ def findings(
         "increment-vs-temperature": (steps, _log_ratio("increment_sq")),
         "increment-vs-entropy": (steps, _spearman("increment_sq", "next_entropy")),
         "msd-exponent": (displacement_frame(everything), _msd_exponent),
-        "noise-vs-depth": (residual_frame(layer_trajs, dim=dim, seed=seed), growth_rate),
+        "noise-vs-depth": (
+            residual_frame(layer_trajs, dim=dim, seed=seed, folds=n_folds),
+            growth_rate,
+        ),
         "branch-noise-vs-temperature": (seen, _log_ratio("noise")),
         "branch-noise-vs-entropy": (
             seen[seen["temperature"] == middle],

@@ -1,6 +1,8 @@
 """Drift and diffusion along the trajectories, against temperature, entropy, source and nulls.
 
-Everything is evaluated on a held-out split, with the model fitted on the training prompts.
+Everything is evaluated on held-out prompts, with the model fitted on the training prompts:
+on one split, or on every fold of a cross-validation (:func:`cross_validated`), each fold's
+model read on its own test split.
 The statistics here are functions of a table (one row per step or per sequence) so that
 :func:`sdelm.stats.cluster_bootstrap` can recompute them on resamples of whole prompts.
 
@@ -12,7 +14,7 @@ diffusion ``σ(X_k)`` of that step is paired with ``H_{k+1}`` (``next_entropy``)
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +30,9 @@ from sdelm.stats import N_RESAMPLES, cluster_bootstrap
 
 __all__ = [
     "agreement",
+    "agreement_effect",
     "agreement_versus",
+    "cross_validated",
     "field_along_steps",
     "noise_share",
     "per_sequence",
@@ -87,6 +91,40 @@ def field_along_steps(model: SDEModel, data: SDEData) -> pd.DataFrame:
             "next_entropy": entropy.numpy(),
         }
     )
+
+
+def cross_validated(
+    models: Sequence[SDEModel], folds: Sequence[PreparedData], *, bins: int = 6
+) -> tuple[pd.DataFrame, pd.DataFrame, list[kramers_moyal.Grid]]:
+    """Read each fold's model on its own held-out split: every prompt and passage once.
+
+    Args:
+        models: The model fitted on each fold's training split.
+        folds: The folds (:func:`sdelm.prepare` with ``fold=(i, k)``), fold ``i`` at ``i``.
+        bins: Bins per coordinate of each fold's Kramers–Moyal grid.
+
+    Returns:
+        ``field``: :func:`field_along_steps` of every fold's test split, with a ``fold``
+        column and ``sequence`` numbered across folds; ``table``:
+        :func:`kramers_moyal.transition_table` of the same transitions with the model's
+        columns, binned on each fold's grid, with ``fold``; ``grids``: fold ``i``'s grid,
+        fitted to its training states.
+
+    Raises:
+        ValueError: If ``models`` and ``folds`` differ in length.
+
+    """
+    if len(models) != len(folds):
+        raise ValueError(f"{len(models)} models for {len(folds)} folds: give one per fold.")
+    fields, tables, grids, offset = [], [], [], 0
+    for i, (model, data) in enumerate(zip(models, folds, strict=True)):
+        field = field_along_steps(model, data.test)
+        fields.append(field.assign(fold=i, sequence=field["sequence"] + offset))
+        offset += len(data.test)
+        grids.append(kramers_moyal.Grid.fit(data.train.states[data.train.mask], bins))
+        table = kramers_moyal.transition_table(data.test, grids[i], model)
+        tables.append(table.assign(fold=i))
+    return pd.concat(fields, ignore_index=True), pd.concat(tables, ignore_index=True), grids
 
 
 def per_sequence(field: pd.DataFrame, column: str, *, log: bool = True) -> pd.DataFrame:
@@ -202,26 +240,108 @@ def versus(statistic: Statistic, surrogate: str, column: str = "series") -> Stat
     return difference
 
 
-def agreement(
-    table: pd.DataFrame, grid: kramers_moyal.Grid, *, kind: str = "drift", min_count: int = 30
-) -> Statistic:
-    """Statistic: :func:`kramers_moyal.agreement` of a resample of ``table``.
+def _fold_rows(frame: pd.DataFrame, fold: int) -> pd.DataFrame:
+    return frame[frame["fold"] == fold]
 
-    Every resample reads the cells that ``table`` populates
-    (:func:`kramers_moyal.populated_cells`), so the statistic of the data is the agreement of
-    ``table`` itself and repeated prompts cannot admit sparse cells.
+
+def agreement(
+    table: pd.DataFrame,
+    grids: Sequence[kramers_moyal.Grid],
+    *,
+    kind: str = "drift",
+    min_count: int = 30,
+) -> Statistic:
+    """Statistic: the mean over folds of :func:`kramers_moyal.agreement` of a resample.
+
+    Each fold's rows are read on that fold's grid and on the cells the data of that fold
+    populate (:func:`kramers_moyal.populated_cells`), so the statistic of the data is the mean
+    of the folds' agreements and repeated prompts cannot admit sparse cells. A fold with fewer
+    than ``min_count`` transitions in a resample is left out of its mean.
+
+    Args:
+        table: From :func:`cross_validated` (a ``fold`` column, the model's columns).
+        grids: Fold ``i``'s grid at ``i``.
+        kind: ``"drift"`` or ``"diffusion"``.
+        min_count: Minimum transitions per cell.
+
     """
-    cells = kramers_moyal.populated_cells(table, grid, min_count=min_count)
+    cells = [
+        kramers_moyal.populated_cells(_fold_rows(table, i), grid, min_count=min_count)
+        for i, grid in enumerate(grids)
+    ]
 
     def statistic(frame: pd.DataFrame) -> float:
-        return kramers_moyal.agreement(frame, grid, kind=kind, min_count=min_count, cells=cells)
+        rs = [
+            kramers_moyal.agreement(rows, grid, kind=kind, min_count=min_count, cells=cells[i])
+            for i, grid in enumerate(grids)
+            if len(rows := _fold_rows(frame, i)) >= min_count
+        ]
+        return _mean_finite(rs)
 
     return statistic
 
 
+def _prompt_bootstrap(
+    prompts: np.ndarray, statistic: Callable[[np.ndarray], float], seed: int, n_resamples: int
+) -> dict[str, float]:
+    """:func:`sdelm.stats.cluster_bootstrap` over ``prompts`` of ``statistic(rows drawn)``."""
+    frame = pd.DataFrame({"prompt_id": prompts, "row": np.arange(len(prompts))})
+    return cluster_bootstrap(
+        frame, lambda drawn: statistic(drawn["row"].to_numpy()), seed=seed, n_resamples=n_resamples
+    )
+
+
+def _mean_finite(values: list[float]) -> float:
+    values = [v for v in values if np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def agreement_effect(
+    table: pd.DataFrame,
+    grids: Sequence[kramers_moyal.Grid],
+    *,
+    kind: str = "drift",
+    min_count: int = 30,
+    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+) -> dict[str, float]:
+    """Measure :func:`agreement` with an interval that resamples prompts (and passages).
+
+    The drift's agreement is read through per-prompt sums (:class:`kramers_moyal.DriftSums`),
+    so a resample costs no pass over the transitions; the diffusion's, which subtracts a
+    linear drift refitted on each resample, through :func:`agreement` itself.
+
+    Args:
+        table: From :func:`cross_validated` (a ``fold`` column, the model's columns).
+        grids: Fold ``i``'s grid at ``i``.
+        kind: ``"drift"`` or ``"diffusion"``.
+        min_count: Minimum transitions per cell.
+        seed: Seed of the bootstrap.
+        n_resamples: Bootstrap resamples.
+
+    Returns:
+        :func:`sdelm.stats.cluster_bootstrap`'s result.
+
+    """
+    if kind != "drift":
+        statistic = agreement(table, grids, kind=kind, min_count=min_count)
+        return cluster_bootstrap(table, statistic, seed=seed, n_resamples=n_resamples)
+    prompts = np.sort(table["prompt_id"].unique())
+    sums = [
+        kramers_moyal.DriftSums.of(_fold_rows(table, i), grid, prompts)
+        for i, grid in enumerate(grids)
+    ]
+    return _prompt_bootstrap(
+        prompts,
+        lambda rows: _mean_finite([fold.agreement(rows, min_count=min_count) for fold in sums]),
+        seed,
+        n_resamples,
+    )
+
+
 def agreement_versus(
     tables: pd.DataFrame,
-    grids: dict[str, kramers_moyal.Grid],
+    grids: Sequence[dict[str, kramers_moyal.Grid]],
     surrogate: str,
     *,
     min_count: int = 30,
@@ -230,14 +350,14 @@ def agreement_versus(
 ) -> dict[str, float]:
     """Measure the drift agreement on the ``"data"`` rows minus on the ``surrogate`` rows.
 
-    The same numbers as :func:`sdelm.stats.cluster_bootstrap` of the difference of
-    :func:`kramers_moyal.agreement` on the two series' rows, resampling prompts, but each series
-    is first reduced to per-prompt sums (:class:`kramers_moyal.DriftSums`), so a resample costs
-    no pass over the transitions.
+    The same numbers as :func:`sdelm.stats.cluster_bootstrap` of the mean over folds of the
+    difference of :func:`kramers_moyal.agreement` on the two series' rows of each fold,
+    resampling prompts, but each series and fold is first reduced to per-prompt sums
+    (:class:`kramers_moyal.DriftSums`), so a resample costs no pass over the transitions.
 
     Args:
-        tables: :func:`surrogate_tables`' tables (a ``series`` column).
-        grids: Each series' grid, from :func:`surrogate_tables`.
+        tables: :func:`surrogate_tables`' tables (``series`` and ``fold`` columns).
+        grids: Each fold's grids by series, from :func:`surrogate_tables`.
         surrogate: The surrogate kind.
         min_count: Minimum transitions per cell.
         seed: Seed of the bootstrap.
@@ -248,47 +368,59 @@ def agreement_versus(
 
     """
     prompts = np.sort(tables["prompt_id"].unique())
-    sums = {
-        name: kramers_moyal.DriftSums.of(tables[tables["series"] == name], grids[name], prompts)
-        for name in ("data", surrogate)
-    }
+    sums = [
+        {
+            name: kramers_moyal.DriftSums.of(
+                _fold_rows(tables[tables["series"] == name], i), fold_grids[name], prompts
+            )
+            for name in ("data", surrogate)
+        }
+        for i, fold_grids in enumerate(grids)
+    ]
 
-    def difference(drawn: pd.DataFrame) -> float:
-        rows = drawn["row"].to_numpy()
-        data, other = (sums[name].agreement(rows, min_count=min_count) for name in sums)
-        return data - other
+    def difference(rows: np.ndarray) -> float:
+        return _mean_finite(
+            [
+                fold["data"].agreement(rows, min_count=min_count)
+                - fold[surrogate].agreement(rows, min_count=min_count)
+                for fold in sums
+            ]
+        )
 
-    frame = pd.DataFrame({"prompt_id": prompts, "row": np.arange(len(prompts))})
-    return cluster_bootstrap(frame, difference, seed=seed, n_resamples=n_resamples)
+    return _prompt_bootstrap(prompts, difference, seed, n_resamples)
 
 
 def surrogate_tables(
-    data: PreparedData, *, bins: int = 6, seed: int = 0
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, kramers_moyal.Grid]]:
+    folds: Sequence[PreparedData], *, bins: int = 6, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, kramers_moyal.Grid]]]:
     """Refit a VAR(1) on the data and on each surrogate; read it on the held-out steps.
 
-    For each series (``"data"`` and the kinds of :data:`surrogates.KINDS`), an OU / VAR(1)
-    drift is fitted by least squares to the series' training split, and a Kramers–Moyal grid
-    to its training states; both are read on its test split. A surrogate sequence keeps the
-    prompt of the sequence it was made from, so resampling prompts resamples both together.
+    In each fold and for each series (``"data"`` and the kinds of :data:`surrogates.KINDS`),
+    an OU / VAR(1) drift is fitted by least squares to the series' training split, and a
+    Kramers–Moyal grid to its training states; both are read on its test split. A surrogate
+    sequence keeps the prompt of the sequence it was made from, so resampling prompts
+    resamples both together.
 
     Args:
-        data: Prepared data.
+        folds: Prepared data: the folds of a cross-validation, or one split in a list.
         bins: Bins per coordinate of the Kramers–Moyal grids.
-        seed: Seed of the surrogates.
+        seed: Seed of the surrogates; fold ``i`` uses ``seed + 100·i``.
 
     Returns:
-        ``fields``: :func:`field_along_steps` of each series' VAR(1) on its test split, with a
-        ``series`` column; ``tables``: :func:`kramers_moyal.transition_table` of the same, with
-        ``series``; and each series' grid.
+        ``fields``: :func:`field_along_steps` of each series' VAR(1) on its test split, with
+        ``series`` and ``fold`` columns; ``tables``: :func:`kramers_moyal.transition_table` of
+        the same, with ``series`` and ``fold``; and each fold's grids by series.
 
     """
-    series = surrogates.surrogate_series(data.train, data.test, seed=seed)
-    fields, tables, grids = [], [], {}
-    for name, (train, test) in series.items():
-        linear = OrnsteinUhlenbeck(data.dim).fit_least_squares(train)
-        grids[name] = kramers_moyal.Grid.fit(train.states[train.mask], bins)
-        fields.append(field_along_steps(linear, test).assign(series=name))
-        table = kramers_moyal.transition_table(test, grids[name], linear)
-        tables.append(table.assign(series=name))
+    fields, tables, grids = [], [], []
+    for i, data in enumerate(folds):
+        series = surrogates.surrogate_series(data.train, data.test, seed=seed + 100 * i)
+        fold_grids = {}
+        for name, (train, test) in series.items():
+            linear = OrnsteinUhlenbeck(data.dim).fit_least_squares(train)
+            fold_grids[name] = kramers_moyal.Grid.fit(train.states[train.mask], bins)
+            fields.append(field_along_steps(linear, test).assign(series=name, fold=i))
+            table = kramers_moyal.transition_table(test, fold_grids[name], linear)
+            tables.append(table.assign(series=name, fold=i))
+        grids.append(fold_grids)
     return pd.concat(fields, ignore_index=True), pd.concat(tables, ignore_index=True), grids

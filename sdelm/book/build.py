@@ -16,6 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,15 +39,22 @@ def _longest_first(names: list[str]) -> list[str]:
 
 
 def execute_book(
-    folder: Path, names: list[str] | None = None, *, jobs: int = 2, root: Path | None = None
+    folder: Path,
+    names: list[str] | None = None,
+    *,
+    jobs: int = 2,
+    root: Path | None = None,
+    parameters: Mapping[str, object] | None = None,
 ) -> dict[str, Path]:
-    """Execute chapters at their defaults, ``jobs`` at a time, the claims ledger last.
+    """Execute chapters, ``jobs`` at a time, the longest first and the claims ledger last.
 
     Args:
         folder: Where the executed notebooks go.
         names: Chapters to execute; default every chapter of the book.
         jobs: Chapters executed at once.
         root: The book's folder; default found by :func:`sdelm.book.book_root`.
+        parameters: Overrides of every chapter's parameters cell; default none (the
+            defaults). The ledger takes none: it reads the runs at the defaults.
 
     Returns:
         Chapter name -> executed notebook.
@@ -58,7 +66,11 @@ def execute_book(
     root = book_root(root)
     names = chapter_names(root) if names is None else list(names)
     others = _longest_first([n for n in names if n != LEDGER])
-    executed = execute_chapters(others, folder, jobs=jobs, root=root) if others else {}
+    executed = (
+        execute_chapters(others, folder, jobs=jobs, root=root, parameters=parameters)
+        if others
+        else {}
+    )
     if LEDGER in names:
         executed |= execute_chapters([LEDGER], folder, root=root)
     return executed

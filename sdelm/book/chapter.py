@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import multiprocessing
 import os
 import tempfile
@@ -167,11 +168,26 @@ def _normalised(value: object) -> object:
     return [_normalised(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-def record_path(name: str) -> Path:
-    """Where the claims of chapter ``name``, run at its defaults, are recorded."""
+def record_path(name: str, overrides: Mapping[str, Any] | None = None) -> Path:
+    """Where the claims of chapter ``name`` are recorded.
+
+    Args:
+        name: The chapter's file name without ``.md``.
+        overrides: The parameters that differ from the defaults; none for the defaults' run,
+            whose record the claims ledger reads.
+
+    Returns:
+        ``claims/NAME.json`` in the sdelm cache at the defaults, else
+        ``claims/runs/NAME-DIGEST.json`` with a digest of the overrides.
+
+    """
     from sdelm.cache import cache_dir
 
-    return cache_dir() / "claims" / f"{name}.json"
+    if not overrides:
+        return cache_dir() / "claims" / f"{name}.json"
+    text = json.dumps({k: _normalised(v) for k, v in overrides.items()}, sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return cache_dir() / "claims" / "runs" / f"{name}-{digest}.json"
 
 
 def _file_digest(path: Path) -> str:
@@ -269,12 +285,13 @@ class Chapter:
         """
         return standard_setup(self.namespace, source=source, split=split, fit=fit)
 
-    def folds(self, k: int) -> list[PreparedData]:
-        """Prepare the chapter's generated rows in ``k`` cross-validation folds by prompt.
+    def folds(self, k: int, *, source: str | None = "generated") -> list[PreparedData]:
+        """Prepare the chapter's rows of ``source`` (every row with None) in ``k`` folds.
 
-        See :func:`~sdelm.book.setup.standard_folds`; fold ``i`` holds out the i-th group.
+        See :func:`~sdelm.book.setup.standard_folds`; fold ``i`` holds out the i-th group of
+        prompts (and passages).
         """
-        return standard_folds(self.namespace, k)
+        return standard_folds(self.namespace, k, source=source)
 
     def refit(self, data: PreparedData) -> SDEModel:
         """Fit (or load) the chapter's neural SDE on other data, e.g. a surrogate.
@@ -283,8 +300,26 @@ class Chapter:
         """
         return standard_neural(self.namespace, data)
 
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The parameters in force that differ from the defaults.
+
+        Those in :data:`IGNORED` and computed defaults (:data:`ANY`) never count.
+        """
+        return {
+            key: self.parameters[key]
+            for key, value in self.defaults.items()
+            if value is not ANY
+            and key not in IGNORED
+            and _normalised(self.parameters[key]) != _normalised(value)
+        }
+
     def finish(self) -> str:
-        """Verify the claims and, when they are enforced, record them for the ledger.
+        """Verify the claims and record them: at the defaults for the ledger, else as a run.
+
+        A run at other parameters (another extraction ``seed``, say) is recorded under
+        :func:`record_path` of its overrides, with them, so that
+        :func:`sdelm.book.robustness.seed_robustness` can set it beside the defaults.
 
         Returns:
             :meth:`Claims.verify`'s summary.
@@ -297,15 +332,17 @@ class Chapter:
         from sdelm.files import write_json_atomically
 
         summary = self.claims.verify()
-        if self.claims.enforce and self.source is not None:
+        if self.source is not None:
             table = self.claims.table()
+            overrides = self.overrides  # none exactly when the claims are enforced
             record = {
                 "chapter": self.name,
                 "source_sha256": _file_digest(self.source),
                 "sdelm": source_fingerprint(),
+                "parameters": {k: _normalised(v) for k, v in overrides.items()},
                 "claims": table.astype(object).where(table.notna(), None).to_dict("records"),
             }
-            write_json_atomically(record, record_path(self.name))
+            write_json_atomically(record, record_path(self.name, overrides))
         return summary
 
 
@@ -358,19 +395,26 @@ def execute(
     return out
 
 
-def _execute_reporting(name: str, out: Path, root: Path | None) -> str | None:
+def _execute_reporting(
+    name: str, out: Path, root: Path | None, parameters: Mapping[str, object] | None = None
+) -> str | None:
     """Execute a chapter in a worker process; return its failure as text (None if it ran)."""
     try:
-        execute(name, out, root=root)
+        execute(name, out, parameters=parameters, root=root)
     except Exception as error:  # reported by the parent, which waits for every chapter
         return f"{name}: {type(error).__name__}: {error}"[:600]
     return None
 
 
 def execute_chapters(
-    names: Sequence[str], folder: Path, *, jobs: int = 1, root: Path | None = None
+    names: Sequence[str],
+    folder: Path,
+    *,
+    jobs: int = 1,
+    root: Path | None = None,
+    parameters: Mapping[str, object] | None = None,
 ) -> dict[str, Path]:
-    """Execute chapters at their defaults, ``jobs`` at a time, into ``folder/NAME.ipynb``.
+    """Execute chapters, ``jobs`` at a time, into ``folder/NAME.ipynb``.
 
     Chapters side by side share the sdelm cache: an entry that two of them need is computed
     once (the second waits for the first, :func:`sdelm.cached`). Each kernel gets the cores
@@ -384,6 +428,8 @@ def execute_chapters(
         folder: Where the executed notebooks go (created).
         jobs: Chapters executed at once, each from its own worker process.
         root: The book's folder; default found by :func:`book_root`.
+        parameters: Overrides of every chapter's parameters cell (e.g. ``{"seed": 1}``);
+            default none: the chapters run at their defaults.
 
     Returns:
         Chapter name -> executed notebook, in the order given.
@@ -397,7 +443,7 @@ def execute_chapters(
     folder.mkdir(parents=True, exist_ok=True)
     outs = {name: folder / f"{name}.ipynb" for name in names}
     if jobs == 1:
-        failures = [_execute_reporting(name, out, root) for name, out in outs.items()]
+        failures = [_execute_reporting(name, out, root, parameters) for name, out in outs.items()]
     else:
         set_here = "OMP_NUM_THREADS" not in os.environ
         if set_here:  # the workers, and the kernels they start, inherit it
@@ -405,9 +451,8 @@ def execute_chapters(
         try:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-                failures = list(
-                    pool.map(_execute_reporting, outs, outs.values(), [root] * len(outs))
-                )
+                repeated = [root] * len(outs), [parameters] * len(outs)
+                failures = list(pool.map(_execute_reporting, outs, outs.values(), *repeated))
         finally:
             if set_here:
                 os.environ.pop("OMP_NUM_THREADS", None)

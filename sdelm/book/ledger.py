@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -28,24 +29,33 @@ from sdelm.book.chapter import (
 __all__ = ["ledger", "read_record"]
 
 
-def read_record(name: str, root: Path) -> dict | None:
+def read_record(
+    name: str, root: Path, overrides: Mapping[str, object] | None = None
+) -> dict | None:
     """Return chapter ``name``'s recorded claims if the current source and code made them.
 
     Args:
         name: The chapter's file name without ``.md``.
         root: The book's folder.
+        overrides: The run's parameters that differ from the defaults; none for the
+            defaults' run.
 
     Returns:
-        The record (``chapter``, ``source_sha256``, ``sdelm``, ``claims``), or None when it is
-        missing, unreadable, or was made by another chapter source or sdelm code.
+        The record (``chapter``, ``source_sha256``, ``sdelm``, ``parameters``, ``claims``), or
+        None when it is missing, unreadable, or was made by another chapter source, sdelm
+        code or parameters.
 
     """
     from sdelm.cache import source_fingerprint  # imports torch: only when a record is read
 
     try:
-        record = json.loads(record_path(name).read_text())
+        record = json.loads(record_path(name, overrides).read_text())
         source = hashlib.sha256(source_path(name, root).read_bytes()).hexdigest()
-        current = record["source_sha256"] == source and record["sdelm"] == source_fingerprint()
+        current = (
+            record["source_sha256"] == source
+            and record["sdelm"] == source_fingerprint()
+            and record["parameters"] == json.loads(json.dumps(dict(overrides or {})))
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return record if current else None

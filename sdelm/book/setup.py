@@ -125,9 +125,9 @@ def standard_neural(parameters: Mapping[str, Any], data: PreparedData) -> SDEMod
 
 
 def standard_folds(
-    parameters: Mapping[str, Any], k: int, *, source: str = "generated"
+    parameters: Mapping[str, Any], k: int, *, source: str | None = "generated"
 ) -> list[PreparedData]:
-    """Prepare a chapter's rows of one source for K-fold cross-validation by prompt.
+    """Prepare a chapter's rows for K-fold cross-validation by prompt (and passage).
 
     Fold ``i`` tests on the i-th of ``k`` groups of prompts and trains (with 15% of the rest
     for validation) on the others, each with its own projection (:func:`sdelm.prepare`'s
@@ -137,7 +137,8 @@ def standard_folds(
     Args:
         parameters: A chapter's parameters by name (see :func:`standard_setup`).
         k: Number of folds (at least 2).
-        source: The rows to prepare.
+        source: The rows to prepare (``"generated"``, ``"human"``), or every row with None:
+            prompts and passages are then dealt into the folds together.
 
     Returns:
         ``k`` prepared splits, fold 0 first.
@@ -145,7 +146,8 @@ def standard_folds(
     """
     from sdelm.data import prepare
 
-    rows = standard_trajectories(parameters).where(source=source)
+    rows = standard_trajectories(parameters)
+    rows = rows if source is None else rows.where(source=source)
     return [
         prepare(
             rows,
