@@ -21,7 +21,7 @@ import dataclasses
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -492,6 +492,7 @@ def energy_distance_effect(
     *,
     steps: Sequence[int],
     folds: Sequence[int] | None = None,
+    refits: Mapping[str, Sequence[str]] | None = None,
     null: float = 0.0,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -518,6 +519,12 @@ def energy_distance_effect(
             to the effect, e.g. the mean over steps of one model's minus another's.
         steps: Positions compared (each with a valid real state).
         folds: Size (n,): each sequence's cross-validation fold; default one fold.
+        refits: Model name → the names in ``simulated`` of the same model fitted again with
+            other seeds. Its distance is then, in each fold, the mean over its fits; in a
+            bootstrap resample, each fold's distance is that of one of its fits drawn at
+            random, so that the interval also holds the randomness of fitting, which a
+            resample of prompts alone leaves out. The refits' own columns are not passed to
+            ``statistic``.
         null: The statistic's value under no effect.
         seed: Seed of the bootstrap.
 
@@ -556,12 +563,19 @@ def energy_distance_effect(
             (rows, mask[rows][:, steps].T.double(), *_fold_blocks(real[rows], paths, steps))
         )
 
-    names = list(simulated)
+    fits = {name: [name] for name in simulated}  # each model's fits, itself first
+    for name, others in (refits or {}).items():
+        unknown = [o for o in [name, *others] if o not in simulated]
+        if unknown:
+            raise ValueError(f"refits names {unknown}, which simulated lacks.")
+        fits[name] = [name, *others]
+    names = [n for n in simulated if not any(n in f[1:] for f in fits.values())]
+    draws = np.random.default_rng([seed, 1])  # which fit a fold takes in a resample
 
     def mean(distances: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         return (distances * pairs).sum((-2, -1)) / pairs.sum((-2, -1))
 
-    def distances(counts: torch.Tensor) -> pd.DataFrame:
+    def distances(counts: torch.Tensor, resample: bool) -> pd.DataFrame:
         total, weights = torch.zeros(len(steps), len(names), dtype=torch.float64), 0.0
         for rows, valid, real_pairs, blocks in parts:
             drawn = counts[rows]
@@ -573,20 +587,29 @@ def energy_distance_effect(
             across_pairs = pair_weights(drawn.expand_as(weight), weight, weight)
             among_pairs = pair_weights(drawn, drawn, drawn)
             for column, name in enumerate(names):
-                among, across = blocks[name]
-                total[:, column] += size * (
-                    2 * mean(across, across_pairs) - mean(among, among_pairs) - own
-                )
+                taken = fits[name]
+                if resample and len(taken) > 1:
+                    taken = [taken[draws.integers(len(taken))]]
+                total[:, column] += size * torch.stack(
+                    [
+                        2 * mean(blocks[fit][1], across_pairs)
+                        - mean(blocks[fit][0], among_pairs)
+                        - own
+                        for fit in taken
+                    ]
+                ).mean(0)
             weights += size
         return pd.DataFrame(
             (total / weights).numpy(), index=pd.Index(steps, name="step"), columns=names
         )
 
+    frame = pd.DataFrame({"prompt_id": list(prompts), "row": np.arange(n)})
+
     def resampled(f: pd.DataFrame) -> float:
         counts = np.bincount(f["row"].to_numpy(), minlength=n).astype(np.float64)
-        return statistic(distances(torch.from_numpy(counts)))
+        # cluster_bootstrap reads the estimate off ``frame`` itself, resamples off copies
+        return statistic(distances(torch.from_numpy(counts), resample=f is not frame))
 
-    frame = pd.DataFrame({"prompt_id": list(prompts), "row": np.arange(n)})
     return cluster_bootstrap(frame, resampled, null=null, seed=seed)
 
 

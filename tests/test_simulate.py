@@ -282,6 +282,48 @@ def test_the_energy_distance_effect_resamples_prompts_and_tells_the_true_model()
         energy_distance_effect(real, mask, simulated, prompts[:10], gap, steps=steps)
 
 
+def test_refits_enter_the_estimate_as_a_mean_and_the_interval_as_a_draw():
+    real = ou_paths(n=48, steps=12, dt=0.1, seed=3)
+    mask = torch.ones(real.shape[:2], dtype=torch.bool)
+    true, noisy = ou_model(), ou_model()
+    with torch.no_grad():
+        noisy.log_sigma.add_(0.7)
+    models = {"fit": true, "refit": noisy, "baseline": noisy}
+    simulated = {
+        name: sdelm.simulate(m, real[:, 0], 12, dt=0.1, n_paths=4, seed=i)
+        for i, (name, m) in enumerate(models.items())
+    }
+    prompts, folds, steps = np.repeat(np.arange(24), 2), np.repeat([0, 1], 24), [4, 8, 12]
+
+    columns = set()
+
+    def gap(table):
+        columns.add(tuple(table.columns))
+        return float((table["fit"] - table["baseline"]).mean())
+
+    def effect(**kwargs):
+        return energy_distance_effect(
+            real, mask, simulated, prompts, gap, steps=steps, folds=folds, seed=0, **kwargs
+        )
+
+    both = effect(refits={"fit": ["refit"]})
+    assert columns == {("fit", "baseline")}  # the refit is not a model of its own
+    alone = effect(refits={"fit": []})
+    swapped = {**simulated, "fit": simulated["refit"]}
+    other = energy_distance_effect(
+        real, mask, swapped, prompts, gap, steps=steps, folds=folds, seed=0,
+        refits={"fit": []},
+    )  # fmt: skip
+    # The estimate is the mean of the two fits'; a resample takes one fit per fold, so two
+    # fits this different widen the interval to span both.
+    assert both["estimate"] == pytest.approx((alone["estimate"] + other["estimate"]) / 2)
+    assert both["low"] < min(alone["estimate"], other["estimate"])
+    assert max(alone["estimate"], other["estimate"]) < both["high"]
+    assert both["high"] - both["low"] > 1.5 * (alone["high"] - alone["low"])
+    with pytest.raises(ValueError, match="lacks"):
+        effect(refits={"fit": ["nowhere"]})
+
+
 def test_one_token_errors_read_the_chain_and_its_continuous_flow():
     # Noise-free sequences of the chain x_{k+1} = (I + A) x_k: the chain's step predicts them
     # exactly; the continuous reading predicts exp(A) x_k, off by (exp(A) − I − A) x_k.

@@ -293,12 +293,14 @@ class Chapter:
         """
         return standard_folds(self.namespace, k, source=source)
 
-    def refit(self, data: PreparedData) -> SDEModel:
+    def refit(self, data: PreparedData, *, seed: int | None = None) -> SDEModel:
         """Fit (or load) the chapter's neural SDE on other data, e.g. a surrogate.
 
-        The same model and fit as :meth:`setup`'s (:func:`~sdelm.book.setup.standard_neural`).
+        The same model and fit as :meth:`setup`'s (:func:`~sdelm.book.setup.standard_neural`),
+        from the chapter's ``seed`` or, to measure the randomness of fitting, another one.
         """
-        return standard_neural(self.namespace, data)
+        namespace = self.namespace if seed is None else {**self.namespace, "seed": seed}
+        return standard_neural(namespace, data)
 
     @property
     def overrides(self) -> dict[str, Any]:
