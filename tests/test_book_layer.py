@@ -225,3 +225,15 @@ def test_seed_robustness_sets_each_claim_beside_other_seeds(mini_book, monkeypat
         robustness.seed_robustness([0], root=mini_book)
     with pytest.raises(ChapterError, match="no seed"):
         robustness.seed_robustness([1], ["mini"], root=mini_book)
+
+
+def test_a_chapter_that_fails_its_claims_is_reported_by_the_claim(mini_book):
+    from sdelm.book.chapter import execute_chapters
+
+    source = mini_book / "book" / "mini.md"
+    source.write_text(MINI.replace('found="as expected"', 'found="opposite"'))
+    with pytest.raises(ChapterError) as failure:
+        execute_chapters(["mini"], mini_book / "out", root=mini_book)
+    message = str(failure.value)
+    assert "mini: cell [" in message and "raised ClaimFailedError" in message
+    assert "- size: N: 3 [2, 4]" in message and "Traceback" not in message

@@ -400,11 +400,19 @@ def execute(
 def _execute_reporting(
     name: str, out: Path, root: Path | None, parameters: Mapping[str, object] | None = None
 ) -> str | None:
-    """Execute a chapter in a worker process; return its failure as text (None if it ran)."""
+    """Execute a chapter in a worker process; return its failure as text (None if it ran).
+
+    A cell's error is reported as ``cell [N] raised NAME: message`` (a failed claim names
+    the claim), not as papermill's traceback.
+    """
+    from papermill.exceptions import PapermillExecutionError
+
     try:
         execute(name, out, parameters=parameters, root=root)
+    except PapermillExecutionError as error:
+        return f"{name}: cell [{error.exec_count}] raised {error.ename}: {error.evalue}"[:2000]
     except Exception as error:  # reported by the parent, which waits for every chapter
-        return f"{name}: {type(error).__name__}: {error}"[:600]
+        return f"{name}: {type(error).__name__}: {error}"[:2000]
     return None
 
 
