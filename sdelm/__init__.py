@@ -13,6 +13,10 @@ import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
+from sdelm.numerics import pin_kernels
+
+pin_kernels()  # before torch runs anything: the same bits on every x86 processor
+
 try:
     __version__ = version("sdelm")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -29,6 +33,7 @@ SUBMODULES = frozenset(
         "control",
         "corpus",
         "describe",
+        "numerics",
         "plots",
         "stats",
         "synthetic",
@@ -190,6 +195,7 @@ __all__ = [
     "load_lm",
     "load_projection",
     "nll",
+    "numerics",
     "plots",
     "prepare",
     "project",

@@ -5,9 +5,10 @@ Everything lives under one folder: ``$SDELM_CACHE`` if set, else ``$XDG_CACHE_HO
 
 An entry is keyed by the parameters that produced it, the sdelm version, a fingerprint of the
 package's source (its syntax trees: comments and formatting do not count) and the code of the
-``compute`` function itself. A change of any parameter, of any sdelm function, or of the body of
-the function that fills the entry therefore computes afresh: the cache never serves a result
-that the current code would not produce.
+``compute`` function itself, and the CPU kernels in force (:func:`sdelm.numerics.kernels`). A
+change of any parameter, of any sdelm function, of the body of the function that fills the
+entry, or of the kernels therefore computes afresh: the cache never serves a result that the
+current code would not produce.
 
 Each entry is a safetensors file plus a JSON record beside it that repeats the parameters and
 fingerprints and holds the file's SHA-256. A load checks all of them, so a damaged, truncated,
@@ -38,6 +39,7 @@ from sdelm.devices import resolve_device
 from sdelm.files import write_json_atomically
 from sdelm.fit import fit
 from sdelm.models import SDEModel, load_checkpoint, save_checkpoint
+from sdelm.numerics import kernels
 from sdelm.trajectories import Trajectories
 
 __all__ = [
@@ -263,6 +265,7 @@ def cached(
         "sdelm": _version(),
         "source": source_fingerprint(modules=_reached(compute, uses)),
         "compute": code_fingerprint(compute),
+        "kernels": kernels(),
     }
     key = cache_key(record)
     path = cache_dir() / kind / f"{key}.safetensors"

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from sdelm import numerics
 from sdelm.book import Chapter, ChapterError, ClaimFailedError, Claims, ledger
 from sdelm.book.chapter import chapter_names, parameter_defaults, record_path
 from tests.conftest import chapter_source
@@ -128,7 +129,7 @@ def test_finish_records_the_defaults_for_the_ledger_and_other_runs_apart(mini_bo
     assert record_path("mini", {"n": 4}) != record_path("mini", {"n": 5})
 
 
-def test_the_ledger_executes_a_chapter_without_a_current_record(mini_book):
+def test_the_ledger_executes_a_chapter_without_a_current_record(mini_book, monkeypatch):
     table = ledger(mini_book)
     assert table[["chapter", "name", "verdict"]].values.tolist() == [
         ["mini", "size", "as expected"]
@@ -136,6 +137,11 @@ def test_the_ledger_executes_a_chapter_without_a_current_record(mini_book):
     assert table.loc[0, "estimate"] == 3
     # Served from the record while the chapter source is unchanged...
     assert ledger(mini_book, execute_missing=False).equals(table)
+    # ...but not to other CPU kernels, whose numbers may differ...
+    with monkeypatch.context() as patched:
+        patched.setattr(numerics, "kernels", lambda: "AVX512/AUTO")
+        with pytest.raises(ChapterError, match="sdelm chapter mini"):
+            ledger(mini_book, execute_missing=False)
     # ...and recomputed, never served, once it changes.
     source = mini_book / "book" / "mini.md"
     source.write_text(MINI.replace("n = 3", "n = 5"))

@@ -89,6 +89,15 @@ def test_changed_version_computes_afresh(monkeypatch):
     assert count.calls == 2
 
 
+def test_other_cpu_kernels_compute_afresh(monkeypatch):
+    count = Counter()
+    sdelm.cached_trajectories({"n": 2}, count.trajectories)
+    monkeypatch.setattr(cache, "kernels", lambda: "AVX512/AUTO")
+    sdelm.cached_trajectories({"n": 2}, count.trajectories)
+    sdelm.cached_trajectories({"n": 2}, count.trajectories)
+    assert count.calls == 2
+
+
 def entry_for(folder: Path, kind: str, params: dict) -> Path:
     for path in entries(folder, kind):
         if json.loads(path.with_suffix(".json").read_text())["params"] == params:

@@ -256,13 +256,18 @@ class Chapter:
         )
         return cls(name, parameters, defaults, source, Claims(enforce=enforce), parameters)
 
-    def trajectories(self) -> Trajectories:
+    def trajectories(self, **data: Any) -> Trajectories:
         """Collect the chapter's trajectories (:func:`~sdelm.book.setup.standard_trajectories`).
 
         Every parameter named like an argument of :func:`sdelm.collect_trajectories`
         (``model``, ``n_prompts``, ``temperatures``, ...) is that argument; cached.
+
+        Args:
+            **data: Arguments that replace the parameters of the same name, for a chapter
+                that reads a second data set (``n_prompts=sweep_prompts``, say).
+
         """
-        return standard_trajectories(self.namespace)
+        return standard_trajectories({**self.namespace, **data})
 
     def setup(
         self,
@@ -285,13 +290,16 @@ class Chapter:
         """
         return standard_setup(self.namespace, source=source, split=split, fit=fit)
 
-    def folds(self, k: int, *, source: str | None = "generated") -> list[PreparedData]:
+    def folds(
+        self, k: int, *, source: str | None = "generated", **data: Any
+    ) -> list[PreparedData]:
         """Prepare the chapter's rows of ``source`` (every row with None) in ``k`` folds.
 
         See :func:`~sdelm.book.setup.standard_folds`; fold ``i`` holds out the i-th group of
-        prompts (and passages).
+        prompts (and passages). ``**data`` replaces parameters as in :meth:`trajectories`:
+        chapters that ask for the same data get the same folds, and share their fits.
         """
-        return standard_folds(self.namespace, k, source=source)
+        return standard_folds({**self.namespace, **data}, k, source=source)
 
     def refit(self, data: PreparedData, *, seed: int | None = None) -> SDEModel:
         """Fit (or load) the chapter's neural SDE on other data, e.g. a surrogate.
@@ -332,6 +340,7 @@ class Chapter:
         """
         from sdelm.cache import source_fingerprint
         from sdelm.files import write_json_atomically
+        from sdelm.numerics import kernels
 
         summary = self.claims.verify()
         if self.source is not None:
@@ -341,6 +350,7 @@ class Chapter:
                 "chapter": self.name,
                 "source_sha256": _file_digest(self.source),
                 "sdelm": source_fingerprint(),
+                "kernels": kernels(),
                 "parameters": {k: _normalised(v) for k, v in overrides.items()},
                 "claims": table.astype(object).where(table.notna(), None).to_dict("records"),
             }

@@ -41,12 +41,13 @@ def read_record(
             defaults' run.
 
     Returns:
-        The record (``chapter``, ``source_sha256``, ``sdelm``, ``parameters``, ``claims``), or
-        None when it is missing, unreadable, or was made by another chapter source, sdelm
-        code or parameters.
+        The record (``chapter``, ``source_sha256``, ``sdelm``, ``kernels``, ``parameters``,
+        ``claims``), or None when it is missing, unreadable, or was made by another chapter
+        source, sdelm code, CPU kernels (:func:`sdelm.numerics.kernels`) or parameters.
 
     """
     from sdelm.cache import source_fingerprint  # imports torch: only when a record is read
+    from sdelm.numerics import kernels
 
     try:
         record = json.loads(record_path(name, overrides).read_text())
@@ -54,6 +55,7 @@ def read_record(
         current = (
             record["source_sha256"] == source
             and record["sdelm"] == source_fingerprint()
+            and record["kernels"] == kernels()
             and record["parameters"] == json.loads(json.dumps(dict(overrides or {})))
         )
     except (OSError, ValueError, KeyError, TypeError):
