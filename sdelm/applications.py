@@ -17,7 +17,7 @@ import statsmodels.api as sm
 import torch
 from scipy import stats
 
-from sdelm.data import SDEData
+from sdelm.data import PreparedData, SDEData, project
 from sdelm.describe import mean_interval
 from sdelm.models import SDEModel
 from sdelm.stats import cluster_bootstrap
@@ -26,6 +26,7 @@ from sdelm.trajectories import Trajectories
 __all__ = [
     "cluster_auc",
     "detection_scores",
+    "held_out_scores",
     "predict_temperature",
     "repetition",
     "sequence_mean",
@@ -219,24 +220,63 @@ def cluster_auc(
     return cluster_bootstrap(scores, lambda f: area(f, column) - area(f, minus), seed=seed)
 
 
+def held_out_scores(
+    models: Sequence[SDEModel],
+    folds: Sequence[PreparedData],
+    trajs: Trajectories | None = None,
+) -> pd.DataFrame:
+    """Per-sequence statistics of held-out sequences, each under the model fitted without it.
+
+    Args:
+        models: One fitted SDE per fold, fold ``i``'s fitted on ``folds[i].train``.
+        folds: Prepared folds that hold out every prompt once (e.g.
+            :func:`sdelm.book.setup.standard_folds`).
+        trajs: Other trajectories of the same prompts (greedy runs of them, say), each row
+            scored by the fold that holds its prompt out, in that fold's projection; default
+            each fold's own test split.
+
+    Returns:
+        :func:`sequence_scores` of every held-out sequence, with ``fold``: no model scores
+        a sequence of a prompt it was fitted on.
+
+    Raises:
+        ValueError: If ``models`` and ``folds`` differ in length.
+
+    """
+    if len(models) != len(folds):
+        raise ValueError(f"{len(models)} models for {len(folds)} folds: fit one per fold.")
+    frames = []
+    for i, (model, fold) in enumerate(zip(models, folds, strict=True)):
+        data = fold.test
+        if trajs is not None:
+            held = trajs.rows["prompt_id"].isin(fold.test.rows["prompt_id"]).to_numpy()
+            if not held.any():
+                continue
+            data = project(trajs[held], fold.projection)
+        frames.append(sequence_scores(model, data).assign(fold=i))
+    return pd.concat(frames, ignore_index=True)
+
+
 def predict_temperature(
-    train: pd.DataFrame, test: pd.DataFrame, features: Sequence[str], *, seed: int = 0
+    scores: pd.DataFrame, features: Sequence[str], *, seed: int = 0
 ) -> dict[str, float]:
     """Predict each sequence's sampling temperature by least squares on features.
 
+    Cross-validated over the folds of :func:`temperature_errors`.
+
     Args:
-        train: Sequences to fit on (with ``temperature`` and the features).
-        test: Held-out sequences (other prompts).
+        scores: Held-out sequences with ``fold``, ``prompt_id``, ``temperature`` and the
+            features (e.g. :func:`held_out_scores`).
         features: Columns used; an empty list predicts the training mean (the null baseline).
-        seed: Seed of the bootstrap over test prompts.
+        seed: Seed of the bootstrap over prompts.
 
     Returns:
-        ``mae`` (mean absolute error in temperature units, averaged per test prompt, then over
-        prompts) with ``low``/``high`` (a bootstrap over test prompts) and ``r_squared`` (of the
-        training fit).
+        ``mae`` (mean absolute error in temperature units, averaged per prompt, then over
+        prompts) with ``low``/``high`` (a bootstrap over prompts) and ``r_squared`` (of the
+        training fits, averaged over folds).
 
     """
-    errors, r_squared = temperature_errors(train, test, features)
+    errors, r_squared = temperature_errors(scores, features)
     interval = mean_interval(errors.to_numpy(), seed=seed)
     return {
         "mae": interval["mean"],
@@ -246,23 +286,34 @@ def predict_temperature(
     }
 
 
-def temperature_errors(
-    train: pd.DataFrame, test: pd.DataFrame, features: Sequence[str]
-) -> tuple[pd.Series, float]:
-    """Fit the temperature by least squares on features; return the held-out errors.
+def temperature_errors(scores: pd.DataFrame, features: Sequence[str]) -> tuple[pd.Series, float]:
+    """Fit the temperature by least squares on features, fold by fold; the held-out errors.
+
+    For each fold, the least-squares fit is made on the sequences of the other folds and
+    read on the fold's own: every prompt's error comes from a fit that never saw it.
 
     Args:
-        train: Sequences to fit on (with ``temperature`` and the features).
-        test: Held-out sequences (other prompts).
+        scores: Sequences with ``fold``, ``prompt_id``, ``temperature`` and the features
+            (at least two folds).
         features: Columns used; an empty list predicts the training mean.
 
     Returns:
-        The mean absolute error of each test prompt's sequences (indexed by ``prompt_id``),
-        and the R² of the training fit.
+        The mean absolute error of each prompt's sequences (indexed by ``prompt_id``), and
+        the R² of the training fits, averaged over folds.
+
+    Raises:
+        ValueError: If ``scores`` holds fewer than two folds.
 
     """
-    design = sm.add_constant(train[list(features)], has_constant="add")
-    result = sm.OLS(train["temperature"], design).fit()
-    predicted = result.predict(sm.add_constant(test[list(features)], has_constant="add"))
-    errors = (predicted - test["temperature"]).abs().groupby(test["prompt_id"]).mean()
-    return errors, float(result.rsquared)
+    names = sorted(scores["fold"].unique())
+    if len(names) < 2:
+        raise ValueError("Cross-validation needs sequences of at least two folds.")
+    errors, r_squared = [], []
+    for name in names:
+        train, test = scores[scores["fold"] != name], scores[scores["fold"] == name]
+        design = sm.add_constant(train[list(features)], has_constant="add")
+        result = sm.OLS(train["temperature"], design).fit()
+        predicted = result.predict(sm.add_constant(test[list(features)], has_constant="add"))
+        errors.append((predicted - test["temperature"]).abs().groupby(test["prompt_id"]).mean())
+        r_squared.append(float(result.rsquared))
+    return pd.concat(errors), float(np.mean(r_squared))

@@ -9,6 +9,7 @@ import torch
 
 import sdelm
 from sdelm import applications
+from sdelm.baselines import OrnsteinUhlenbeck
 from sdelm.synthetic import as_trajectories, ou_model, ou_paths
 
 
@@ -26,6 +27,28 @@ def test_sequence_scores_of_the_true_model():
     short = sdelm.SDEData(trajs.layer(0)[:, :1], trajs.mask[:, :1], 0.1, trajs.rows)
     with pytest.raises(ValueError, match="two valid steps"):
         applications.sequence_scores(ou_model(), short)
+
+
+def test_held_out_scores_read_each_prompt_with_the_model_fitted_without_it():
+    trajs = as_trajectories(ou_paths(n=60, steps=20, dt=0.1), dt=0.1)
+    folds = [
+        sdelm.prepare(trajs, dim=3, split=(0.85, 0.15, 0.0), fold=(i, 3), seed=0) for i in range(3)
+    ]
+    models = [ou_model(), OrnsteinUhlenbeck(3), ou_model()]
+    scores = applications.held_out_scores(models, folds)
+    assert sorted(scores["prompt_id"]) == sorted(trajs.rows["prompt_id"])  # each row once
+    for i, fold in enumerate(folds):
+        own = applications.sequence_scores(models[i], fold.test)
+        mine = scores[scores["fold"] == i].reset_index(drop=True)
+        assert set(mine["prompt_id"]) == set(fold.test.rows["prompt_id"])
+        assert np.allclose(mine["nll"], own["nll"])
+    # Other rows of the same prompts (a second run) are read by the fold that holds them out,
+    # in its projection: here the same rows, so the same scores.
+    again = applications.held_out_scores(models, folds, trajs)
+    merged = again.merge(scores, on=[*applications.KEYS, "fold"], suffixes=("", " first"))
+    assert len(merged) == len(trajs) and np.allclose(merged["nll"], merged["nll first"])
+    with pytest.raises(ValueError, match="one per fold"):
+        applications.held_out_scores(models[:2], folds)
 
 
 def test_token_scores_average_valid_steps():
@@ -74,7 +97,7 @@ def test_minimum_detectable_effect_is_280_standard_errors():
     )
 
 
-def test_temperature_is_predicted_from_an_informative_feature():
+def test_temperature_is_predicted_from_an_informative_feature_fold_by_fold():
     rng = np.random.default_rng(0)
     temperature = np.repeat([0.5, 1.0, 1.5], 40)
     frame = pd.DataFrame({
@@ -83,8 +106,20 @@ def test_temperature_is_predicted_from_an_informative_feature():
         "noise": rng.normal(size=120),
         "prompt_id": [f"p{i % 20}" for i in range(120)],
     })  # fmt: skip
-    train, test = frame[frame["prompt_id"] < "p15"], frame[frame["prompt_id"] >= "p15"]
-    informed = applications.predict_temperature(train, test, ["feature"])
-    null = applications.predict_temperature(train, test, [])
+    frame["fold"] = frame["prompt_id"].str[1:].astype(int) % 4
+    informed = applications.predict_temperature(frame, ["feature"])
+    null = applications.predict_temperature(frame, [])
     assert informed["mae"] < 0.1 < null["mae"] and informed["r_squared"] > 0.9
     assert informed["low"] <= informed["mae"] <= informed["high"]
+    errors, _ = applications.temperature_errors(frame, ["feature"])
+    assert sorted(errors.index) == sorted(frame["prompt_id"].unique())  # every prompt once
+    # Each fold is read by a fit on the others: a feature that is the temperature only in
+    # fold 0 (noise elsewhere) predicts fold 0 no better than the mean temperature (0.33).
+    leaky = frame.assign(
+        feature=np.where(frame["fold"] == 0, frame["temperature"], frame["noise"])
+    )
+    errors, _ = applications.temperature_errors(leaky, ["feature"])
+    fold_of = frame.groupby("prompt_id")["fold"].first()
+    assert errors[fold_of[errors.index] == 0].mean() > 0.25
+    with pytest.raises(ValueError, match="two folds"):
+        applications.temperature_errors(frame.assign(fold=0), ["feature"])
