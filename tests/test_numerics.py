@@ -11,11 +11,15 @@ import pytest
 from sdelm import numerics
 
 
+def python_prints(code: str, environment: dict[str, str]) -> str:
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
 def kernels_in(environment: dict[str, str]) -> str:
     code = "import sdelm, torch; torch.ones(3).exp(); print(sdelm.numerics.kernels())"
-    return subprocess.run(
-        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    return python_prints(code, environment)
 
 
 def test_importing_sdelm_pins_the_kernels_unless_set_before():
@@ -44,13 +48,7 @@ def test_the_packaged_model_samples_the_same_tokens_on_every_machine():
     bare = {k: v for k, v in os.environ.items() if k not in numerics.PINNED}
     for threads in ("1", "2"):
         environment = {**bare, "OMP_NUM_THREADS": threads}
-        printed = subprocess.run(
-            [sys.executable, "-c", code],
-            env=environment,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        printed = python_prints(code, environment)
         assert printed == SAMPLED_TOKENS, (
             f"On {threads} thread(s) this machine samples other tokens than the pinned kernels "
             "gave where the book was executed: its chapters' numbers will differ too."
