@@ -10,6 +10,7 @@ import torch
 import sdelm
 from sdelm.analysis import cross_model
 from sdelm.fit import sequence_nll
+from sdelm.stats import cluster_bootstrap
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +48,27 @@ def test_cross_validation_scores_every_sequence_once_without_its_prompt():
     assert np.isfinite(table["energy_difference"]).all()
     with pytest.raises(ValueError, match="n_folds"):
         cross_model.held_out_scores(trajs, dim=3, n_folds=1)
+    twice = cross_model.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, fits=2, seed=0)
+    for score in ("nll", "energy"):
+        each = twice[[f"{score}_difference_0", f"{score}_difference_1"]]
+        assert np.allclose(twice[f"{score}_difference"], each.mean(axis=1), atol=1e-6)
+        # The first fit is the one-fit table's (same seed, same cached fit).
+        assert np.allclose(twice[f"{score}_difference_0"], table[f"{score}_difference"], atol=1e-6)
+    with pytest.raises(ValueError, match="fits"):
+        cross_model.held_out_scores(trajs, dim=3, n_folds=4, fits=0)
+
+
+def test_a_fit_drawn_interval_holds_the_randomness_of_fitting():
+    rows = pd.DataFrame({"prompt_id": np.arange(40), "fold": np.arange(40) % 4})
+    differ = rows.assign(energy_difference_0=0.0, energy_difference_1=1.0,
+                         energy_difference=0.5)  # fmt: skip
+    measured = cluster_bootstrap(differ, cross_model.fit_drawn(differ, "energy"))
+    assert measured["estimate"] == pytest.approx(0.5)
+    assert measured["low"] < 0.1 and measured["high"] > 0.9  # which fit each fold got
+    agree = rows.assign(energy_difference_0=0.3, energy_difference_1=0.3,
+                        energy_difference=0.3)  # fmt: skip
+    measured = cluster_bootstrap(agree, cross_model.fit_drawn(agree, "energy"))
+    assert measured["low"] == pytest.approx(0.3) and measured["high"] == pytest.approx(0.3)
 
 
 def test_the_energy_score_rewards_a_centred_cloud_of_the_right_width():
