@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python benchmarks/extraction.py
 	$(BIN)/python benchmarks/fitting.py
 	$(BIN)/python benchmarks/simulation.py
+	$(BIN)/python benchmarks/kernels.py
 	$(BIN)/python benchmarks/book.py
 
 clean:
