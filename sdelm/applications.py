@@ -240,7 +240,8 @@ def held_out_scores(
         a sequence of a prompt it was fitted on.
 
     Raises:
-        ValueError: If ``models`` and ``folds`` differ in length.
+        ValueError: If ``models`` and ``folds`` differ in length, or no row of ``trajs`` is a
+            prompt that a fold holds out.
 
     """
     if len(models) != len(folds):
@@ -254,6 +255,11 @@ def held_out_scores(
                 continue
             data = project(trajs[held], fold.projection)
         frames.append(sequence_scores(model, data).assign(fold=i))
+    if not frames:
+        raise ValueError(
+            "No prompt of the trajectories is held out by a fold: score runs of "
+            "the folds' own prompts."
+        )
     return pd.concat(frames, ignore_index=True)
 
 

@@ -49,6 +49,10 @@ def test_held_out_scores_read_each_prompt_with_the_model_fitted_without_it():
     assert len(merged) == len(trajs) and np.allclose(merged["nll"], merged["nll first"])
     with pytest.raises(ValueError, match="one per fold"):
         applications.held_out_scores(models[:2], folds)
+    strangers = as_trajectories(ou_paths(n=4, steps=20, dt=0.1), dt=0.1)
+    strangers.rows["prompt_id"] = [f"new{i}" for i in range(4)]
+    with pytest.raises(ValueError, match="held out by a fold"):
+        applications.held_out_scores(models, folds, strangers)
 
 
 def test_token_scores_average_valid_steps():
