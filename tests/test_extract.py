@@ -391,13 +391,11 @@ def _extract_with_threads(lm: LM, threads: int) -> sdelm.Trajectories:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
-def test_sampled_text_and_states_do_not_depend_on_the_number_of_threads(monkeypatch, attention):
-    # sdelm asks for eager attention on the CPU; PyTorch's fused attention (sdpa) splits a
-    # decoding step's keys among the threads, and its states then differ with their number.
+def test_sampled_text_and_states_do_not_depend_on_the_number_of_threads():
+    # sdelm asks for eager attention on the CPU: PyTorch's fused attention (sdpa) can split a
+    # decoding step's keys among the threads, so that its states differ with their number
+    # (seen with the kernels torch picks itself; with the pinned ones it happened not to).
     assert LM_MODULE.attention_for(torch.device("cpu")) == "eager"
-    monkeypatch.setattr(LM_MODULE, "attention_for", lambda device: attention)
     lm = sdelm.load_lm("smollm2-135m-instruct", device="cpu")
     one, two = (_extract_with_threads(lm, threads) for threads in (1, 2))
-    same = torch.equal(one.states, two.states) and torch.equal(one.tokens, two.tokens)
-    assert same == (attention == "eager")
+    assert torch.equal(one.states, two.states) and torch.equal(one.tokens, two.tokens)
