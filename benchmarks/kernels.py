@@ -53,13 +53,9 @@ def seconds(work: str, pinned: bool) -> tuple[float, str]:
     if not pinned:  # the kernels torch picks itself, MKL's path by the processor
         environment |= {"ATEN_CPU_CAPABILITY": "", "MKL_CBWR": "AUTO"}
     program = PROGRAM.format(work=work)
-    printed = subprocess.run(
-        [sys.executable, "-c", program],
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    command = [sys.executable, "-c", program]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+    printed = result.stdout.split()
     return float(printed[-2]), printed[-1]
 
 
