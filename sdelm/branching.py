@@ -231,18 +231,18 @@ def _branch_sequence(
     from transformers import DynamicCache  # imported with the model, not with sdelm
 
     cache = DynamicCache(config=model.config)
+    positions = [len(prompt_ids) + k for k in steps]
     out = model(
         input_ids=ids,
         output_hidden_states=True,
-        logits_to_keep=length - len(prompt_ids) - steps[0],
+        logits_to_keep=torch.tensor(positions, device=device),  # the branch points' only
         **{cache_keyword(model): cache},
     )
     check_cache_used(cache, length)
-    offset = length - out.logits.shape[1]  # 0 where the model computes every position's logits
+    every_position = out.logits.shape[1] == length  # a model that ignores logits_to_keep
     n_temperatures, width = len(temperatures), len(temperatures) * n_branches
-    for k in steps:
-        position = len(prompt_ids) + k
-        logits = out.logits[0, position - offset].float()
+    for j, (k, position) in enumerate(zip(steps, positions, strict=True)):
+        logits = out.logits[0, position if every_position else j].float()
         logp = _sampling_distribution(
             logits.expand(n_temperatures, -1), torch.tensor(temperatures, device=device), top_p
         )
@@ -254,18 +254,21 @@ def _branch_sequence(
         )
         probs = logp.exp()
         drawn = _sample(probs.repeat_interleave(n_branches, 0), uniforms.flatten())
-        shared = copy.deepcopy(cache)
-        shared.batch_repeat_interleave(width)
-        attention_mask = torch.ones(width, length + 1, dtype=torch.long, device=device)
-        attention_mask[:, position + 1 : length] = 0  # the recorded tokens after y_k
+        # All branches read in one row, each attending to the prefix and to itself only: one
+        # copy of the prefix's KV cache serves them all.
+        allowed = torch.zeros(width, length + width, dtype=torch.bool, device=device)
+        allowed[:, : position + 1] = True  # the recorded tokens after y_k are masked
+        allowed[:, length:] = torch.eye(width, dtype=torch.bool, device=device)
+        additive = torch.zeros(allowed.shape, dtype=out.hidden_states[0].dtype, device=device)
+        additive[~allowed] = torch.finfo(additive.dtype).min
         branched = body(
-            input_ids=drawn[:, None],
-            attention_mask=attention_mask,
-            position_ids=torch.full((width, 1), position + 1, device=device),
+            input_ids=drawn[None],
+            attention_mask=additive[None, None],
+            position_ids=torch.full((1, width), position + 1, device=device),
             output_hidden_states=True,
-            **{cache_keyword(body): shared},
+            **{cache_keyword(body): copy.deepcopy(cache)},
         )
-        states = torch.stack([branched.hidden_states[layer][:, -1] for layer in layers], dim=1)
+        states = torch.stack([branched.hidden_states[layer][0] for layer in layers], dim=1)
         prefix = torch.stack([out.hidden_states[layer][0, position] for layer in layers])
         yield (
             k,
