@@ -457,6 +457,7 @@ def energy_effect(
     clusters: Sequence[object] | np.ndarray,
     *,
     paired: bool = False,
+    strata: Sequence[object] | np.ndarray | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
     """Energy distance between two groups of points, with an interval over clusters.
@@ -468,7 +469,9 @@ def energy_effect(
     (``paired=True``: every cluster holds both groups, e.g. one prompt's samples at two
     temperatures; each cluster's own distance, averaged over clusters). Either way no point is
     paired with itself or with its copy in a bootstrap resample, so the estimate is unbiased
-    for 0 under no difference, and so are its resamples.
+    for 0 under no difference, and so are its resamples. With ``strata`` (unpaired), pairs are
+    also taken within a stratum only: points that are comparable only there, such as
+    held-out sequences in the plane of the cross-validation fold that held them out.
 
     Args:
         points: Array of size (n, dim): one point per independent unit of observation (e.g. a
@@ -476,6 +479,8 @@ def energy_effect(
         groups: Array of size (n,) with exactly two distinct labels.
         clusters: Array of size (n,): the units resampled together (prompts, passages).
         paired: Whether pairs are taken within clusters (see above).
+        strata: Optional array of size (n,): unpaired, pairs only within a stratum (a
+            cluster may span strata, e.g. a passage projected in every fold's plane).
         seed: Seed of the bootstrap.
 
     Returns:
@@ -483,9 +488,9 @@ def energy_effect(
         (against 0) and ``n_clusters``.
 
     Raises:
-        ValueError: On sizes that disagree, other than two groups, or too few pairs: fewer
-            than two clusters with two points of each group (paired), or a group within
-            fewer than two clusters (unpaired).
+        ValueError: On sizes that disagree, other than two groups, strata with paired
+            clusters, or too few pairs: fewer than two clusters with two points of each group
+            (paired), or a group within fewer than two clusters (unpaired).
 
     """
     points = np.asarray(points, dtype=np.float64)
@@ -496,6 +501,11 @@ def energy_effect(
             "energy_effect needs points of size (n, dim), and groups and clusters of size "
             f"(n,) with two group labels; got {points.shape}, {groups.shape} ({len(labels)} "
             f"labels) and {clusters.shape}."
+        )
+    if strata is not None and (paired or len(strata) != len(points)):
+        raise ValueError(
+            "strata need unpaired clusters (paired=False) and one stratum per point; got "
+            f"paired={paired} and {len(strata)} strata for {len(points)} points."
         )
     first = groups == labels[0]
     distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
@@ -518,10 +528,11 @@ def energy_effect(
         if len(np.unique(clusters[side])) < 2:
             raise ValueError("Each group needs points from two clusters at least.")
     frame = pd.DataFrame({"cluster": clusters, "row": np.arange(len(points))})
+    layers = np.zeros(len(points)) if strata is None else pd.factorize(np.asarray(strata))[0]
 
     def statistic(f: pd.DataFrame) -> float:
         rows, keys = f["row"].to_numpy(), f["cluster"].to_numpy()
-        apart = keys[:, None] != keys[None, :]
+        apart = (keys[:, None] != keys[None, :]) & (layers[rows, None] == layers[None, rows])
         return _energy(distances[np.ix_(rows, rows)], first[rows], apart)
 
     return cluster_bootstrap(frame, statistic, cluster="cluster", seed=seed)

@@ -40,22 +40,22 @@ def test_sequence_nll_averages_to_the_nll():
 
 def test_cross_validation_scores_every_sequence_once_without_its_prompt():
     trajs = ou_data(n=24, steps=12)
-    table = cross_model.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, seed=0)
+    table = cross_model.neural_and_ou_scores(trajs, dim=3, n_folds=4, n_paths=4, seed=0)
     assert sorted(table["prompt_id"]) == sorted(trajs.rows["prompt_id"])
     assert table.groupby("prompt_id")["fold"].nunique().eq(1).all()
     assert table["fold"].nunique() == 4
     assert np.allclose(table["nll_difference"], table["nll_neural"] - table["nll_ou"])
     assert np.isfinite(table["energy_difference"]).all()
     with pytest.raises(ValueError, match="n_folds"):
-        cross_model.held_out_scores(trajs, dim=3, n_folds=1)
-    twice = cross_model.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, fits=2, seed=0)
+        cross_model.neural_and_ou_scores(trajs, dim=3, n_folds=1)
+    twice = cross_model.neural_and_ou_scores(trajs, dim=3, n_folds=4, n_paths=4, fits=2, seed=0)
     for score in ("nll", "energy"):
         each = twice[[f"{score}_difference_0", f"{score}_difference_1"]]
         assert np.allclose(twice[f"{score}_difference"], each.mean(axis=1), atol=1e-6)
         # The first fit is the one-fit table's (same seed, same cached fit).
         assert np.allclose(twice[f"{score}_difference_0"], table[f"{score}_difference"], atol=1e-6)
     with pytest.raises(ValueError, match="fits"):
-        cross_model.held_out_scores(trajs, dim=3, n_folds=4, fits=0)
+        cross_model.neural_and_ou_scores(trajs, dim=3, n_folds=4, fits=0)
 
 
 def test_a_fit_drawn_interval_holds_the_randomness_of_fitting():

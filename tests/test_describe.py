@@ -207,3 +207,23 @@ def test_energy_effect_tells_shifted_from_equal_clustered_samples():
         describe.energy_effect(points, np.zeros(len(points)), clusters)
     with pytest.raises(ValueError, match="two clusters with two points"):
         describe.energy_effect(points, groups, clusters, paired=True)
+
+
+def test_energy_effect_within_strata_compares_only_comparable_points():
+    # Two folds whose planes are offset from each other, with groups mixed unevenly between
+    # them: pooled pairs see the offset as a difference between the groups; pairs within a
+    # fold see none, and still see a real shift.
+    rng = np.random.default_rng(1)
+    fold = np.repeat([0, 1], 60)
+    groups = np.array((["a"] * 45 + ["b"] * 15) + (["a"] * 15 + ["b"] * 45))
+    clusters = np.arange(120) // 3
+    points = rng.normal(size=(120, 2)) + 3.0 * fold[:, None]
+    pooled = describe.energy_effect(points, groups, clusters)
+    within = describe.energy_effect(points, groups, clusters, strata=fold)
+    shifted = describe.energy_effect(points + (groups == "b")[:, None], groups, clusters,
+                                     strata=fold)  # fmt: skip
+    assert pooled["low"] > 0 and pooled["estimate"] > 1.0
+    assert within["low"] < 0 < within["high"] and abs(within["estimate"]) < 0.1
+    assert shifted["low"] > 0
+    with pytest.raises(ValueError, match="strata need unpaired"):
+        describe.energy_effect(points, groups, clusters, paired=True, strata=fold)

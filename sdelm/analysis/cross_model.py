@@ -37,8 +37,8 @@ __all__ = [
     "energy_score",
     "findings",
     "fit_drawn",
-    "held_out_scores",
     "map_radius_frame",
+    "neural_and_ou_scores",
     "step_frame",
 ]
 
@@ -123,7 +123,7 @@ def energy_score(paths: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) ->
     return score.sum(1) / valid.sum(1)
 
 
-def held_out_scores(
+def neural_and_ou_scores(
     trajs: Trajectories,
     *,
     dim: int,
@@ -211,13 +211,13 @@ def fit_drawn(
 ) -> Callable[[pd.DataFrame], float]:
     """Return the mean ``{score}_difference``, with the randomness of fitting in resamples.
 
-    For :func:`sdelm.stats.cluster_bootstrap` of :func:`held_out_scores`: on ``scores``
+    For :func:`sdelm.stats.cluster_bootstrap` of :func:`neural_and_ou_scores`: on ``scores``
     itself, the mean over sequences of the mean over fits; on a resample of prompts, each fold
     takes one of its fits, drawn at random, so that the interval holds which fit a fold got as
     well as which prompts it held.
 
     Args:
-        scores: :func:`held_out_scores`' table (the frame the bootstrap resamples).
+        scores: :func:`neural_and_ou_scores`' table (the frame the bootstrap resamples).
         score: ``"nll"`` or ``"energy"``.
         seed: Seed of the draws of fits.
 
@@ -364,7 +364,7 @@ def findings(
         layer_trajs: Layer-time trajectories of human text.
         branches: Branches of prefixes of unseen prompts at three or more temperatures.
         dim: PCA dimension.
-        n_folds: Folds of the cross-validation by prompt (:func:`held_out_scores`) and of
+        n_folds: Folds of the cross-validation by prompt (:func:`neural_and_ou_scores`) and of
             the cross-fitting by piece of the layer-time maps.
         fits: Fits of the neural SDE per fold; both comparisons with OU average over them,
             and the simulated one holds the randomness of fitting in its interval
@@ -386,7 +386,7 @@ def findings(
     steps = step_frame(everything)
     middle = np.sort(branches.temperatures)[len(branches.temperatures) // 2]
     seen = measured(branches, prepared.projection, seed=seed)
-    scores = held_out_scores(
+    scores = neural_and_ou_scores(
         generated, dim=dim, n_folds=n_folds, fits=fits, seed=seed, device=device
     )
     tests = {
