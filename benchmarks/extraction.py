@@ -11,6 +11,9 @@
 5. ``sdelm.rescore`` (reading the ``--many`` sequences again for their untempered
    log-probabilities) / ``sdelm.extract`` of them (target >= 0.5): what recording
    ``untempered_logprobs`` while sampling saves every chapter that scores a run.
+6. ``sdelm.branch`` (every branch of a prefix in one row, a tree mask over one KV cache) /
+   the same branch tokens read one branch per row from the prefix's KV cache repeated
+   (target <= 0.75; the states agree to 1e-4): the branching chapter's experiment.
 
 Runs alternate (A, B, A, B, ...) and the medians are compared, so that a slow moment of a noisy
 machine hits both sides. Usage: ``python benchmarks/extraction.py [--repeats 3] [--tokens 32]``.
@@ -24,8 +27,10 @@ import statistics
 import time
 
 import torch
+from transformers import DynamicCache
 
 import sdelm
+from sdelm.branching import prefix_positions
 
 
 def timed(function) -> float:
@@ -131,6 +136,50 @@ def main() -> None:
     reread = median(rescore_s) / default
     print(f"reading them again (rescore): {median(rescore_s):.2f} s")
     print(f"ratio rescore / extract = {reread:.2f} (target >= 0.5; the record costs nothing)")
+
+    positions = prefix_positions(warm_up, [3, 11, 23])
+    branches = branch_all(lm, warm_up, positions)
+    branch_s, rows_s = [], []
+    for _ in range(args.repeats):
+        branch_s.append(timed(lambda: branch_all(lm, warm_up, positions)))
+        rows_s.append(timed(lambda: branch_rows(lm, warm_up, branches)))
+    last = branches.states[:, :, :, -1].flatten(0, 2)
+    agree = torch.allclose(branch_rows(lm, warm_up, branches), last, atol=1e-4)
+    one_row = median(branch_s)
+    print(
+        f"{len(positions)} prefixes x 96 branches: one row {one_row:.2f} s; "
+        f"a row per branch {median(rows_s):.2f} s; states agree: {agree}"
+    )
+    print(f"ratio one row / a row per branch = {one_row / median(rows_s):.2f} (target <= 0.75)")
+
+
+def branch_all(lm: sdelm.LM, trajs: sdelm.Trajectories, positions: list) -> sdelm.Branches:
+    """``sdelm.branch`` of ``positions``: 32 branches at three temperatures each."""
+    return sdelm.branch(lm, trajs, positions, n_branches=32, temperatures=[0.5, 0.9, 1.3])
+
+
+@torch.inference_mode()
+def branch_rows(lm: sdelm.LM, trajs: sdelm.Trajectories, branches: sdelm.Branches) -> torch.Tensor:
+    """The reference: each prefix read once, its KV cache repeated for one row per branch.
+
+    Returns the last layer's states of every branch, size (prefixes · 3 · 32, hidden).
+    """
+    chat, body, out = trajs.meta["chat"], lm.model.base_model, []
+    for p, row in branches.prefixes.iterrows():
+        prompt = lm.format_prompt(row["prompt"], chat=chat)
+        ids = lm.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+        ids = ids + trajs.tokens[row["sequence"], : row["step"] + 1].tolist()
+        cache = DynamicCache(config=lm.model.config)
+        body(input_ids=torch.tensor([ids], device=lm.device), past_key_values=cache)
+        drawn = branches.tokens[p].flatten().to(lm.device)
+        cache.batch_repeat_interleave(len(drawn))
+        read = body(
+            input_ids=drawn[:, None],
+            position_ids=torch.full((len(drawn), 1), len(ids), device=lm.device),
+            past_key_values=cache,
+        )
+        out.append(read.last_hidden_state[:, -1].float().cpu())
+    return torch.cat(out)
 
 
 if __name__ == "__main__":
