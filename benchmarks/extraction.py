@@ -31,6 +31,7 @@ from transformers import DynamicCache
 
 import sdelm
 from sdelm.branching import prefix_positions
+from sdelm.lm import cache_keyword
 
 
 def timed(function) -> float:
@@ -170,13 +171,14 @@ def branch_rows(lm: sdelm.LM, trajs: sdelm.Trajectories, branches: sdelm.Branche
         ids = lm.tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
         ids = ids + trajs.tokens[row["sequence"], : row["step"] + 1].tolist()
         cache = DynamicCache(config=lm.model.config)
-        body(input_ids=torch.tensor([ids], device=lm.device), past_key_values=cache)
+        with_cache = {cache_keyword(body): cache}
+        body(input_ids=torch.tensor([ids], device=lm.device), **with_cache)
         drawn = branches.tokens[p].flatten().to(lm.device)
         cache.batch_repeat_interleave(len(drawn))
         read = body(
             input_ids=drawn[:, None],
             position_ids=torch.full((len(drawn), 1), len(ids), device=lm.device),
-            past_key_values=cache,
+            **with_cache,
         )
         out.append(read.last_hidden_state[:, -1].float().cpu())
     return torch.cat(out)
