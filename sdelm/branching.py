@@ -192,6 +192,65 @@ def _top_mass(logp: torch.Tensor, mass: float = 0.9) -> torch.Tensor:
     return (sorted_p.cumsum(dim=-1) < mass).sum(dim=-1) + 1
 
 
+def _read_in_one_row(
+    body: torch.nn.Module, cache: Any, drawn: torch.Tensor, position: int, length: int
+) -> list[torch.Tensor]:
+    """Read every branch token in one row: each sees the prefix up to y_k and itself only.
+
+    One copy of the prefix's KV cache serves all branches (a tree mask). Valid while no
+    sliding window binds: every prefix position must be in the cache and in reach.
+
+    Args:
+        body: The model without its read-out.
+        cache: The prefix's KV cache, ``length`` positions (left unchanged).
+        drawn: Long tensor of size (width,): the branch tokens.
+        position: Position of y_k, the branch point.
+        length: Positions in the cache.
+
+    Returns:
+        Every layer's states, each a float tensor of size (width, hidden).
+
+    """
+    width, device = len(drawn), drawn.device
+    allowed = torch.zeros(width, length + width, dtype=torch.bool, device=device)
+    allowed[:, : position + 1] = True  # the recorded tokens after y_k are masked
+    allowed[:, length:] = torch.eye(width, dtype=torch.bool, device=device)
+    dtype = next(body.parameters()).dtype
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    additive[~allowed] = torch.finfo(dtype).min
+    branched = body(
+        input_ids=drawn[None],
+        attention_mask=additive[None, None],
+        position_ids=torch.full((1, width), position + 1, device=device),
+        output_hidden_states=True,
+        **{cache_keyword(body): copy.deepcopy(cache)},
+    )
+    return [hidden[0] for hidden in branched.hidden_states]
+
+
+def _read_row_per_branch(
+    body: torch.nn.Module, cache: Any, drawn: torch.Tensor, position: int, length: int
+) -> list[torch.Tensor]:
+    """Read each branch token in its own row, from the prefix's KV cache repeated.
+
+    The model builds its own masks, sliding windows included. Arguments and result as
+    :func:`_read_in_one_row`.
+    """
+    width, device = len(drawn), drawn.device
+    shared = copy.deepcopy(cache)
+    shared.batch_repeat_interleave(width)
+    attention_mask = torch.ones(width, length + 1, dtype=torch.long, device=device)
+    attention_mask[:, position + 1 : length] = 0  # the recorded tokens after y_k
+    branched = body(
+        input_ids=drawn[:, None],
+        attention_mask=attention_mask,
+        position_ids=torch.full((width, 1), position + 1, device=device),
+        output_hidden_states=True,
+        **{cache_keyword(body): shared},
+    )
+    return [hidden[:, -1] for hidden in branched.hidden_states]
+
+
 def _branch_sequence(
     lm: LM,
     prompt_ids: list[int],
@@ -240,7 +299,11 @@ def _branch_sequence(
     )
     check_cache_used(cache, length)
     every_position = out.logits.shape[1] == length  # a model that ignores logits_to_keep
-    n_temperatures, width = len(temperatures), len(temperatures) * n_branches
+    # A sliding window that binds (its cache keeps only its last tokens) needs the model's
+    # own masks: one row per branch. Otherwise all branches share one row.
+    window = getattr(model.config.get_text_config(), "sliding_window", None)
+    read = _read_in_one_row if window is None or length + 1 < window else _read_row_per_branch
+    n_temperatures = len(temperatures)
     for j, (k, position) in enumerate(zip(steps, positions, strict=True)):
         logits = out.logits[0, position if every_position else j].float()
         logp = _sampling_distribution(
@@ -254,21 +317,8 @@ def _branch_sequence(
         )
         probs = logp.exp()
         drawn = _sample(probs.repeat_interleave(n_branches, 0), uniforms.flatten())
-        # All branches read in one row, each attending to the prefix and to itself only: one
-        # copy of the prefix's KV cache serves them all.
-        allowed = torch.zeros(width, length + width, dtype=torch.bool, device=device)
-        allowed[:, : position + 1] = True  # the recorded tokens after y_k are masked
-        allowed[:, length:] = torch.eye(width, dtype=torch.bool, device=device)
-        additive = torch.zeros(allowed.shape, dtype=out.hidden_states[0].dtype, device=device)
-        additive[~allowed] = torch.finfo(additive.dtype).min
-        branched = body(
-            input_ids=drawn[None],
-            attention_mask=additive[None, None],
-            position_ids=torch.full((1, width), position + 1, device=device),
-            output_hidden_states=True,
-            **{cache_keyword(body): copy.deepcopy(cache)},
-        )
-        states = torch.stack([branched.hidden_states[layer][0] for layer in layers], dim=1)
+        hidden = read(body, cache, drawn, position, length)
+        states = torch.stack([hidden[layer] for layer in layers], dim=1)
         prefix = torch.stack([out.hidden_states[layer][0, position] for layer in layers])
         yield (
             k,
