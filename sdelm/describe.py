@@ -528,11 +528,11 @@ def energy_effect(
         if len(np.unique(clusters[side])) < 2:
             raise ValueError("Each group needs points from two clusters at least.")
     frame = pd.DataFrame({"cluster": clusters, "row": np.arange(len(points))})
-    layers = np.zeros(len(points)) if strata is None else pd.factorize(np.asarray(strata))[0]
+    stratum = np.zeros(len(points)) if strata is None else pd.factorize(np.asarray(strata))[0]
 
     def statistic(f: pd.DataFrame) -> float:
         rows, keys = f["row"].to_numpy(), f["cluster"].to_numpy()
-        apart = (keys[:, None] != keys[None, :]) & (layers[rows, None] == layers[None, rows])
+        apart = (keys[:, None] != keys[None, :]) & (stratum[rows, None] == stratum[None, rows])
         return _energy(distances[np.ix_(rows, rows)], first[rows], apart)
 
     return cluster_bootstrap(frame, statistic, cluster="cluster", seed=seed)
