@@ -134,7 +134,12 @@ def _module_closure(modules: Iterable[str], root: Path) -> list[Path]:
     return sorted(seen)
 
 
-def source_fingerprint(root: Path | None = None, modules: Iterable[str] | None = None) -> str:
+def source_fingerprint(
+    root: Path | None = None,
+    modules: Iterable[str] | None = None,
+    *,
+    exclude: Iterable[str] = (),
+) -> str:
     """Return a fingerprint of the package under ``root``, or of the part that ``modules`` use.
 
     Python modules count by their syntax trees: two source trees that differ only in comments or
@@ -145,13 +150,21 @@ def source_fingerprint(root: Path | None = None, modules: Iterable[str] | None =
         root: The package folder; default: the installed sdelm.
         modules: Count only these modules (e.g. ``["sdelm.collect"]``) and the sdelm modules
             they import, transitively (read statically); default every module.
+        exclude: Top-level files or folders of the package left out (e.g. ``["book"]``).
 
     Returns:
         A 64-character hex digest.
 
     """
     root = SOURCE_ROOT if root is None else root
-    files = [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    left_out = set(exclude)
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.relative_to(root).parts[0] not in left_out
+    ]
     if modules is not None:
         files = [p for p in files if p.suffix != ".py"] + _module_closure(modules, root)
     digest = hashlib.sha256()

@@ -383,33 +383,33 @@ def _book(args: argparse.Namespace) -> None:
     print(f"built {html}")
 
 
-def _seeds(args: argparse.Namespace) -> None:
-    from sdelm.book.robustness import seed_robustness
-    from sdelm.files import atomic_path
+def _robustness(args: argparse.Namespace) -> None:
+    from sdelm.book.record import RECORD, claim_robustness
+    from sdelm.book.robustness import measure
 
-    out = _output(args.out, args.force) if args.out else None
     try:
-        table = seed_robustness(
-            args.seeds, args.chapters or None, jobs=args.jobs, root=_book_root(args.root)
+        record = measure(
+            args.seeds,
+            args.kernels,
+            args.chapters or None,
+            jobs=args.jobs,
+            root=_book_root(args.root),
         )
     except ChapterError as error:
         raise UsageError(str(error)) from None
-    if out is not None:
-        with atomic_path(out) as partial:
-            table.to_csv(partial, index=False)
-    asserted = table[table["found"] != "inconclusive"]
-    flipped = asserted[~asserted["sign_kept"]]
+    by_chapter: dict[str, list[dict]] = {}
+    for entry in record["claims"]:
+        by_chapter.setdefault(entry["chapter"], []).append(entry)
+    judged = [
+        robust
+        for chapter, entries in by_chapter.items()
+        for robust in claim_robustness(chapter, entries, record).values()
+    ]
+    robust = sum(j.status == "robust" for j in judged)
     print(
-        f"{len(asserted)} claims asserted at the defaults; at seeds {args.seeds}, "
-        f"{len(asserted) - len(flipped)} keep their sign and "
-        f"{int(asserted['verdict_kept'].sum())} their verdict."
+        f"{len(judged)} claims over {len(record['runs'])} runs: {robust} robust (asserted), "
+        f"{len(judged) - robust} fragile; wrote {_book_root(args.root) / RECORD}"
     )
-    estimates = [f"estimate@{seed}" for seed in args.seeds]
-    if len(flipped):
-        print("Sign not kept:")
-        print(flipped[["chapter", "name", "null", "estimate", *estimates]].to_string(index=False))
-    if out is not None:
-        print(f"wrote {out}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -495,17 +495,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     book.set_defaults(run=_book)
 
-    seeds = command(
-        "seeds", "Execute the chapters at other extraction seeds; compare every claim's sign."
+    robust = command(
+        "robustness",
+        "Execute the chapters at several seeds and CPU kernels; record every claim's verdicts "
+        "in book/robustness.json (a claim is asserted only where they agree).",
     )
-    seeds.add_argument("seeds", type=_seed, nargs="+", help="seeds other than the default")
-    seeds.add_argument("--chapters", nargs="+", help="default: every chapter with a seed")
-    seeds.add_argument("--out", help="write the whole comparison as a .csv file")
-    seeds.add_argument("--root", help="book folder (default: here, else the repository)")
-    seeds.add_argument(
+    robust.add_argument(
+        "--seeds", type=_seed, nargs="+", default=[0, 1, 2], help="extraction seeds (0 1 2)"
+    )
+    robust.add_argument(
+        "--kernels",
+        nargs="+",
+        choices=["avx2", "default", "avx512"],
+        default=["avx2", "default"],
+        help="ATen CPU kernels to run on (avx2 default): 'default' samples other tokens, as "
+        "another processor does",
+    )
+    robust.add_argument("--chapters", nargs="+", help="default: every chapter with a seed")
+    robust.add_argument("--root", help="book folder (default: here, else the repository)")
+    robust.add_argument(
         "--jobs", type=_count, default=2, help="chapters executed at once (default 2)"
     )
-    seeds.set_defaults(run=_seeds)
+    robust.set_defaults(run=_robustness)
     return parser
 
 

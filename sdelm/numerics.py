@@ -1,4 +1,4 @@
-"""Pinned CPU kernels: the same seed gives the same text and numbers on every x86 processor.
+"""Pinned CPU kernels: the same seed gives the same text and numbers at any thread count.
 
 PyTorch picks its CPU kernels by the processor's vector instructions (AVX2, AVX-512), and MKL,
 which multiplies the matrices, picks its code path the same way. Kernels of different widths
@@ -11,7 +11,11 @@ read −0.090, −0.066, −0.092 and −0.042 under four choices of kernels.
 sdelm therefore pins the kernels when it is imported, before torch starts
 (:func:`pin_kernels`): ATen's AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2``) and MKL's
 conditional numerical reproducibility on its AVX2 code path (``MKL_CBWR=AVX2``), which every
-x86 processor of the last decade runs. On that machine they cost about 8% of a CPU forward
+x86 processor of the last decade runs. That gives the same tokens on one kind of processor at
+any number of threads, not across vendors: on these kernels an AMD EPYC samples other tokens
+than an Intel Xeon now and then (``MKL_CBWR=COMPATIBLE`` changes the tokens again and costs
+1.5x the time on the AMD machine). The book therefore asserts only the verdicts that survive
+other tokens (:mod:`sdelm.book.record`). On that machine they cost about 8% of a CPU forward
 pass against the AVX-512 kernels (torch's unvectorised kernels, which any x86 processor runs,
 cost 65%). A variable already set wins: ``ATEN_CPU_CAPABILITY=avx512`` before importing sdelm
 buys speed, and numbers that may differ from the book's. The kernels in force are part of

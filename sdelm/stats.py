@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["N_RESAMPLES", "cluster_bootstrap", "holm", "pair_weights"]
+__all__ = ["N_RESAMPLES", "cluster_bootstrap", "holm", "log_ratios", "pair_weights"]
 
 #: Bootstrap resamples used throughout.
 N_RESAMPLES = 2000
@@ -102,6 +102,38 @@ def cluster_bootstrap(
         "p_value": float(min(1.0, 2 * min(below, above))),
         "n_clusters": len(groups),
     }
+
+
+def log_ratios(
+    frame: pd.DataFrame, column: str, *, by: str = "temperature", cluster: str = "prompt_id"
+) -> pd.DataFrame:
+    """Each cluster's log ratio of the mean of ``column`` at the highest and lowest ``by``.
+
+    One row per cluster, so that a statistic of the ratios (their median: no single sequence
+    decides it) is resampled by :func:`cluster_bootstrap` with the right weights: a cluster
+    drawn twice counts twice. A log ratio of means pooled over the clusters is not robust: one
+    sequence with five times the median squared step swung it across its threshold.
+
+    Args:
+        frame: One row per observation, with ``column``, ``by`` and ``cluster`` columns.
+        column: The positive quantity compared (e.g. ``increment_sq``, ``noise``).
+        by: The condition whose extreme levels are compared.
+        cluster: The unit each ratio belongs to.
+
+    Returns:
+        Columns ``cluster`` and ``log_ratio``, for the clusters observed at both levels.
+
+    Raises:
+        ValueError: With fewer than two levels of ``by``.
+
+    """
+    levels = np.sort(frame[by].unique())
+    if len(levels) < 2:
+        raise ValueError(f"log_ratios needs at least two levels of {by!r}, got {len(levels)}.")
+    means = frame[frame[by].isin(levels[[0, -1]])].groupby([cluster, by])[column].mean()
+    table = means.unstack(by).dropna()
+    ratios = np.log(table[levels[-1]] / table[levels[0]])
+    return ratios.rename("log_ratio").reset_index()
 
 
 def pair_weights(left: torch.Tensor, right: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:

@@ -34,21 +34,74 @@ def test_effect_verdicts_read_holm_adjusted_p_values():
     assert table["verdict"].tolist() == ["as expected", "opposite", *["inconclusive"] * 2]
     assert table["holds"].all()
     assert "0.7 [0.6, 0.8] against 0 (24 prompts, Holm p = 0.004)" in table.loc["a", "statement"]
-    assert claims.verify() == "4 claims checked, 0 not holding; enforced."
+    assert "Not yet checked across seeds and kernels" in table.loc["a", "statement"]
+    assert claims.verify() == (
+        "4 claims: 0 robust (asserted), 0 fragile, 4 unchecked; 0 reversed; enforced."
+    )
 
 
-def test_a_verdict_other_than_the_one_found_fails_only_when_enforced():
+def robustness_record(chapter: str, claims: dict[str, tuple[str, list[str]]]) -> dict:
+    """A robustness record: claim name -> (its ``what``, the verdicts of runs 0, 1, …)."""
+    runs = max(len(verdicts) for _, verdicts in claims.values())
+    return {
+        "runs": {
+            f"run {i}": {"seed": i, "kernels": "AVX2/AVX2", "processor": "CPU"}
+            for i in range(runs)
+        },
+        "claims": [
+            {"chapter": chapter, "name": name, "what": what, "expected": "greater", "null": 0.0,
+             "verdicts": {f"run {i}": v for i, v in enumerate(verdicts)}, "estimates": {}}
+            for name, (what, verdicts) in claims.items()
+        ],
+    }  # fmt: skip
+
+
+def test_only_a_robust_verdict_is_asserted_and_only_its_reversal_fails():
+    record = robustness_record(
+        "ch",
+        {
+            "robust": ("ρ", ["as expected"] * 3),
+            "weakened": ("ρ", ["as expected"] * 3),
+            "fragile": ("ρ", ["opposite", "inconclusive", "opposite"]),
+            "renamed": ("another ρ", ["as expected"] * 3),
+        },
+    )
     for enforce in (True, False):
-        claims = Claims(enforce=enforce)
-        claims.effect("a", measured(0.01, -0.1, 0.1, 0.8), what="ρ", expected="greater",
-                      found="as expected")  # fmt: skip
-        claims.effect("b", measured(0.5, 0.4, 0.6, 0.001), what="ρ", expected="greater",
-                      found="as expected")  # fmt: skip
+        claims = Claims(enforce=enforce, chapter="ch", record=record)
+        claims.effect("robust", measured(-0.5, -0.6, -0.4, 0.001), what="ρ",
+                      expected="greater", found="as expected")  # fmt: skip
+        claims.effect("weakened", measured(0.01, -0.1, 0.1, 0.8), what="ρ",
+                      expected="greater", found="as expected")  # fmt: skip
+        claims.effect("fragile", measured(0.5, 0.4, 0.6, 0.001), what="ρ",
+                      expected="greater", found="opposite")  # fmt: skip
+        claims.effect("renamed", measured(-0.5, -0.6, -0.4, 0.001), what="ρ",
+                      expected="greater", found="as expected")  # fmt: skip
+        table = claims.table().set_index("name")
+        assert table["robustness"].tolist() == ["robust", "robust", "fragile", "unchecked"]
+        # Only the robust verdict that reversed (as expected -> opposite) fails; one that
+        # weakened to inconclusive is shown as departing, a fragile one with its spread.
+        assert table["holds"].tolist() == [False, True, True, True]
+        assert "departs from the verdict of all 3 runs" in table.loc["weakened", "statement"]
+        assert table.loc["fragile", "checked"] == (
+            "opposite at seeds 0, 2 (AVX2/AVX2, CPU); inconclusive at seed 1 (AVX2/AVX2, CPU)"
+        )
+        assert "Fragile, not asserted: opposite at seeds 0, 2" in table.loc["fragile", "statement"]
         if enforce:
-            with pytest.raises(ClaimFailedError, match="found at the defaults: as expected"):
+            with pytest.raises(ClaimFailedError, match="robust verdict.s. reversed") as failed:
                 claims.verify()
+            assert "- robust:" in str(failed.value) and "weakened" not in str(failed.value)
         else:
-            assert claims.verify().startswith("2 claims checked, 1 not holding; not enforced")
+            assert claims.verify().endswith("1 reversed; not enforced (parameters differ "
+                                            "from defaults).")  # fmt: skip
+
+
+def test_a_robust_claim_declared_with_another_verdict_fails():
+    record = robustness_record("ch", {"a": ("ρ", ["inconclusive"] * 2)})
+    claims = Claims(enforce=True, chapter="ch", record=record)
+    claims.effect("a", measured(0.01, -0.1, 0.1, 0.8), what="ρ", expected="greater",
+                  found="as expected")  # fmt: skip
+    with pytest.raises(ClaimFailedError, match="the chapter says 'as expected', the record"):
+        claims.verify()
 
 
 def test_effects_refuse_bad_input():
@@ -204,42 +257,56 @@ SEEDED = chapter_source(
 )
 
 
-def test_seed_robustness_sets_each_claim_beside_other_seeds(mini_book, monkeypatch):
-    from sdelm.book import robustness
+def test_robustness_records_every_claim_at_every_seed(mini_book, monkeypatch):
+    from sdelm.book import read_robustness, robustness
 
     (mini_book / "book" / "seeded.md").write_text(SEEDED)
     (mini_book / "_toc.yml").write_text(
         "format: jb-book\nroot: book/notes\nchapters:\n  - file: book/mini\n"
         "  - file: book/seeded\n"
     )
-    table = robustness.seed_robustness([1, 2], jobs=1, root=mini_book)  # mini has no seed
-    row = table.set_index("name").loc["shift"]
-    assert table["chapter"].tolist() == ["seeded"]
-    assert (row["estimate"], row["estimate@1"], row["estimate@2"]) == (5, 1, -3)
-    assert (row["verdict@1"], row["verdict@2"]) == ("as expected", "opposite")
-    assert not row["sign_kept"] and not row["verdict_kept"]
-    kept = robustness.seed_robustness([1], jobs=1, root=mini_book).iloc[0]
-    assert kept["sign_kept"] and kept["verdict_kept"]
+    record = robustness.measure([0, 1, 2], ["avx2"], jobs=1, root=mini_book)  # mini: no seed
+    assert record == read_robustness(mini_book)
+    (entry,) = record["claims"]
+    assert (entry["chapter"], entry["name"]) == ("seeded", "shift")
+    assert list(entry["estimates"].values()) == [5, 1, -3]
+    assert list(entry["verdicts"].values()) == ["as expected", "as expected", "opposite"]
+    assert [run["seed"] for run in record["runs"].values()] == [0, 1, 2]
+    # Fragile now: the chapter at its defaults shows the spread and asserts nothing.
+    chapter = Chapter.open("seeded", {"seed": 0}, root=mini_book)
+    chapter.claims.effect("shift", measured(-3, -4, -2, 0.001), what="shift",
+                          expected="greater", found="as expected")  # fmt: skip
+    assert chapter.claims.table()["robustness"].tolist() == ["fragile"]
+    assert "0 reversed" in chapter.finish()
 
     # Every run is recorded: asked again, nothing is executed.
     def fail(*args, **kwargs):
         raise AssertionError("executed again")
 
     monkeypatch.setattr(robustness, "execute_book", fail)
-    assert robustness.seed_robustness([1, 2], jobs=1, root=mini_book).equals(table)
-    with pytest.raises(ChapterError, match="default"):
-        robustness.seed_robustness([0], root=mini_book)
+    assert robustness.measure([1, 2], ["avx2"], jobs=1, root=mini_book) == record
     with pytest.raises(ChapterError, match="no seed"):
-        robustness.seed_robustness([1], ["mini"], root=mini_book)
+        robustness.measure([1], ["avx2"], ["mini"], root=mini_book)
 
 
-def test_a_chapter_that_fails_its_claims_is_reported_by_the_claim(mini_book):
-    from sdelm.book.chapter import execute_chapters
+def test_a_chapter_that_reverses_a_robust_claim_is_reported_by_the_claim(mini_book):
+    from sdelm.book.chapter import ChaptersFailedError, execute_chapters
+    from sdelm.files import write_json_atomically
 
+    record = robustness_record("mini", {"size": ("n", ["opposite"] * 3)})
+    write_json_atomically(record, mini_book / "book" / "robustness.json")
     source = mini_book / "book" / "mini.md"
     source.write_text(MINI.replace('found="as expected"', 'found="opposite"'))
-    with pytest.raises(ChapterError) as failure:
+    with pytest.raises(ChaptersFailedError) as failure:
         execute_chapters(["mini"], mini_book / "out", root=mini_book)
     message = str(failure.value)
     assert "mini: cell [" in message and "raised ClaimFailedError" in message
     assert "- size: N: 3 [2, 4]" in message and "Traceback" not in message
+    assert "robust verdict(s) reversed" in message
+    # The failed notebook is kept for the reader, and named; the run was recorded.
+    kept = mini_book / "out" / "failed" / "mini.ipynb"
+    assert f"notebook: {kept}" in message and "ClaimFailedError" in kept.read_text()
+    assert failure.value.executed == {} and failure.value.failed == {"mini": kept}
+    assert json.loads(record_path("mini").read_text())["claims"][0]["verdict"] == "as expected"
+
+

@@ -24,7 +24,7 @@ from sdelm.branching import Branches
 from sdelm.data import Projection, Transitions
 from sdelm.fit import nll
 from sdelm.models import SDEModel
-from sdelm.stats import cluster_bootstrap, holm
+from sdelm.stats import cluster_bootstrap, holm, log_ratios
 
 __all__ = ["against_models", "effects", "gaussian_surrogate", "measured", "moments", "project"]
 
@@ -213,7 +213,6 @@ def effects(
         ``"inconclusive"``.
 
     """
-    low_t, high_t = min(seen["temperature"]), max(seen["temperature"])
     at_t = seen[seen["temperature"] == temperature]
     fitted = compared[(compared["temperature"] == temperature) & (compared["model"] == model)]
     paired = fitted.merge(
@@ -224,12 +223,13 @@ def effects(
         suffixes=("", "_baseline"),
     )
 
-    def log_ratio(frame: pd.DataFrame) -> float:
-        noise = frame.groupby("temperature")["noise"].mean()
-        return float(np.log(noise[high_t] / noise[low_t]))
-
     tests = {
-        "branch-noise-vs-temperature": (seen, log_ratio, 0.0, "greater"),
+        "branch-noise-vs-temperature": (
+            log_ratios(seen, "noise"),
+            lambda f: float(f["log_ratio"].median()),
+            0.0,
+            "greater",
+        ),
         "branch-noise-vs-entropy": (at_t, _spearman("noise", "entropy"), 0.0, "greater"),
         "fitted-vs-branch-noise": (fitted, _spearman("predicted_noise", "noise"), 0.0, "greater"),
         "branch-share-of-fitted-noise": (

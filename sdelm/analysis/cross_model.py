@@ -28,7 +28,7 @@ from sdelm.data import SDEData, prepare, project
 from sdelm.fit import sequence_nll
 from sdelm.models import NeuralSDE
 from sdelm.simulate import simulate
-from sdelm.stats import cluster_bootstrap
+from sdelm.stats import cluster_bootstrap, log_ratios
 from sdelm.trajectories import Trajectories
 
 __all__ = [
@@ -63,7 +63,8 @@ FINDINGS: dict[str, tuple[str, str, float]] = {
         1.0,
     ),
     "increment-vs-temperature": (
-        "log ratio of mean |ΔZ|² at the highest and the lowest temperature (trajectories)",
+        "median over prompts of the log ratio of mean |ΔZ|² at the highest and the lowest "
+        "temperature (trajectories)",
         "greater",
         0.0,
     ),
@@ -83,7 +84,8 @@ FINDINGS: dict[str, tuple[str, str, float]] = {
         0.0,
     ),
     "branch-noise-vs-temperature": (
-        "log ratio of the branching noise at the highest and the lowest temperature (branching)",
+        "median over prompts of the log ratio of the branching noise at the highest and the "
+        "lowest temperature (branching)",
         "greater",
         0.0,
     ),
@@ -338,12 +340,8 @@ def _spearman(x: str, y: str) -> Callable[[pd.DataFrame], float]:
     return lambda frame: float(scipy_stats.spearmanr(frame[x], frame[y]).statistic)
 
 
-def _log_ratio(column: str) -> Callable[[pd.DataFrame], float]:
-    def ratio(frame: pd.DataFrame) -> float:
-        means = frame.groupby("temperature")[column].mean()
-        return float(np.log(means.iloc[-1] / means.iloc[0]))
-
-    return ratio
+def _median_ratio(frame: pd.DataFrame) -> float:
+    return float(frame["log_ratio"].median())
 
 
 def findings(
@@ -393,14 +391,14 @@ def findings(
         "nll-neural-minus-ou": (scores, lambda f: float(f["nll_difference"].mean())),
         "energy-neural-minus-ou": (scores, fit_drawn(scores, "energy", seed=seed)),
         "map-spectral-radius": (map_radius_frame(everything), _map_radius(everything)),
-        "increment-vs-temperature": (steps, _log_ratio("increment_sq")),
+        "increment-vs-temperature": (log_ratios(steps, "increment_sq"), _median_ratio),
         "increment-vs-entropy": (steps, _spearman("increment_sq", "next_entropy")),
         "msd-exponent": (displacement_frame(everything), _msd_exponent),
         "noise-vs-depth": (
             residual_frame(layer_trajs, dim=dim, seed=seed, folds=n_folds),
             growth_rate,
         ),
-        "branch-noise-vs-temperature": (seen, _log_ratio("noise")),
+        "branch-noise-vs-temperature": (log_ratios(seen, "noise"), _median_ratio),
         "branch-noise-vs-entropy": (
             seen[seen["temperature"] == middle],
             _spearman("noise", "entropy"),

@@ -20,7 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdelm.book.chapter import book_root, chapter_names, execute_chapters, source_path
+from sdelm.book.chapter import (
+    ChaptersFailedError,
+    book_root,
+    chapter_names,
+    execute_chapters,
+    source_path,
+)
 
 if TYPE_CHECKING:
     import nbformat
@@ -45,6 +51,7 @@ def execute_book(
     jobs: int = 2,
     root: Path | None = None,
     parameters: Mapping[str, object] | None = None,
+    failed_folder: Path | None = None,
 ) -> dict[str, Path]:
     """Execute chapters, ``jobs`` at a time, the longest first and the claims ledger last.
 
@@ -55,24 +62,31 @@ def execute_book(
         root: The book's folder; default found by :func:`sdelm.book.book_root`.
         parameters: Overrides of every chapter's parameters cell; default none (the
             defaults). The ledger takes none: it reads the runs at the defaults.
+        failed_folder: Where a failed chapter's notebook is kept (``NAME.ipynb``); default
+            ``folder/failed``.
 
     Returns:
         Chapter name -> executed notebook.
 
     Raises:
-        ChapterError: If a chapter failed (after all have run).
+        ChaptersFailedError: If a chapter failed (after all have run; the ledger is then not
+            executed). It carries the chapters that ran.
 
     """
     root = book_root(root)
     names = chapter_names(root) if names is None else list(names)
     others = _longest_first([n for n in names if n != LEDGER])
+    kept = {"root": root, "failed_folder": failed_folder}
     executed = (
-        execute_chapters(others, folder, jobs=jobs, root=root, parameters=parameters)
+        execute_chapters(others, folder, jobs=jobs, parameters=parameters, **kept)
         if others
         else {}
     )
     if LEDGER in names:
-        executed |= execute_chapters([LEDGER], folder, root=root)
+        try:
+            executed |= execute_chapters([LEDGER], folder, **kept)
+        except ChaptersFailedError as error:
+            raise ChaptersFailedError(str(error), executed, error.failed) from None
     return executed
 
 
@@ -160,7 +174,9 @@ def build(root: Path | None = None, out: Path | None = None, *, jobs: int = 2) -
         The HTML folder, ``out/_build/html``.
 
     Raises:
-        ChapterError: If a chapter failed.
+        ChaptersFailedError: If a chapter failed. The chapters that ran are in the cache all
+            the same (the next build does not execute them again), and each failed notebook is
+            kept as ``out/_build/failed/NAME.ipynb``; the error names it.
         RuntimeError: If ``jupyter-book build`` failed.
 
     """
@@ -169,8 +185,21 @@ def build(root: Path | None = None, out: Path | None = None, *, jobs: int = 2) -
     cache_path = out / "_build" / ".jupyter_cache"
     if _cache_config(root):
         stale = stale_chapters(root, cache_path)
+        failed_folder = out / "_build" / "failed"
+        for old in failed_folder.glob("*.ipynb"):
+            if old.stem in stale:  # executed again now: its old failure no longer tells
+                old.unlink()
+        if stale:
+            print(f"sdelm: executing {len(stale)} chapter(s), {jobs} at a time", flush=True)
         with tempfile.TemporaryDirectory() as folder:
-            executed = execute_book(Path(folder), stale, jobs=jobs, root=root) if stale else {}
+            try:
+                executed = execute_book(
+                    Path(folder), stale, jobs=jobs, root=root, failed_folder=failed_folder
+                )
+            except ChaptersFailedError as error:
+                for name, path in error.executed.items():  # what ran is kept
+                    _add_to_cache(name, path, root, cache_path)
+                raise
             for name, path in executed.items():
                 _add_to_cache(name, path, root, cache_path)
     executable = Path(sys.executable).with_name("jupyter-book")

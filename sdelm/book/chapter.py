@@ -20,7 +20,10 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
+import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdelm.book.claims import Claims
+from sdelm.book.record import read_robustness
 from sdelm.book.setup import (
     Setup,
     standard_folds,
@@ -47,6 +51,7 @@ __all__ = [
     "IGNORED",
     "Chapter",
     "ChapterError",
+    "ChaptersFailedError",
     "book_root",
     "chapter_names",
     "execute",
@@ -177,17 +182,21 @@ def record_path(name: str, overrides: Mapping[str, Any] | None = None) -> Path:
             whose record the claims ledger reads.
 
     Returns:
-        ``claims/NAME.json`` in the sdelm cache at the defaults, else
-        ``claims/runs/NAME-DIGEST.json`` with a digest of the overrides.
+        ``claims/KERNELS/NAME.json`` in the sdelm cache at the defaults, else
+        ``claims/KERNELS/runs/NAME-DIGEST.json`` with a digest of the overrides; ``KERNELS``
+        names the CPU kernels in force (:func:`sdelm.numerics.kernels`), so that runs on other
+        kernels are kept beside each other.
 
     """
     from sdelm.cache import cache_dir
+    from sdelm.numerics import kernels
 
+    folder = cache_dir() / "claims" / re.sub(r"[^a-z0-9]+", "-", kernels().lower())
     if not overrides:
-        return cache_dir() / "claims" / f"{name}.json"
+        return folder / f"{name}.json"
     text = json.dumps({k: _normalised(v) for k, v in overrides.items()}, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return cache_dir() / "claims" / "runs" / f"{name}-{digest}.json"
+    return folder / "runs" / f"{name}-{digest}.json"
 
 
 def _file_digest(path: Path) -> str:
@@ -254,7 +263,8 @@ class Chapter:
             for key, value in defaults.items()
             if value is not ANY and key not in IGNORED
         )
-        return cls(name, parameters, defaults, source, Claims(enforce=enforce), parameters)
+        claims = Claims(enforce=enforce, chapter=name, record=read_robustness(book_root(root)))
+        return cls(name, parameters, defaults, source, claims, parameters)
 
     def trajectories(self, **data: Any) -> Trajectories:
         """Collect the chapter's trajectories (:func:`~sdelm.book.setup.standard_trajectories`).
@@ -331,18 +341,20 @@ class Chapter:
         :func:`record_path` of its overrides, with them, so that
         :func:`sdelm.book.robustness.seed_robustness` can set it beside the defaults.
 
+        The run is recorded before its claims are verified: a run whose asserted claim fails
+        still shows what it measured (the robustness record reads it; the build fails anyway).
+
         Returns:
             :meth:`Claims.verify`'s summary.
 
         Raises:
-            ClaimFailedError: If an enforced claim does not hold (nothing is recorded).
+            ClaimFailedError: If an asserted claim reverses (after recording the run).
 
         """
         from sdelm.cache import source_fingerprint
         from sdelm.files import write_json_atomically
         from sdelm.numerics import kernels
 
-        summary = self.claims.verify()
         if self.source is not None:
             table = self.claims.table()
             overrides = self.overrides  # none exactly when the claims are enforced
@@ -355,7 +367,7 @@ class Chapter:
                 "claims": table.astype(object).where(table.notna(), None).to_dict("records"),
             }
             write_json_atomically(record, record_path(self.name, overrides))
-        return summary
+        return self.claims.verify()
 
 
 def execute(
@@ -365,6 +377,7 @@ def execute(
     parameters: Mapping[str, object] | None = None,
     root: Path | None = None,
     progress: bool = False,
+    failed: Path | None = None,
 ) -> Path:
     """Execute a chapter with papermill, as a reader does, writing the notebook atomically.
 
@@ -374,6 +387,8 @@ def execute(
         parameters: Overrides of the parameters cell.
         root: The book's folder; default found by :func:`book_root`.
         progress: Show papermill's progress bar.
+        failed: Where the notebook goes when a cell raises (its outputs up to the error, and
+            the error), for the reader to open; default nowhere.
 
     Returns:
         ``out``.
@@ -396,34 +411,67 @@ def execute(
         jupytext.write(jupytext.read(source), plain)
         with warnings.catch_warnings():  # the temporary name does not end in .ipynb
             warnings.filterwarnings("ignore", "The specified file", UserWarning)
-            papermill.execute_notebook(
-                str(plain),
-                str(partial),
-                parameters=dict(parameters or {}),
-                kernel_name="python3",
-                cwd=str(root / "book"),
-                progress_bar=progress,
-            )
+            try:
+                papermill.execute_notebook(
+                    str(plain),
+                    str(partial),
+                    parameters=dict(parameters or {}),
+                    kernel_name="python3",
+                    cwd=str(root / "book"),
+                    progress_bar=progress,
+                )
+            except Exception:
+                if failed is not None and partial.stat().st_size:
+                    with atomic_path(failed) as kept:
+                        shutil.copyfile(partial, kept)
+                raise
     return out
 
 
+class ChaptersFailedError(ChapterError):
+    """Some chapters failed; the others ran.
+
+    Attributes:
+        executed: Chapter name -> executed notebook, for the chapters that ran.
+        failed: Chapter name -> the failed notebook kept for the reader (None where none
+            could be kept).
+
+    """
+
+    def __init__(self, message: str, executed: dict[str, Path], failed: dict[str, Path | None]):
+        super().__init__(message)
+        self.executed = executed
+        self.failed = failed
+
+
 def _execute_reporting(
-    name: str, out: Path, root: Path | None, parameters: Mapping[str, object] | None = None
+    name: str,
+    out: Path,
+    root: Path | None,
+    parameters: Mapping[str, object] | None = None,
+    failed: Path | None = None,
 ) -> str | None:
     """Execute a chapter in a worker process; return its failure as text (None if it ran).
 
-    A cell's error is reported as ``cell [N] raised NAME: message`` (a failed claim names
-    the claim), not as papermill's traceback.
+    Prints a line as the chapter starts and one as it ends, with its time. A cell's error is
+    reported as ``cell [N] raised NAME: message`` (a failed claim names the claim), not as
+    papermill's traceback.
     """
     from papermill.exceptions import PapermillExecutionError
 
+    start = time.perf_counter()
+    print(f"sdelm: {name} started", flush=True)
     try:
-        execute(name, out, parameters=parameters, root=root)
+        execute(name, out, parameters=parameters, root=root, failed=failed)
     except PapermillExecutionError as error:
-        return f"{name}: cell [{error.exec_count}] raised {error.ename}: {error.evalue}"[:2000]
+        failure = f"{name}: cell [{error.exec_count}] raised {error.ename}: {error.evalue}"
     except Exception as error:  # reported by the parent, which waits for every chapter
-        return f"{name}: {type(error).__name__}: {error}"[:2000]
-    return None
+        failure = f"{name}: {type(error).__name__}: {error}"
+    else:
+        print(f"sdelm: {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        return None
+    print(f"sdelm: {name} FAILED after {time.perf_counter() - start:.0f} s", flush=True)
+    return failure[:2000]
 
 
 def execute_chapters(
@@ -433,6 +481,7 @@ def execute_chapters(
     jobs: int = 1,
     root: Path | None = None,
     parameters: Mapping[str, object] | None = None,
+    failed_folder: Path | None = None,
 ) -> dict[str, Path]:
     """Execute chapters, ``jobs`` at a time, into ``folder/NAME.ipynb``.
 
@@ -450,20 +499,28 @@ def execute_chapters(
         root: The book's folder; default found by :func:`book_root`.
         parameters: Overrides of every chapter's parameters cell (e.g. ``{"seed": 1}``);
             default none: the chapters run at their defaults.
+        failed_folder: Where a failed chapter's notebook is kept, as ``NAME.ipynb``;
+            default ``folder``.
 
     Returns:
         Chapter name -> executed notebook, in the order given.
 
     Raises:
-        ChapterError: If any chapter failed (raised after all have run; it names each one).
+        ChaptersFailedError: If any chapter failed (raised after all have run; it names each
+            one and its kept notebook, and carries the chapters that ran).
 
     """
     if jobs < 1:
         raise ChapterError(f"jobs must be at least 1, not {jobs}.")
     folder.mkdir(parents=True, exist_ok=True)
     outs = {name: folder / f"{name}.ipynb" for name in names}
+    kept_folder = folder / "failed" if failed_folder is None else failed_folder
+    kept = {name: kept_folder / f"{name}.ipynb" for name in names}
     if jobs == 1:
-        failures = [_execute_reporting(name, out, root, parameters) for name, out in outs.items()]
+        failures = [
+            _execute_reporting(name, out, root, parameters, kept[name])
+            for name, out in outs.items()
+        ]
     else:
         set_here = "OMP_NUM_THREADS" not in os.environ
         if set_here:  # the workers, and the kernels they start, inherit it
@@ -471,12 +528,22 @@ def execute_chapters(
         try:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-                repeated = [root] * len(outs), [parameters] * len(outs)
+                repeated = [root] * len(outs), [parameters] * len(outs), kept.values()
                 failures = list(pool.map(_execute_reporting, outs, outs.values(), *repeated))
         finally:
             if set_here:
                 os.environ.pop("OMP_NUM_THREADS", None)
-    failed = [failure for failure in failures if failure is not None]
+    failed = {
+        name: kept[name] if kept[name].is_file() else None
+        for name, failure in zip(outs, failures, strict=True)
+        if failure is not None
+    }
     if failed:
-        raise ChapterError("Chapters failed: " + "; ".join(failed))
+        lines = [
+            f"{failure} (notebook: {kept[name] if failed[name] else 'none written'})"
+            for name, failure in zip(outs, failures, strict=True)
+            if failure is not None
+        ]
+        ran = {name: out for name, out in outs.items() if name not in failed}
+        raise ChaptersFailedError("Chapters failed: " + "; ".join(lines), ran, failed)
     return outs

@@ -4,10 +4,16 @@ A claim is a **measured effect**: an estimate, an interval that resamples the ri
 (prompts, passages), a null value and the direction expected before looking
 (:meth:`Claims.effect`). Within a chapter the p-values are Holm-adjusted together, and the
 verdict reads the adjusted p: ``"as expected"`` or ``"opposite"`` (adjusted p < :data:`ALPHA`,
-by the side of the null the estimate lies on), else ``"inconclusive"``. The chapter states the
-verdict found at its default parameters; :meth:`Claims.verify`, in a hidden cell, fails the
-build when the computed verdict differs from it. A reader who re-executes with other parameters
-gets the computed sentences and never an AssertionError.
+by the side of the null the estimate lies on), else ``"inconclusive"``. Every sentence is built
+from the computed verdict.
+
+A verdict is **asserted** only where it is robust: where the robustness record
+(:mod:`sdelm.book.record`) holds one verdict for the claim in every run it was checked on
+(extraction seeds, CPU kernels, processors). :meth:`Claims.verify`, in a hidden cell, then fails
+the build at the defaults when a run reverses it (as expected ↔ opposite), and says so: that is
+a finding in its own right. A fragile claim (its verdict differs between runs) is shown with
+its spread and asserted nothing; so is an unchecked one. A reader who re-executes with other
+parameters gets the computed sentences and never an AssertionError.
 
 A property that always holds (a bound, a solver against its own ODE) is not a claim: it is a
 test, or a demonstration in a chapter's text.
@@ -23,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
+from sdelm.book.record import UNCHECKED, claim_robustness
 from sdelm.stats import holm
 
 if TYPE_CHECKING:  # IPython is a book dependency: imported where a chapter shows the report
@@ -58,13 +65,20 @@ _COLUMNS = [
     "p_holm",
     "verdict",
     "found",
+    "robustness",
+    "robust_verdict",
+    "checked",
     "holds",
     "statement",
 ]
 
 
 class ClaimFailedError(AssertionError):
-    """A claim made for the book's default parameters no longer holds."""
+    """A robust claim made for the book's default parameters reversed."""
+
+
+#: The decisive verdicts, each the reversal of the other.
+_REVERSED = {"as expected": "opposite", "opposite": "as expected"}
 
 
 def _verdict(estimate: float, null: float, expected: str, p_holm: float) -> str:
@@ -79,21 +93,33 @@ class Claims:
     """The claims of one chapter run.
 
     Attributes:
-        enforce: Whether :meth:`verify` fails on a claim that does not hold (true exactly when
-            the chapter runs with its default parameters).
+        enforce: Whether :meth:`verify` fails on a robust claim that reversed (true exactly
+            when the chapter runs with its default parameters).
         results: One dict per recorded claim, in the order recorded.
+        chapter: The chapter's name, under which the robustness record lists its claims.
+        record: The robustness record (:func:`sdelm.book.record.read_robustness`); none:
+            every claim is unchecked.
 
     """
 
     enforce: bool
     results: list[dict[str, Any]] = field(default_factory=list)
+    chapter: str = ""
+    record: Mapping[str, Any] | None = None
 
     @classmethod
-    def for_parameters(cls, params: dict[str, Any], defaults: dict[str, Any]) -> Claims:
+    def for_parameters(
+        cls,
+        params: dict[str, Any],
+        defaults: dict[str, Any],
+        *,
+        chapter: str = "",
+        record: Mapping[str, Any] | None = None,
+    ) -> Claims:
         """Enforce the claims exactly when ``params`` equal the chapter's ``defaults``."""
         normalise = {key: list(v) if isinstance(v, tuple) else v for key, v in params.items()}
         expected = {key: list(v) if isinstance(v, tuple) else v for key, v in defaults.items()}
-        return cls(enforce=normalise == expected)
+        return cls(enforce=normalise == expected, chapter=chapter, record=record)
 
     def _add(self, name: str, **row: Any) -> None:
         if any(r["name"] == name for r in self.results):
@@ -121,7 +147,8 @@ class Claims:
                 returns them.
             what: The quantity in words, e.g. ``"Spearman ρ of tr σσᵀ and entropy"``.
             expected: The side of ``null`` the effect was expected on, fixed before looking.
-            found: The verdict found at the chapter's default parameters (asserted there).
+            found: The verdict found at the chapter's default parameters. Where the claim is
+                robust, it must be the robustness record's verdict.
             null: The value of no effect.
             unit: What the interval resamples (``"prompts"``, ``"passages"``).
 
@@ -157,17 +184,42 @@ class Claims:
         Returns:
             Columns ``name``, ``what``, ``estimate``, ``low``, ``high``, ``null``,
             ``expected``, ``n_clusters``, ``unit``, ``p_value``, ``p_holm``, ``verdict``,
-            ``found``, ``holds`` (the verdict is the one found) and ``statement``.
+            ``found``, ``robustness`` (robust, fragile or unchecked), ``robust_verdict``
+            (None unless robust), ``checked`` (the verdicts by run, in words), ``holds``
+            (false only for a robust verdict reversed) and ``statement``.
 
         """
         rows = [dict(r) for r in self.results]
+        judged = (
+            claim_robustness(self.chapter, rows, self.record) if self.record is not None else {}
+        )
         if rows:
             for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
                 row["p_holm"] = float(adjusted)
                 row["verdict"] = _verdict(row["estimate"], row["null"], row["expected"], adjusted)
-                row["holds"] = row["verdict"] == row["found"]
-                row["statement"] = self._sentence(row)
+                robust = judged.get(row["name"], UNCHECKED)
+                row["robustness"] = robust.status
+                row["robust_verdict"] = robust.verdict
+                row["checked"] = robust.spread
+                reversed_ = robust.status == "robust" and _REVERSED.get(row["verdict"]) == (
+                    robust.verdict
+                )
+                row["holds"] = not reversed_
+                row["statement"] = self._sentence(row) + self._robustness_sentence(row, robust)
         return pd.DataFrame(rows, columns=_COLUMNS)
+
+    @staticmethod
+    def _robustness_sentence(row: Mapping[str, Any], robust: Any) -> str:
+        if robust.status == "unchecked":
+            return " Not yet checked across seeds and kernels: not asserted."
+        if robust.status == "fragile":
+            return f" Fragile, not asserted: {robust.spread}."
+        if row["verdict"] == robust.verdict:
+            return f" Robust: {robust.verdict} in all {robust.runs} runs checked."
+        return (
+            f" This run departs from the verdict of all {robust.runs} runs checked "
+            f"({robust.verdict})."
+        )
 
     @staticmethod
     def _sentence(row: Mapping[str, Any]) -> str:
@@ -219,14 +271,35 @@ class Claims:
 
         """
         table = self.table()
-        failed = table[~table["holds"].astype(bool)]
+        robust = table[table["robustness"] == "robust"]
+        failed = robust[~robust["holds"].astype(bool)]
+        declared = robust[robust["found"] != robust["robust_verdict"]]
+        if self.enforce and len(declared):
+            lines = "\n".join(
+                f"- {r.name}: the chapter says {r.found!r}, the record {r.robust_verdict!r} "
+                f"({r.checked})"
+                for r in declared.itertuples()
+            )
+            raise ClaimFailedError(
+                f"{len(declared)} claim(s) of {self.chapter or 'this chapter'} are declared "
+                f"with another verdict than the robustness record holds; correct `found`, or "
+                f"remake the record with `sdelm robustness`:\n{lines}"
+            )
         if self.enforce and len(failed):
             lines = "\n".join(
-                f"- {r.name}: {r.statement} (found at the defaults: {r.found})"
+                f"- {r.name}: {r.statement} (robust so far: {r.checked})"
                 for r in failed.itertuples()
             )
             raise ClaimFailedError(
-                f"{len(failed)} claim(s) made for the default parameters do not hold:\n{lines}"
+                f"{len(failed)} robust verdict(s) reversed on this run. That is a finding in its "
+                f"own right: the verdict held at every seed and on every kernel checked, and "
+                f"reverses here. Add this run to the record (`sdelm robustness`) to show the "
+                f"claim as fragile, or look for the change of code that reversed it:\n{lines}"
             )
         mode = "enforced" if self.enforce else "not enforced (parameters differ from defaults)"
-        return f"{len(table)} claims checked, {len(failed)} not holding; {mode}."
+        counts = table["robustness"].value_counts()
+        return (
+            f"{len(table)} claims: {counts.get('robust', 0)} robust (asserted), "
+            f"{counts.get('fragile', 0)} fragile, {counts.get('unchecked', 0)} unchecked; "
+            f"{len(failed)} reversed; {mode}."
+        )

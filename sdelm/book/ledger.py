@@ -25,6 +25,7 @@ from sdelm.book.chapter import (
     record_path,
     source_path,
 )
+from sdelm.book.record import claim_robustness, read_robustness
 
 __all__ = ["ledger", "read_record"]
 
@@ -75,7 +76,8 @@ def ledger(
 
     Returns:
         One row per claim: ``chapter`` plus the columns of :meth:`sdelm.Claims.table`, in
-        table-of-contents order.
+        table-of-contents order, with ``robustness``, ``robust_verdict``, ``runs`` and
+        ``checked`` read from the current robustness record (:mod:`sdelm.book.record`).
 
     Raises:
         ChapterError: If a chapter has no current record (and ``execute_missing`` is false), or
@@ -98,4 +100,19 @@ def ledger(
                 f"defaults (sdelm chapter {name})."
             )
         rows.extend({"chapter": name, **claim} for claim in record["claims"])
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    robustness = read_robustness(root)
+    judged = {
+        (chapter, name): robust
+        for chapter, claims in table.groupby("chapter", sort=False)
+        for name, robust in claim_robustness(
+            str(chapter), claims.to_dict("records"), robustness
+        ).items()
+    }
+    found = [judged[key] for key in zip(table["chapter"], table["name"], strict=True)]
+    return table.assign(
+        robustness=[robust.status for robust in found],
+        robust_verdict=[robust.verdict for robust in found],
+        runs=[robust.runs for robust in found],
+        checked=[robust.spread for robust in found],
+    )

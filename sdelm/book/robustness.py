@@ -1,126 +1,173 @@
-"""Robustness to the extraction seed: every claim at the defaults beside its value at other seeds.
+"""Measure every verdict's robustness: across extraction seeds and the CPU kernels.
 
-A chapter's ``seed`` draws its sampled text (and the splits and fits that follow), so a finding
-that holds for one seed and changes sign at another is a property of one sample, not of the
-model. :func:`seed_robustness` executes the chapters at other seeds (side by side, as the book
-is built), reads each run's recorded claims (:meth:`sdelm.book.Chapter.finish` records runs at
-other parameters too) and sets them beside the claims at the defaults. Records made by the
-current chapter source and sdelm code are reused, so asking again executes nothing.
+A chapter's ``seed`` draws its sampled text (and the splits and fits that follow), and the CPU
+kernels (:mod:`sdelm.numerics`) decide the last bits of every logit, so another processor
+samples other tokens now and then. A verdict that changes with either belongs to one sample,
+not to the model. :func:`measure` executes the chapters at several seeds and on several
+kernels and adds every claim's verdict to the robustness record (:mod:`sdelm.book.record`);
+:func:`robustness_table` sets the record beside the claims ledger.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import Any
 
 from sdelm.book.build import LEDGER, execute_book
-from sdelm.book.chapter import (
-    ChapterError,
-    book_root,
-    chapter_names,
-    parameter_defaults,
-    source_path,
+from sdelm.book.chapter import ChapterError, book_root, chapter_names, parameter_defaults
+from sdelm.book.chapter import source_path as chapter_source
+from sdelm.book.record import (
+    RECORD,
+    analysis_code,
+    processor,
+    read_robustness,
 )
-from sdelm.book.ledger import read_record
 
-__all__ = ["seed_robustness"]
+__all__ = ["measure"]
 
 
-def _records(
-    names: list[str], overrides: dict[str, object], root: Path, jobs: int
+def _kernel_setting(capability: str) -> dict[str, str]:
+    return {"ATEN_CPU_CAPABILITY": capability}
+
+
+def _run_records(
+    names: Sequence[str], seed: int, capability: str, defaults: Mapping[str, Mapping]
 ) -> dict[str, dict]:
-    """Each chapter's current record for ``overrides``, executing those that lack one."""
-    missing = [n for n in names if read_record(n, root, overrides) is None]
-    if missing:
-        with tempfile.TemporaryDirectory() as folder:
-            execute_book(Path(folder), missing, jobs=jobs, root=root, parameters=overrides)
-    records = {name: read_record(name, root, overrides) for name in names}
-    lost = [name for name, record in records.items() if record is None]
-    if lost:
-        raise ChapterError(
-            f"Chapters {lost} ran at {overrides or 'the defaults'} but recorded "
-            "no claims: does each end with chapter.finish()?"
-        )
-    return records
+    """Return the records the current code made for ``names`` at ``seed`` on ``capability``."""
+    from sdelm.cache import cache_dir, source_fingerprint
+
+    code = source_fingerprint()
+    found = {}
+    for path in sorted((cache_dir() / "claims").rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        name = record.get("chapter")
+        if name not in names or record.get("sdelm") != code:
+            continue
+        if record.get("kernels", "").split("/")[0].lower() != capability.lower():
+            continue
+        want = {} if defaults[name].get("seed") == seed else {"seed": seed}
+        if record.get("parameters") == want:
+            found[name] = record
+    return found
 
 
-def _side(estimate: pd.Series, null: pd.Series) -> pd.Series:
-    """-1, 0 or +1: which side of its null each estimate lies on."""
-    return (estimate - null).apply(lambda d: (d > 0) - (d < 0))
-
-
-def seed_robustness(
+def measure(
     seeds: Sequence[int],
+    capabilities: Sequence[str] = ("avx2",),
     names: Sequence[str] | None = None,
     *,
     jobs: int = 2,
     root: str | Path | None = None,
-) -> pd.DataFrame:
-    """Set every claim at the defaults beside the same claim at other extraction seeds.
+) -> dict[str, Any]:
+    """Execute the chapters at every seed on every kernel setting; add the runs to the record.
+
+    Runs already recorded by the current code are read, not executed again. A chapter that
+    fails (an asserted claim reversed, say) still leaves its claims recorded
+    (:meth:`sdelm.book.Chapter.finish`), and they count.
 
     Args:
-        seeds: Values of the chapters' ``seed`` parameter to run, other than the default.
-        names: Chapters to compare; default every chapter with a ``seed`` parameter (the
-            claims ledger aside).
+        seeds: Values of the chapters' ``seed`` parameter (the default among them or not).
+        capabilities: ATen CPU capabilities to run on (``ATEN_CPU_CAPABILITY``: ``"avx2"``,
+            the pinned kernels; ``"default"``, unvectorised kernels that sample other tokens,
+            as another processor does; ``"avx512"``).
+        names: Chapters; default every chapter with a ``seed`` parameter but the ledger.
         jobs: Chapters executed at once.
         root: The book's folder; default found by :func:`sdelm.book.book_root`.
 
     Returns:
-        One row per claim at the defaults: ``chapter``, ``name``, ``what``, ``null``,
-        ``expected``, ``found`` (the verdict asserted at the defaults), ``estimate``; per seed
-        ``s``, ``estimate@s``, ``low@s``, ``high@s`` and ``verdict@s`` (Holm-adjusted within
-        the chapter's run, NaN where that run has no claim of this name); ``sign_kept``
-        (every seed's estimate on the defaults' side of the null) and ``verdict_kept``
-        (every seed's verdict the one asserted).
+        The record written to ``book/robustness.json`` (earlier runs under other labels kept).
 
     Raises:
-        ChapterError: If a chapter has no ``seed`` parameter, equals a seed the default, or
-            a run records no claims.
+        ChapterError: If a chapter has no ``seed`` parameter or a run recorded no claims.
 
     """
+    from sdelm.files import write_json_atomically
+
     root = book_root(root)
-    seeds = [int(seed) for seed in seeds]
     chosen = [n for n in chapter_names(root) if n != LEDGER] if names is None else list(names)
-    defaults = {name: parameter_defaults(source_path(name, root)) for name in chosen}
+    defaults = {name: parameter_defaults(chapter_source(name, root)) for name in chosen}
     if names is None:
         chosen = [name for name in chosen if "seed" in defaults[name]]
     lacking = [name for name in chosen if "seed" not in defaults[name]]
     if lacking:
         raise ChapterError(f"Chapters {lacking} have no seed parameter to vary.")
-    same = [n for n in chosen for s in seeds if defaults[n]["seed"] == s]
-    if same:
-        raise ChapterError(
-            f"seed {seeds} includes the default of {sorted(set(same))}; give other seeds."
-        )
-    columns = ["name", "what", "null", "expected", "found", "estimate"]
-    table = pd.concat(
-        [
-            pd.DataFrame(record["claims"])[columns].assign(chapter=name)
-            for name, record in _records(chosen, {}, root, jobs).items()
-        ],
-        ignore_index=True,
-    )
-    table = table[["chapter", *columns]]
-    for seed in seeds:
-        runs = _records(chosen, {"seed": seed}, root, jobs)
-        measured = ["estimate", "low", "high", "verdict"]
-        found = pd.concat(
-            [
-                pd.DataFrame(record["claims"])[["name", *measured]].assign(chapter=name)
-                for name, record in runs.items()
-            ],
-            ignore_index=True,
-        ).rename(columns={column: f"{column}@{seed}" for column in measured})
-        table = table.merge(found, on=["chapter", "name"], how="left")
-    default_side = _side(table["estimate"], table["null"])
-    table["sign_kept"] = pd.concat(
-        [_side(table[f"estimate@{seed}"], table["null"]) == default_side for seed in seeds],
-        axis=1,
-    ).all(axis=1)
-    table["verdict_kept"] = pd.concat(
-        [table[f"verdict@{seed}"] == table["found"] for seed in seeds], axis=1
-    ).all(axis=1)
-    return table
+    record = read_robustness(book_root(root))
+    entries = {(e["chapter"], e["name"]): e for e in record["claims"]}
+    code, cpu = analysis_code(), processor()
+    order = {name: i for i, name in enumerate(chapter_names(root))}
+    for capability in capabilities:
+        for seed in seeds:
+            records = _run_records(chosen, seed, capability, defaults)
+            missing = [name for name in chosen if name not in records]
+            if missing:
+                _execute(missing, seed, capability, defaults, jobs, root)
+                records = _run_records(chosen, seed, capability, defaults)
+            lost = [name for name in chosen if name not in records]
+            if lost:
+                raise ChapterError(
+                    f"Chapters {lost} recorded no claims at seed {seed} on {capability} kernels."
+                )
+            kernels = next(iter(records.values()))["kernels"]
+            label = f"seed {seed} · {kernels} · {cpu}"
+            record["runs"][label] = {
+                "seed": seed,
+                "kernels": kernels,
+                "processor": cpu,
+                "analysis_code": code,
+                "source": "sdelm robustness",
+            }
+            for name, run in records.items():
+                for claim in run["claims"]:
+                    key = (name, claim["name"])
+                    identity = {k: claim[k] for k in ("what", "expected", "null")}
+                    entry = entries.get(key)
+                    if entry is None or any(entry[k] != v for k, v in identity.items()):
+                        entry = entries[key] = {
+                            "chapter": name,
+                            "name": claim["name"],
+                            **identity,
+                            "verdicts": {},
+                            "estimates": {},
+                        }
+                    entry["verdicts"][label] = claim["verdict"]
+                    entry["estimates"][label] = claim["estimate"]
+            record["claims"] = sorted(entries.values(), key=lambda e: order.get(e["chapter"], 99))
+            write_json_atomically(record, root / RECORD)  # after each run: none is lost
+    return record
+
+
+def _execute(
+    names: list[str],
+    seed: int,
+    capability: str,
+    defaults: Mapping[str, Mapping],
+    jobs: int,
+    root: Path,
+) -> None:
+    """Execute chapters at ``seed`` on ``capability`` kernels; failures only reported."""
+    at_default = [n for n in names if defaults[n].get("seed") == seed]
+    others = [n for n in names if n not in at_default]
+    saved = {key: os.environ.get(key) for key in _kernel_setting(capability)}
+    os.environ.update(_kernel_setting(capability))  # the workers' kernels inherit it
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for chosen, parameters in ((at_default, None), (others, {"seed": seed})):
+                if not chosen:
+                    continue
+                try:
+                    execute_book(Path(folder), chosen, jobs=jobs, root=root, parameters=parameters)
+                except ChapterError as error:
+                    print(f"seed {seed}, {capability} kernels: {error}", flush=True)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
