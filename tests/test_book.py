@@ -17,6 +17,7 @@ execution off: no chapter runs a third time.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -111,12 +112,56 @@ def test_chapter_executes_and_enforces_its_claims(executed, chapter):
     if chapter == LEDGER:  # the claims of every other chapter, read from their records
         assert all(other.stem in text for other in CHAPTERS if other.stem != LEDGER)
     else:
-        summary = re.search(r"(\d+) claims checked, 0 not holding; enforced\.", text)
+        summary = re.search(
+            r"(\d+) claims: (\d+) robust \(asserted\), (\d+) fragile, (\d+) unchecked; "
+            r"0 reversed; enforced\.",
+            text,
+        )
         assert summary and int(summary.group(1)) > 0, "the default run must enforce its claims"
+        assert summary.group(4) == "0", (
+            f"{chapter} has claims that book/robustness.json lacks (or measured otherwise): "
+            "remake it with `sdelm robustness`."
+        )
     figures = sum(
         "image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", [])
     )
     assert figures >= 2
+
+
+def test_the_robustness_record_holds_this_machines_verdicts(executed, papermill_cache):
+    # Where the record holds a run of this processor and these kernels at a chapter's default
+    # seed, that run must be this one: the same verdict for every claim. A change of the
+    # analysis that moves a verdict therefore fails here until the record is remade.
+    from sdelm.book import read_robustness
+    from sdelm.book.chapter import parameter_defaults
+    from sdelm.book.record import processor
+    from sdelm.numerics import kernels
+
+    record = read_robustness(ROOT)
+    here = {
+        run["seed"]: label
+        for label, run in record["runs"].items()
+        if run["kernels"] == kernels() and run["processor"] == processor()
+    }
+    if not here:
+        pytest.skip(f"book/robustness.json holds no run on {processor()} with {kernels()}")
+    entries = {(e["chapter"], e["name"]): e for e in record["claims"]}
+    differ, compared = [], 0
+    for chapter in CHAPTERS:
+        seed = parameter_defaults(chapter).get("seed")
+        if chapter.stem == LEDGER or seed not in here:
+            continue
+        path = papermill_cache / "claims" / re.sub(r"[^a-z0-9]+", "-", kernels().lower())
+        for claim in json.loads((path / f"{chapter.stem}.json").read_text())["claims"]:
+            entry = entries.get((chapter.stem, claim["name"]), {})
+            recorded = entry.get("verdicts", {}).get(here[seed])
+            compared += 1
+            if recorded != claim["verdict"]:
+                differ.append(f"{chapter.stem} {claim['name']}: {claim['verdict']} ({recorded})")
+    assert compared > 50
+    assert not differ, "Verdicts other than the record's run on this machine:\n" + "\n".join(
+        differ
+    )
 
 
 #: The chapters re-executed by nbval from a fresh cache: the determinism check of the book's
@@ -207,7 +252,7 @@ def test_book_builds_with_figures_and_no_warnings(executed, tmp_path):
     for chapter in CHAPTERS:
         page = (html / f"{chapter.stem}.html").read_text()
         assert page.count("<img") >= 2, chapter.stem
-        assert "claims checked" not in page  # hidden checks stay hidden
+        assert "reversed; enforced" not in page  # hidden checks stay hidden
         assert "solution" in page.lower()
     assert (
         "prf:theorem" in (html / "sde_model.html").read_text()

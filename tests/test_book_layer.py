@@ -87,12 +87,31 @@ def test_only_a_robust_verdict_is_asserted_and_only_its_reversal_fails():
         )
         assert "Fragile, not asserted: opposite at seeds 0, 2" in table.loc["fragile", "statement"]
         if enforce:
-            with pytest.raises(ClaimFailedError, match="robust verdict.s. reversed") as failed:
+            with pytest.raises(ClaimFailedError, match=r"robust verdict\(s\) reversed") as failed:
                 claims.verify()
             assert "- robust:" in str(failed.value) and "weakened" not in str(failed.value)
         else:
             assert claims.verify().endswith("1 reversed; not enforced (parameters differ "
                                             "from defaults).")  # fmt: skip
+
+
+def test_prose_follows_the_computed_verdict():
+    record = robustness_record("ch", {"a": ("ρ", ["opposite", "inconclusive"])})
+    claims = Claims(enforce=True, chapter="ch", record=record)
+    claims.effect("a", measured(-0.5, -0.6, -0.4, 0.001), what="ρ", expected="greater",
+                  found="opposite")  # fmt: skip
+    claims.effect("b", measured(0.01, -0.1, 0.1, 0.8), what="ρ", expected="greater",
+                  found="inconclusive")  # fmt: skip
+    says = {"as_expected": "Up.", "opposite": "Down.", "inconclusive": "Flat."}
+    assert claims.phrase("a", **says) == (
+        "Down. (fragile: opposite at seed 0 (AVX2/AVX2, CPU); inconclusive at seed 1 "
+        "(AVX2/AVX2, CPU))"
+    )
+    assert claims.phrase("b", **says) == "Flat."
+    with pytest.raises(ValueError, match="one sentence per verdict"):
+        claims.phrase("a", opposite="Down.")
+    with pytest.raises(KeyError, match="No claim named 'c'"):
+        claims.phrase("c", **says)
 
 
 def test_a_robust_claim_declared_with_another_verdict_fails():
@@ -308,5 +327,3 @@ def test_a_chapter_that_reverses_a_robust_claim_is_reported_by_the_claim(mini_bo
     assert f"notebook: {kept}" in message and "ClaimFailedError" in kept.read_text()
     assert failure.value.executed == {} and failure.value.failed == {"mini": kept}
     assert json.loads(record_path("mini").read_text())["claims"][0]["verdict"] == "as expected"
-
-

@@ -59,7 +59,9 @@ def mini_book(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("command", ["", "extract", "fit", "simulate", "chapter", "book", "robustness"])
+@pytest.mark.parametrize(
+    "command", ["", "extract", "fit", "simulate", "chapter", "book", "robustness"]
+)
 def test_every_command_has_help(command):
     result = sdelm_cli(*([command] if command else []), "--help")
     assert result.returncode == 0 and "usage: sdelm" in result.stdout

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sdelm
-from sdelm.stats import cluster_bootstrap, pair_weights
+from sdelm.stats import cluster_bootstrap, log_ratios, pair_weights
 
 
 def test_cluster_bootstrap_and_holm():
@@ -54,3 +54,29 @@ def test_pair_weights_keep_each_copy_with_itself_and_no_pair_of_copies():
     assert v_statistic.tolist() == [[2, 0, 2], [0, 0, 0], [2, 0, 1]]
     u_statistic = pair_weights(counts, counts, torch.zeros(3))
     assert u_statistic.diagonal().tolist() == [0, 0, 0] and u_statistic[0, 2] == 2
+
+
+def test_log_ratios_are_per_cluster_so_one_sequence_cannot_decide_their_median():
+    rng = np.random.default_rng(0)
+    rows = [
+        {"prompt_id": p, "temperature": t, "increment_sq": rng.uniform(0.9, 1.1) * (1 + t)}
+        for p in range(12)
+        for t in (0.5, 0.9, 1.3)
+        for _ in range(4)
+    ]
+    frame = pd.DataFrame(rows)
+    ratios = log_ratios(frame, "increment_sq")
+    assert list(ratios.columns) == ["prompt_id", "log_ratio"] and len(ratios) == 12
+    assert ratios["log_ratio"].median() == pytest.approx(np.log(2.3 / 1.5), abs=0.05)
+    # One sequence with 50x the steps at the lowest temperature: the pooled log ratio of means
+    # turns negative, the median of per-prompt ratios hardly moves.
+    frame.loc[(frame["prompt_id"] == 0) & (frame["temperature"] == 0.5), "increment_sq"] *= 50
+    means = frame.groupby("temperature")["increment_sq"].mean()
+    assert np.log(means[1.3] / means[0.5]) < 0
+    robust = log_ratios(frame, "increment_sq")["log_ratio"].median()
+    assert robust == pytest.approx(np.log(2.3 / 1.5), abs=0.05)
+    # A prompt without the highest temperature has no ratio; one level alone is refused.
+    assert len(log_ratios(frame[~((frame.prompt_id == 3) & (frame.temperature == 1.3))],
+                          "increment_sq")) == 11  # fmt: skip
+    with pytest.raises(ValueError, match="two levels"):
+        log_ratios(frame[frame["temperature"] == 0.9], "increment_sq")

@@ -12,17 +12,19 @@ from sdelm.book.build import execute_book
 from sdelm.book.chapter import Chapter, ChapterError, execute
 from sdelm.book.claims import ClaimFailedError, Claims, slug
 from sdelm.book.ledger import ledger
-from sdelm.book.record import read_robustness, stale_runs
+from sdelm.book.record import departures, read_robustness, run_here, stale_runs
 
 __all__ = [
     "Chapter",
     "ChapterError",
     "ClaimFailedError",
     "Claims",
+    "departures",
     "execute",
     "execute_book",
     "ledger",
     "read_robustness",
+    "run_here",
     "slug",
     "stale_runs",
 ]

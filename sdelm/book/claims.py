@@ -234,6 +234,36 @@ class Claims:
             f"{row['verdict']} (expected {side} {row['null']:g})."
         )
 
+    def phrase(self, name: str, **by_verdict: str) -> str:
+        """Return the sentence that the computed verdict of claim ``name`` calls for.
+
+        For a chapter's prose about a claim whose verdict may differ where the book executes
+        (a fragile one): the text follows the verdict, and says when it is fragile.
+
+        Args:
+            name: A recorded claim.
+            **by_verdict: The sentence for each verdict: ``as_expected``, ``opposite`` and
+                ``inconclusive`` (all three).
+
+        Returns:
+            The sentence for the computed verdict; for a fragile claim followed by
+            ``" (fragile: …)"`` with the verdicts of the runs checked.
+
+        Raises:
+            KeyError: On a name that was not recorded.
+            ValueError: Unless exactly the three verdicts are given.
+
+        """
+        keys = {verdict.replace(" ", "_") for verdict in VERDICTS}
+        if set(by_verdict) != keys:
+            raise ValueError(f"Give one sentence per verdict: {sorted(keys)}.")
+        table = self.table().set_index("name")
+        if name not in table.index:
+            raise KeyError(f"No claim named {name!r}; recorded: {list(table.index)}.")
+        row = table.loc[name]
+        text = by_verdict[row["verdict"].replace(" ", "_")]
+        return text + (f" (fragile: {row['checked']})" if row["robustness"] == "fragile" else "")
+
     def report(self, names: Sequence[str] | None = None) -> Markdown:
         """Return the statements as a Markdown list, for the reader.
 

@@ -24,8 +24,10 @@ __all__ = [
     "RobustnessRecordError",
     "analysis_code",
     "claim_robustness",
+    "departures",
     "processor",
     "read_robustness",
+    "run_here",
     "stale_runs",
 ]
 
@@ -179,3 +181,51 @@ def stale_runs(record: Mapping[str, Any]) -> list[str]:
     """
     code = analysis_code()
     return [label for label, run in record["runs"].items() if run.get("analysis_code") != code]
+
+
+def run_here(record: Mapping[str, Any], seed: int) -> str | None:
+    """Return the label of the record's run at ``seed`` on this processor and these kernels.
+
+    Such a run samples the same tokens as this machine does (:mod:`sdelm.numerics`), so its
+    verdicts are the ones the current code must give here, if the record is current.
+
+    Args:
+        record: From :func:`read_robustness`.
+        seed: The extraction seed.
+
+    Returns:
+        The run's label, or None where the record holds no such run.
+
+    """
+    from sdelm.numerics import kernels
+
+    here = (seed, kernels(), processor())
+    for label, run in record["runs"].items():
+        if (run.get("seed"), run.get("kernels"), run.get("processor")) == here:
+            return label
+    return None
+
+
+def departures(
+    claims: Iterable[Mapping[str, Any]], record: Mapping[str, Any], label: str
+) -> list[tuple[str, str]]:
+    """Return the claims whose verdict differs from the one the record's run ``label`` gave.
+
+    Args:
+        claims: Claims with ``chapter``, ``name`` and ``verdict`` (e.g. the ledger's rows).
+        record: From :func:`read_robustness`.
+        label: A run's label (e.g. :func:`run_here`'s).
+
+    Returns:
+        (chapter, claim name) of each claim whose verdict differs, or that the run lacks.
+
+    """
+    recorded = {
+        (entry["chapter"], entry["name"]): entry["verdicts"].get(label)
+        for entry in record["claims"]
+    }
+    return [
+        (claim["chapter"], claim["name"])
+        for claim in claims
+        if recorded.get((claim["chapter"], claim["name"])) != claim["verdict"]
+    ]
