@@ -1,0 +1,413 @@
+"""The book's headline findings, measured the same way on any language model.
+
+Each finding is an effect: an estimate, a cluster-bootstrap interval (:mod:`sdelm.stats`) that
+resamples prompts (pieces of human text for layer time), a null value and the direction found
+on SmolLM2 in the chapters that introduce it. :func:`findings` measures all of them from one
+model's data, so that two models are compared by the same code on the same prompts.
+
+The data of one model: generated trajectories of several temperatures
+(:func:`sdelm.collect_trajectories`), layer-time trajectories of human text
+(:func:`sdelm.collect_layer_trajectories`) and branches (:func:`sdelm.collect_branches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats as scipy_stats
+
+from sdelm.analysis.branching import measured
+from sdelm.analysis.layer_time import growth_rate, residual_frame
+from sdelm.baselines import OrnsteinUhlenbeck
+from sdelm.branching import Branches
+from sdelm.cache import cached_fit
+from sdelm.data import SDEData, prepare, project
+from sdelm.fit import sequence_nll
+from sdelm.models import NeuralSDE
+from sdelm.simulate import simulate
+from sdelm.stats import cluster_bootstrap, log_ratios
+from sdelm.trajectories import Trajectories
+
+__all__ = [
+    "FINDINGS",
+    "displacement_frame",
+    "energy_score",
+    "findings",
+    "fit_drawn",
+    "map_radius_frame",
+    "neural_and_ou_scores",
+    "step_frame",
+]
+
+#: Each finding: what is measured (and the chapter that introduces it), the side of the null
+#: expected before the second model was run (the paper's SDE reading where it predicts one,
+#: else what SmolLM2 showed in that chapter), and the null.
+FINDINGS: dict[str, tuple[str, str, float]] = {
+    "nll-neural-minus-ou": (
+        "held-out NLL of the neural SDE minus OU / VAR(1), nats/dim (fitting)",
+        "less",
+        0.0,
+    ),
+    "energy-neural-minus-ou": (
+        "energy score of 16 simulated paths per held-out sequence, neural SDE minus OU "
+        "(simulation)",
+        "less",
+        0.0,
+    ),
+    "map-spectral-radius": (
+        "largest |eigenvalue| of the fitted VAR(1) map I + A (phase space)",
+        "less",
+        1.0,
+    ),
+    "increment-vs-temperature": (
+        "median over prompts of the log ratio of mean |ΔZ|² at the highest and the lowest "
+        "temperature (trajectories)",
+        "greater",
+        0.0,
+    ),
+    "increment-vs-entropy": (
+        "Spearman ρ of |ΔZ_k|² and the entropy of the token drawn at k + 1 (drift and diffusion)",
+        "greater",
+        0.0,
+    ),
+    "msd-exponent": (
+        "exponent of the mean squared displacement over lags 1–8 (properties)",
+        "less",
+        1.0,
+    ),
+    "noise-vs-depth": (
+        "λ of the held-out layer-time residual variance α e^{λt}, per layer (layer time)",
+        "greater",
+        0.0,
+    ),
+    "branch-noise-vs-temperature": (
+        "median over prompts of the log ratio of the branching noise at the highest and the "
+        "lowest temperature (branching)",
+        "greater",
+        0.0,
+    ),
+    "branch-noise-vs-entropy": (
+        "Spearman ρ of the branching noise and the entropy, middle temperature (branching)",
+        "greater",
+        0.0,
+    ),
+}
+#: Lags of the mean squared displacement.
+MSD_LAGS = tuple(range(1, 9))
+
+
+def energy_score(paths: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Energy score of simulated paths against each real sequence, averaged over its steps.
+
+    The energy score E|X − y| − ½ E|X − X'| of a forecast sample X for an observation y is a
+    proper scoring rule (lower is better): it rewards a simulated cloud centred on the real
+    state and as wide as the real uncertainty.
+
+    Args:
+        paths: Float tensor of size (n_sequences, n_paths, n_steps, dim): simulated from each
+            sequence's first state (step 0 is the start).
+        real: Float tensor of size (n_sequences, n_steps, dim).
+        mask: Bool tensor of size (n_sequences, n_steps).
+
+    Returns:
+        Float tensor of size (n_sequences,): the mean score over each sequence's valid steps
+        after the start (NaN for a sequence without one).
+
+    """
+    to_real = (paths - real[:, None]).norm(dim=-1).mean(1)  # (n, steps)
+    spread = (paths[:, :, None] - paths[:, None]).norm(dim=-1).mean((1, 2))  # (n, steps)
+    score = (to_real - 0.5 * spread)[:, 1:]
+    valid = mask[:, 1:]
+    score = torch.where(valid, score, torch.zeros_like(score))
+    return score.sum(1) / valid.sum(1)
+
+
+def neural_and_ou_scores(
+    trajs: Trajectories,
+    *,
+    dim: int,
+    n_folds: int,
+    n_paths: int = 16,
+    fits: int = 1,
+    seed: int = 0,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Score every sequence by the neural SDE and OU / VAR(1) fitted without its prompt.
+
+    K-fold cross-validation by prompt: the prompts are shuffled (by ``seed``) into
+    ``n_folds`` folds; for each fold both models are fitted on the other prompts (about 80%
+    train, 10% validation for early stopping and 10% left unused, at least one prompt each; the
+    projection is fitted on the training prompts) and score the fold's sequences: one step at
+    a time (the NLL) and simulated from the sequence's first state (the energy score). The
+    neural SDE is fitted ``fits`` times per fold, from seeds ``seed``, ``seed + 1``, ...: its
+    scores are the mean over its fits, and each fit's are kept for an interval that holds the
+    randomness of fitting (:func:`fit_drawn`).
+
+    Args:
+        trajs: Trajectories of several prompts.
+        dim: PCA dimension.
+        n_folds: Number of folds (at least 2).
+        n_paths: Simulated paths per held-out sequence.
+        fits: Fits of the neural SDE per fold (at least 1).
+        seed: Seed of the folds, the fits and the simulations.
+        device: Where the neural SDE is fitted.
+
+    Returns:
+        One row per sequence with transitions: ``fold``, ``prompt_id``; ``nll_neural``,
+        ``nll_ou`` (mean NLL per transition, nats/dim) and ``nll_difference`` (neural minus
+        OU); ``energy_neural``, ``energy_ou`` and ``energy_difference`` (:func:`energy_score`);
+        for each fit k, ``nll_difference_k`` and ``energy_difference_k``.
+
+    Raises:
+        ValueError: If ``n_folds`` is not an integer in 2..number of prompts, or ``fits`` is
+            below 1.
+
+    """
+    ids = np.random.default_rng(seed).permutation(np.sort(trajs.rows["prompt_id"].unique()))
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or not 2 <= n_folds <= len(ids):
+        raise ValueError(f"n_folds must be an integer in 2..{len(ids)}, got {n_folds!r}.")
+    if fits < 1:
+        raise ValueError(f"fits must be at least 1, got {fits}.")
+    frames = []
+    for fold, test_ids in enumerate(np.array_split(ids, n_folds)):
+        rest = [i for i in ids.tolist() if i not in set(test_ids.tolist())]
+        small = max(0.1, 1.5 / len(rest))  # at least one validation prompt
+        fractions = (1 - 2 * small, small, small)
+        data = prepare(trajs.where(prompt_id=rest), dim=dim, split=fractions, seed=seed)
+        test = project(trajs.where(prompt_id=test_ids.tolist()), data.projection)
+        scale = float(data.train.states.shape[1])
+        models = {
+            f"neural_{k}": cached_fit(
+                NeuralSDE(dim, time_scale=scale, seed=seed + k),
+                data,
+                seed=seed + k,
+                device=device,
+                progress=False,
+            )
+            for k in range(fits)
+        }
+        models["ou"] = OrnsteinUhlenbeck(dim).fit_least_squares(data.train)
+        frame = pd.DataFrame({"fold": fold, "prompt_id": test.rows["prompt_id"].to_numpy()})
+        steps = test.states.shape[1] - 1
+        for name, model in models.items():
+            frame[f"nll_{name}"] = sequence_nll(model, test).numpy()
+            paths = simulate(model, test.states[:, 0], steps, n_paths, dt=test.dt, seed=seed)
+            paths = paths.view(len(test), n_paths, steps + 1, dim)
+            frame[f"energy_{name}"] = energy_score(paths, test.states, test.mask).numpy()
+        frames.append(frame.dropna())
+    table = pd.concat(frames, ignore_index=True)
+    for score in ("nll", "energy"):
+        each = [f"{score}_neural_{k}" for k in range(fits)]
+        table[f"{score}_neural"] = table[each].mean(axis=1)
+        table[f"{score}_difference"] = table[f"{score}_neural"] - table[f"{score}_ou"]
+        for k, column in enumerate(each):
+            table[f"{score}_difference_{k}"] = table.pop(column) - table[f"{score}_ou"]
+    return table
+
+
+def fit_drawn(
+    scores: pd.DataFrame, score: str, *, seed: int = 0
+) -> Callable[[pd.DataFrame], float]:
+    """Return the mean ``{score}_difference``, with the randomness of fitting in resamples.
+
+    For :func:`sdelm.stats.cluster_bootstrap` of :func:`neural_and_ou_scores`: on ``scores``
+    itself, the mean over sequences of the mean over fits; on a resample of prompts, each fold
+    takes one of its fits, drawn at random, so that the interval holds which fit a fold got as
+    well as which prompts it held.
+
+    Args:
+        scores: :func:`neural_and_ou_scores`' table (the frame the bootstrap resamples).
+        score: ``"nll"`` or ``"energy"``.
+        seed: Seed of the draws of fits.
+
+    Returns:
+        The statistic.
+
+    """
+    columns = sorted(c for c in scores if c.startswith(f"{score}_difference_"))
+    rng = np.random.default_rng(seed)
+    n_folds = int(scores["fold"].max()) + 1
+
+    def statistic(frame: pd.DataFrame) -> float:
+        if frame is scores:
+            return float(frame[f"{score}_difference"].mean())
+        chosen = rng.integers(len(columns), size=n_folds)[frame["fold"].to_numpy()]
+        values = frame[columns].to_numpy()[np.arange(len(frame)), chosen]
+        return float(values.mean())
+
+    return statistic
+
+
+def step_frame(data: SDEData) -> pd.DataFrame:
+    """One row per valid step k → k + 1: its squared size and the entropy of its token.
+
+    Args:
+        data: Projected trajectories with recorded entropies (generated text).
+
+    Returns:
+        ``prompt_id``, ``temperature``, ``step`` (k), ``increment_sq`` (the squared norm of
+        Z_{k+1} − Z_k) and ``next_entropy`` (the entropy of the distribution token y_{k+1} was
+        drawn from, which the step reads).
+
+    Raises:
+        ValueError: If the data carry no entropies.
+
+    """
+    if data.entropies is None:
+        raise ValueError("step_frame needs recorded entropies (generated trajectories).")
+    valid = data.mask[:, :-1] & data.mask[:, 1:]
+    sequence, step = valid.nonzero(as_tuple=True)
+    increments = (data.states[:, 1:] - data.states[:, :-1]).pow(2).sum(-1)
+    rows = data.rows.iloc[sequence.numpy()]
+    return pd.DataFrame(
+        {
+            "prompt_id": rows["prompt_id"].to_numpy(),
+            "temperature": rows["temperature"].to_numpy(),
+            "step": step.numpy(),
+            "increment_sq": increments[sequence, step].numpy(),
+            "next_entropy": data.entropies[:, 1:][sequence, step].numpy(),
+        }
+    )
+
+
+def displacement_frame(data: SDEData, lags: Sequence[int] = MSD_LAGS) -> pd.DataFrame:
+    """Mean squared displacement of each sequence at each lag.
+
+    Args:
+        data: Projected trajectories.
+        lags: Lags in steps.
+
+    Returns:
+        One row per (sequence, lag) with at least one valid pair: ``prompt_id``, ``lag``,
+        ``msd`` (the mean squared norm of Z_{k+lag} − Z_k over the sequence's valid k).
+
+    """
+    frames = []
+    for lag in lags:
+        valid = data.mask[:, :-lag] & data.mask[:, lag:]
+        squared = (data.states[:, lag:] - data.states[:, :-lag]).pow(2).sum(-1)
+        count = valid.sum(1)
+        keep = count > 0
+        msd = (squared * valid).sum(1)[keep] / count[keep]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "prompt_id": data.rows["prompt_id"].to_numpy()[keep.numpy()],
+                    "lag": lag,
+                    "msd": msd.numpy(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _msd_exponent(frame: pd.DataFrame) -> float:
+    means = frame.groupby("lag")["msd"].mean()
+    return float(np.polyfit(np.log(means.index.to_numpy(float)), np.log(means.to_numpy()), 1)[0])
+
+
+def map_radius_frame(data: SDEData) -> pd.DataFrame:
+    """Return one row per sequence: the data of the VAR(1) map's radius, for resampling.
+
+    Args:
+        data: Projected trajectories.
+
+    Returns:
+        ``prompt_id`` and ``sequence`` (the row of ``data``); the statistic refits the map on
+        the sequences of a resample (:func:`_map_radius`).
+
+    """
+    return pd.DataFrame(
+        {"prompt_id": data.rows["prompt_id"].to_numpy(), "sequence": np.arange(len(data))}
+    )
+
+
+def _map_radius(data: SDEData) -> Callable[[pd.DataFrame], float]:
+    def radius(frame: pd.DataFrame) -> float:
+        index = torch.from_numpy(frame["sequence"].to_numpy().copy())
+        part = SDEData(data.states[index], data.mask[index], data.dt, data.rows.iloc[index])
+        ou = OrnsteinUhlenbeck(data.dim).fit_least_squares(part)
+        step_map = torch.eye(data.dim) + ou.matrix.detach().double() * data.dt
+        return float(torch.linalg.eigvals(step_map).abs().max())
+
+    return radius
+
+
+def _spearman(x: str, y: str) -> Callable[[pd.DataFrame], float]:
+    return lambda frame: float(scipy_stats.spearmanr(frame[x], frame[y]).statistic)
+
+
+def _median_ratio(frame: pd.DataFrame) -> float:
+    return float(frame["log_ratio"].median())
+
+
+def findings(
+    trajs: Trajectories,
+    layer_trajs: Trajectories,
+    branches: Branches,
+    *,
+    dim: int = 16,
+    n_folds: int = 4,
+    fits: int = 2,
+    seed: int = 0,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """Measure every finding of :data:`FINDINGS` on one model's data.
+
+    Args:
+        trajs: Generated trajectories at two or more temperatures (no human rows needed).
+        layer_trajs: Layer-time trajectories of human text.
+        branches: Branches of prefixes of unseen prompts at three or more temperatures.
+        dim: PCA dimension.
+        n_folds: Folds of the cross-validation by prompt (:func:`neural_and_ou_scores`) and of
+            the cross-fitting by piece of the layer-time maps.
+        fits: Fits of the neural SDE per fold; both comparisons with OU average over them,
+            and the simulated one holds the randomness of fitting in its interval
+            (:func:`fit_drawn`). The one-step NLL does not: where one fit extrapolates badly
+            on one prompt (Gemma 3), its resamples split into two far-apart groups, by the
+            fit drawn, which :func:`sdelm.stats.cluster_bootstrap`'s centring on the median
+            misplaces.
+        seed: Seed of splits, fits and bootstraps.
+        device: Where the neural SDE is fitted.
+
+    Returns:
+        One row per finding (indexed by name): ``what``, ``expected``, ``null``,
+        ``estimate``, ``low``, ``high``, ``p_value``, ``n_clusters`` and ``unit``.
+
+    """
+    generated = trajs.where(source="generated")
+    prepared = prepare(generated, dim=dim, split=(0.6, 0.15, 0.25), seed=seed)
+    everything = SDEData.concat([prepared.train, prepared.val, prepared.test], name="all")
+    steps = step_frame(everything)
+    middle = np.sort(branches.temperatures)[len(branches.temperatures) // 2]
+    seen = measured(branches, prepared.projection, seed=seed)
+    scores = neural_and_ou_scores(
+        generated, dim=dim, n_folds=n_folds, fits=fits, seed=seed, device=device
+    )
+    tests = {
+        "nll-neural-minus-ou": (scores, lambda f: float(f["nll_difference"].mean())),
+        "energy-neural-minus-ou": (scores, fit_drawn(scores, "energy", seed=seed)),
+        "map-spectral-radius": (map_radius_frame(everything), _map_radius(everything)),
+        "increment-vs-temperature": (log_ratios(steps, "increment_sq"), _median_ratio),
+        "increment-vs-entropy": (steps, _spearman("increment_sq", "next_entropy")),
+        "msd-exponent": (displacement_frame(everything), _msd_exponent),
+        "noise-vs-depth": (
+            residual_frame(layer_trajs, dim=dim, seed=seed, folds=n_folds),
+            growth_rate,
+        ),
+        "branch-noise-vs-temperature": (log_ratios(seen, "noise"), _median_ratio),
+        "branch-noise-vs-entropy": (
+            seen[seen["temperature"] == middle],
+            _spearman("noise", "entropy"),
+        ),
+    }
+    rows = {}
+    for name, (frame, statistic) in tests.items():
+        what, expected, null = FINDINGS[name]
+        result = cluster_bootstrap(frame, statistic, null=null, seed=seed)
+        unit = "pieces" if name == "noise-vs-depth" else "prompts"
+        rows[name] = {"what": what, "expected": expected, "null": null, **result, "unit": unit}
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,0 +1,171 @@
+"""Writing files atomically: a temporary name in the same folder, then a rename.
+
+A reader never sees a half-written file, and a target that exists is only replaced once its
+new content is complete. The temporary file is ``.NAME.HOST.PID.RANDOM.tmp`` next to the target
+``NAME``. A process killed while writing leaves it behind; the next write of the same target
+removes such leftovers when they are stale: written on this machine (HOST) by a process (PID)
+that no longer runs, or older than :data:`STALE_AFTER_S` seconds (a file from another machine
+sharing the folder, or of a PID that has been reused). A file another live process is still
+writing is left alone.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+
+__all__ = ["STALE_AFTER_S", "atomic_path", "save_atomically", "write_json_atomically"]
+
+#: Age after which any temporary sibling of a target is stale, whoever wrote it (one day).
+STALE_AFTER_S = 24 * 3600.0
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Return whether process ``pid`` runs on this machine (True when it cannot be told)."""
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) would end it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary siblings of ``path`` left by killed writers (see the module's rule).
+
+    Besides ``.NAME.HOST.PID.RANDOM.tmp``, the ``.NAME.RANDOM.tmp`` files of older versions of
+    sdelm count, by their age only. A temporary file of another target (say ``NAME.x``) has
+    another number of dot-separated parts after ``.NAME.``, so it is not removed while in use.
+    """
+    prefix = f".{path.name}."
+    pattern = re.compile(
+        rf"{re.escape(prefix)}(?:(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.)?[A-Za-z0-9_]+\.tmp"
+    )
+    with os.scandir(path.parent) as entries:
+        candidates = [entry.name for entry in entries if entry.name.startswith(prefix)]
+    for name in candidates:
+        match = pattern.fullmatch(name)
+        if match is None:
+            continue
+        candidate = path.parent / name
+        try:
+            stale = (
+                match["host"] == _HOST and not _pid_alive(int(match["pid"]))
+            ) or time.time() - candidate.stat().st_mtime > STALE_AFTER_S
+            if stale:
+                candidate.unlink()
+        except FileNotFoundError:  # its writer renamed or removed it meanwhile
+            continue
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """Return ``error`` re-worded to name the target ``path`` instead of a temporary file."""
+    if error.errno is None:
+        return OSError(f"Could not write {path}: {error}")
+    return type(error)(error.errno, error.strerror, str(path))
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Give a temporary sibling of ``path`` to write; rename it to ``path`` once the block ends.
+
+    If the block raises, the temporary file is removed and ``path`` is left as it was. Stale
+    temporary siblings of ``path`` (see the module's documentation) are removed first.
+
+    Args:
+        path: The target file; its folder is created.
+
+    Yields:
+        The temporary path (an empty file) to write.
+
+    Raises:
+        IsADirectoryError: If ``path`` is a folder.
+        OSError: If the folder cannot be created or written; the message names ``path``.
+
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "Is a folder; name a file to write", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)  # an error names the folder at fault
+    try:
+        _remove_stale_temporaries(path)
+        handle, name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.{_HOST}.{os.getpid()}.", suffix=".tmp"
+        )
+        os.close(handle)
+    except OSError as error:
+        raise _naming(error, path) from error
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as error:
+        if tmp.name in {Path(str(error.filename)).name, Path(str(error.filename2)).name}:
+            raise _naming(error, path) from error
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_atomically(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
+) -> Path:
+    """Write tensors and string metadata to ``path``; a reader never sees a half-written file.
+
+    Args:
+        tensors: Named tensors (made contiguous and moved to the CPU).
+        path: Destination; its folder is created.
+        metadata: Header entries (strings).
+
+    Returns:
+        The path written.
+
+    Raises:
+        OSError: If the file cannot be written (a folder in its place, no permission, a full
+            disk); the message names ``path``.
+
+    """
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as error:  # I/O failures arrive without a file name
+            raise OSError(f"Could not write {path}: {error}") from error
+    return path
+
+
+def write_json_atomically(value: object, path: str | os.PathLike) -> Path:
+    """Write ``value`` as indented JSON to ``path`` through a temporary file and a rename.
+
+    Args:
+        value: A JSON-serialisable value.
+        path: Destination; its folder is created.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OSError: If the file cannot be written; the message names ``path``.
+
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp, tmp.open("w") as stream:
+        json.dump(value, stream, indent=2, sort_keys=True)
+    return path

