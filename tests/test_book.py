@@ -114,7 +114,7 @@ def test_chapter_executes_and_enforces_its_claims(executed, chapter):
     else:
         summary = re.search(
             r"(\d+) claims: (\d+) robust \(asserted\), (\d+) fragile, (\d+) unchecked; "
-            r"0 reversed; enforced\.",
+            r"0 changed; enforced\.",
             text,
         )
         assert summary and int(summary.group(1)) > 0, "the default run must enforce its claims"
@@ -252,7 +252,7 @@ def test_book_builds_with_figures_and_no_warnings(executed, tmp_path):
     for chapter in CHAPTERS:
         page = (html / f"{chapter.stem}.html").read_text()
         assert page.count("<img") >= 2, chapter.stem
-        assert "reversed; enforced" not in page  # hidden checks stay hidden
+        assert "changed; enforced" not in page  # hidden checks stay hidden
         assert "solution" in page.lower()
     assert (
         "prf:theorem" in (html / "sde_model.html").read_text()

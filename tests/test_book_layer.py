@@ -36,7 +36,7 @@ def test_effect_verdicts_read_holm_adjusted_p_values():
     assert "0.7 [0.6, 0.8] against 0 (24 prompts, Holm p = 0.004)" in table.loc["a", "statement"]
     assert "Not yet checked across seeds and kernels" in table.loc["a", "statement"]
     assert claims.verify() == (
-        "4 claims: 0 robust (asserted), 0 fragile, 4 unchecked; 0 reversed; enforced."
+        "4 claims: 0 robust (asserted), 0 fragile, 4 unchecked; 0 changed; enforced."
     )
 
 
@@ -56,7 +56,7 @@ def robustness_record(chapter: str, claims: dict[str, tuple[str, list[str]]]) ->
     }  # fmt: skip
 
 
-def test_only_a_robust_verdict_is_asserted_and_only_its_reversal_fails():
+def test_only_a_robust_verdict_is_asserted_and_only_its_change_fails():
     record = robustness_record(
         "ch",
         {
@@ -78,20 +78,23 @@ def test_only_a_robust_verdict_is_asserted_and_only_its_reversal_fails():
                       expected="greater", found="as expected")  # fmt: skip
         table = claims.table().set_index("name")
         assert table["robustness"].tolist() == ["robust", "robust", "fragile", "unchecked"]
-        # Only the robust verdict that reversed (as expected -> opposite) fails; one that
-        # weakened to inconclusive is shown as departing, a fragile one with its spread.
-        assert table["holds"].tolist() == [False, True, True, True]
+        # The robust verdicts that changed fail: one reversed (as expected -> opposite), one
+        # weakened to inconclusive (the prose about it would be false). A fragile one is shown
+        # with its spread.
+        assert table["holds"].tolist() == [False, False, True, True]
         assert "departs from the verdict of all 3 runs" in table.loc["weakened", "statement"]
         assert table.loc["fragile", "checked"] == (
             "opposite at seeds 0, 2 (AVX2/AVX2, CPU); inconclusive at seed 1 (AVX2/AVX2, CPU)"
         )
         assert "Fragile, not asserted: opposite at seeds 0, 2" in table.loc["fragile", "statement"]
         if enforce:
-            with pytest.raises(ClaimFailedError, match=r"robust verdict\(s\) reversed") as failed:
+            match = r"2 robust verdict\(s\) changed on this run \(1 reversed, 1 to or from"
+            with pytest.raises(ClaimFailedError, match=match) as failed:
                 claims.verify()
-            assert "- robust:" in str(failed.value) and "weakened" not in str(failed.value)
+            assert "- robust:" in str(failed.value) and "- weakened:" in str(failed.value)
+            assert "- fragile" not in str(failed.value)
         else:
-            assert claims.verify().endswith("1 reversed; not enforced (parameters differ "
+            assert claims.verify().endswith("2 changed; not enforced (parameters differ "
                                             "from defaults).")  # fmt: skip
 
 
@@ -296,7 +299,7 @@ def test_robustness_records_every_claim_at_every_seed(mini_book, monkeypatch):
     chapter.claims.effect("shift", measured(-3, -4, -2, 0.001), what="shift",
                           expected="greater", found="as expected")  # fmt: skip
     assert chapter.claims.table()["robustness"].tolist() == ["fragile"]
-    assert "0 reversed" in chapter.finish()
+    assert "0 changed" in chapter.finish()
 
     # Every run is recorded: asked again, nothing is executed.
     def fail(*args, **kwargs):
@@ -321,7 +324,7 @@ def test_a_chapter_that_reverses_a_robust_claim_is_reported_by_the_claim(mini_bo
     message = str(failure.value)
     assert "mini: cell [" in message and "raised ClaimFailedError" in message
     assert "- size: N: 3 [2, 4]" in message and "Traceback" not in message
-    assert "robust verdict(s) reversed" in message
+    assert "robust verdict(s) changed on this run (1 reversed" in message
     # The failed notebook is kept for the reader, and named; the run was recorded.
     kept = mini_book / "out" / "failed" / "mini.ipynb"
     assert f"notebook: {kept}" in message and "ClaimFailedError" in kept.read_text()

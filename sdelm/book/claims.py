@@ -10,9 +10,11 @@ from the computed verdict.
 A verdict is **asserted** only where it is robust: where the robustness record
 (:mod:`sdelm.book.record`) holds one verdict for the claim in every run it was checked on
 (extraction seeds, CPU kernels, processors). :meth:`Claims.verify`, in a hidden cell, then fails
-the build at the defaults when a run reverses it (as expected ↔ opposite), and says so: that is
-a finding in its own right. A fragile claim (its verdict differs between runs) is shown with
-its spread and asserted nothing; so is an unchecked one. A reader who re-executes with other
+the build at the defaults when a run changes it, and says so plainly: a reversal (as expected ↔
+opposite) is a finding in its own right, and a robust verdict that turns inconclusive (or an
+inconclusive one decisive) would make the chapter's prose about it false on that machine. A
+fragile claim (its verdict differs between runs) is shown with its spread and asserted nothing;
+so is an unchecked one. A reader who re-executes with other
 parameters gets the computed sentences and never an AssertionError.
 
 A property that always holds (a bound, a solver against its own ODE) is not a claim: it is a
@@ -93,7 +95,7 @@ class Claims:
     """The claims of one chapter run.
 
     Attributes:
-        enforce: Whether :meth:`verify` fails on a robust claim that reversed (true exactly
+        enforce: Whether :meth:`verify` fails on a robust claim whose verdict changed (true exactly
             when the chapter runs with its default parameters).
         results: One dict per recorded claim, in the order recorded.
         chapter: The chapter's name, under which the robustness record lists its claims.
@@ -186,7 +188,7 @@ class Claims:
             ``expected``, ``n_clusters``, ``unit``, ``p_value``, ``p_holm``, ``verdict``,
             ``found``, ``robustness`` (robust, fragile or unchecked), ``robust_verdict``
             (None unless robust), ``checked`` (the verdicts by run, in words), ``holds``
-            (false only for a robust verdict reversed) and ``statement``.
+            (false only where a robust verdict changed) and ``statement``.
 
         """
         rows = [dict(r) for r in self.results]
@@ -201,10 +203,7 @@ class Claims:
                 row["robustness"] = robust.status
                 row["robust_verdict"] = robust.verdict
                 row["checked"] = robust.spread
-                reversed_ = robust.status == "robust" and _REVERSED.get(row["verdict"]) == (
-                    robust.verdict
-                )
-                row["holds"] = not reversed_
+                row["holds"] = robust.status != "robust" or row["verdict"] == robust.verdict
                 row["statement"] = self._sentence(row) + self._robustness_sentence(row, robust)
         return pd.DataFrame(rows, columns=_COLUMNS)
 
@@ -320,16 +319,19 @@ class Claims:
                 f"- {r.name}: {r.statement} (robust so far: {r.checked})"
                 for r in failed.itertuples()
             )
+            decisive = {"as expected", "opposite"}
+            reversed_ = sum({r.verdict, r.robust_verdict} == decisive for r in failed.itertuples())
             raise ClaimFailedError(
-                f"{len(failed)} robust verdict(s) reversed on this run. That is a finding in its "
-                f"own right: the verdict held at every seed and on every kernel checked, and "
-                f"reverses here. Add this run to the record (`sdelm robustness`) to show the "
-                f"claim as fragile, or look for the change of code that reversed it:\n{lines}"
+                f"{len(failed)} robust verdict(s) changed on this run ({reversed_} reversed, "
+                f"{len(failed) - reversed_} to or from inconclusive). Each held at every seed "
+                f"and on every kernel checked; a reversal is a finding in its own right. Add "
+                f"this run to the record (`sdelm robustness`) to show the claim as fragile, or "
+                f"look for the change of code that moved it:\n{lines}"
             )
         mode = "enforced" if self.enforce else "not enforced (parameters differ from defaults)"
         counts = table["robustness"].value_counts()
         return (
             f"{len(table)} claims: {counts.get('robust', 0)} robust (asserted), "
             f"{counts.get('fragile', 0)} fragile, {counts.get('unchecked', 0)} unchecked; "
-            f"{len(failed)} reversed; {mode}."
+            f"{len(failed)} changed; {mode}."
         )

@@ -69,7 +69,7 @@ def measure(
     """Execute the chapters at every seed on every kernel setting; add the runs to the record.
 
     Runs already recorded by the current code are read, not executed again. A chapter that
-    fails (an asserted claim reversed, say) still leaves its claims recorded
+    fails (an asserted verdict changed, say) still leaves its claims recorded
     (:meth:`sdelm.book.Chapter.finish`), and they count.
 
     Args:
