@@ -168,8 +168,21 @@ def test_untempered_logprob_of_human_rows_is_the_recorded_mean():
 
 def test_claims_are_enforced_only_with_the_default_parameters():
     defaults = {"n": 3, "temperatures": [0.7, 1.3]}
-    enforced = Claims.for_parameters({"n": 3, "temperatures": (0.7, 1.3)}, defaults)
-    relaxed = Claims.for_parameters({"n": 4, "temperatures": [0.7, 1.3]}, defaults)
+    # Both claims robust "as expected" in the two runs of the record: asserted.
+    record = {
+        "runs": {"a": {"seed": 0}, "b": {"seed": 1}},
+        "claims": [
+            {"chapter": "ch", "name": name, "what": what, "expected": expected, "null": 0.0,
+             "verdicts": {"a": "as expected", "b": "as expected"}}
+            for name, what, expected in (("holds", "ρ", "greater"), ("fails", "gap", "less"))
+        ],
+    }  # fmt: skip
+    enforced = Claims.for_parameters(
+        {"n": 3, "temperatures": (0.7, 1.3)}, defaults, chapter="ch", record=record
+    )
+    relaxed = Claims.for_parameters(
+        {"n": 4, "temperatures": [0.7, 1.3]}, defaults, chapter="ch", record=record
+    )
     strong = {"estimate": 0.5, "low": 0.4, "high": 0.6, "p_value": 0.001, "n_clusters": 8}
     for claims in (enforced, relaxed):
         claims.effect("holds", strong, what="ρ", expected="greater", found="as expected")

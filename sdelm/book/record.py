@@ -121,7 +121,7 @@ def _describe(verdicts: Mapping[str, str], runs: Mapping[str, Mapping[str, Any]]
                 run = runs.get(label, {})
                 setting = f"{run.get('kernels', '?')}, {run.get('processor', '?')}"
                 by_setting.setdefault(setting, []).append(str(run.get("seed", "?")))
-        where = "; ".join(
+        where = " and ".join(
             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)} ({setting})"
             for setting, seeds in by_setting.items()
         )
