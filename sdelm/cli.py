@@ -378,8 +378,12 @@ def _chapter(args: argparse.Namespace) -> None:
 
 def _book(args: argparse.Namespace) -> None:
     from sdelm.book.build import build
+    from sdelm.book.chapter import ChaptersFailedError
 
-    html = build(_book_root(args.root), Path(args.out) if args.out else None, jobs=args.jobs)
+    try:
+        html = build(_book_root(args.root), Path(args.out) if args.out else None, jobs=args.jobs)
+    except ChaptersFailedError as error:  # a failure while running, not bad input
+        raise RuntimeError(str(error)) from None
     print(f"built {html}")
 
 

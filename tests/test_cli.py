@@ -175,6 +175,29 @@ def test_book_executes_chapters_side_by_side_into_jupyter_books_cache(tmp_path):
     assert stale_chapters(root, site / "_build" / ".jupyter_cache") == ["two"]
 
 
+def test_a_failed_chapter_loses_nothing(tmp_path):
+    root = tmp_path / "src"
+    (root / "book").mkdir(parents=True)
+    bodies = {"good": 'print("good ran")\n', "bad": 'raise RuntimeError("bad on purpose")\n'}
+    for name, body in bodies.items():
+        (root / "book" / f"{name}.md").write_text(chapter_source(name, "x = 1\n", body))
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/good\nchapters:\n  - file: book/bad\n"
+    )
+    (root / "_config.yml").write_text("title: two\nexecute:\n  execute_notebooks: cache\n")
+    site = tmp_path / "site"
+    result = sdelm_cli("book", "--root", str(root), "--out", str(site), "--jobs", "2")
+    kept = site / "_build" / "failed" / "bad.ipynb"
+    assert result.returncode == 1
+    assert "bad: cell [" in result.stderr and f"notebook: {kept}" in result.stderr
+    assert "bad on purpose" in kept.read_text()
+    # A line as each chapter starts and ends; the chapter that ran is in Jupyter Book's cache,
+    # so the next build executes only the failed one.
+    assert "sdelm: good started" in result.stdout and "sdelm: bad FAILED after" in result.stdout
+    assert "sdelm: good done in" in result.stdout
+    assert stale_chapters(root, site / "_build" / ".jupyter_cache") == ["bad"]
+
+
 def test_sharded_extract_resumes_and_loads_as_one_set(tiny_folder, tmp_path):
     args = ["extract", "--model", str(tiny_folder), "--out", str(tmp_path / "shards"),
             "--n-prompts", "5", "--temperatures", "1.0", "--max-new-tokens", "4",
