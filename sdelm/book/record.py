@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "analysis_code",
     "claim_robustness",
     "departures",
+    "identity",
     "processor",
     "read_robustness",
     "run_here",
@@ -129,13 +131,23 @@ def _describe(verdicts: Mapping[str, str], runs: Mapping[str, Mapping[str, Any]]
     return "; ".join(parts)
 
 
+def identity(claim: Mapping[str, Any]) -> tuple[str, str, float]:
+    """Return what makes two runs' claims of one name the same measurement.
+
+    The quantity in words (``what``, its numbers left out: a description may carry a computed
+    number, such as the smallest shift detectable), the side expected and the null.
+    """
+    what = re.sub(r"\d+(?:[.,]\d+)*(?:[eE][-+]?\d+)?", "#", str(claim["what"]))
+    return what, str(claim["expected"]), float(claim["null"])
+
+
 def claim_robustness(
     chapter: str, claims: Iterable[Mapping[str, Any]], record: Mapping[str, Any]
 ) -> dict[str, Robustness]:
     """Judge each claim of a chapter by the robustness record.
 
-    A claim matches its entry only if its ``what``, expected side and null are the same:
-    another measurement under the same name is unchecked.
+    A claim matches its entry only if its :func:`identity` is the same: another measurement
+    under the same name is unchecked.
 
     Args:
         chapter: The chapter's name.
@@ -150,11 +162,7 @@ def claim_robustness(
     judged = {}
     for claim in claims:
         entry = entries.get(claim["name"])
-        same = (
-            entry is not None
-            and all(entry[key] == claim[key] for key in ("what", "expected"))
-            and float(entry["null"]) == float(claim["null"])
-        )
+        same = entry is not None and identity(entry) == identity(claim)
         verdicts = {k: v for k, v in (entry or {}).get("verdicts", {}).items() if v}
         if not same or not verdicts:
             judged[claim["name"]] = UNCHECKED

@@ -20,12 +20,7 @@ from typing import Any
 from sdelm.book.build import LEDGER, execute_book
 from sdelm.book.chapter import ChapterError, book_root, chapter_names, parameter_defaults
 from sdelm.book.chapter import source_path as chapter_source
-from sdelm.book.record import (
-    RECORD,
-    analysis_code,
-    processor,
-    read_robustness,
-)
+from sdelm.book.record import RECORD, analysis_code, identity, processor, read_robustness
 
 __all__ = ["measure"]
 
@@ -126,13 +121,13 @@ def measure(
             for name, run in records.items():
                 for claim in run["claims"]:
                     key = (name, claim["name"])
-                    identity = {k: claim[k] for k in ("what", "expected", "null")}
+                    described = {k: claim[k] for k in ("what", "expected", "null")}
                     entry = entries.get(key)
-                    if entry is None or any(entry[k] != v for k, v in identity.items()):
+                    if entry is None or identity(entry) != identity(claim):
                         entry = entries[key] = {
                             "chapter": name,
                             "name": claim["name"],
-                            **identity,
+                            **described,
                             "verdicts": {},
                             "estimates": {},
                         }
