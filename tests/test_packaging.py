@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,7 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_wheel_installs_and_reads_its_prompts(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     # No build isolation: the venv's setuptools builds it, so the test needs no network.
-    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)]
+    # Built from a copy, so that setuptools' build/ folder never lands in the checkout.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "sdelm", source / "sdelm", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)]
     subprocess.run(build, check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("sdelm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
