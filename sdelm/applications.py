@@ -19,6 +19,7 @@ from scipy import stats
 
 from sdelm.data import PreparedData, SDEData, project
 from sdelm.describe import mean_interval
+from sdelm.fit import transition_nll
 from sdelm.models import SDEModel
 from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
@@ -67,8 +68,13 @@ def sequence_scores(model: SDEModel, data: SDEData) -> pd.DataFrame:
     t = data.times[step]
     variance = model.diffusion(x, t).pow(2) * data.dt
     residual = dx - model.drift(x, t) * data.dt
+    if model.correlation is None:
+        nll = 0.5 * (residual.pow(2) / variance + variance.log() + np.log(2 * np.pi))
+    else:  # the correlated density; its marginal variances serve the other columns
+        _, residual_part, noise_part = transition_nll(model, x, t, dx, data.dt)
+        nll = residual_part + noise_part
     per_step = {
-        "nll": (0.5 * (residual.pow(2) / variance + variance.log() + np.log(2 * np.pi))).mean(1),
+        "nll": nll.mean(1),
         "log_diffusion": (variance.sum(1) / data.dt).log(),
         "residual_scale": residual.pow(2).sum(1) / variance.sum(1),
         "step_size": dx.pow(2).sum(1),

@@ -6,13 +6,16 @@ model                         drift μ(x, t)        diffusion σ(x, t)
 :class:`RandomWalk`           0                    constant diagonal
 :class:`BrownianDrift`        constant b           constant diagonal
 :class:`OrnsteinUhlenbeck`    A x + b (VAR(1))     constant diagonal
+:class:`VectorAutoregression` A x + b (VAR(1))     constant, full covariance Σ
 :class:`LinesOfThought`       A x + b              isotropic, σ² = α e^{λ t}
 :class:`NeuralDrift`          MLP(x, t)            constant diagonal (a noise floor)
 ============================  ===================  ==========================================
 
-The linear-drift models also have a closed-form least-squares fit,
-:meth:`OrnsteinUhlenbeck.fit_least_squares`, which is the maximum-likelihood estimate of the
-Euler–Maruyama transition density.
+The linear-drift models with constant noise also have a closed-form fit,
+``fit_least_squares``, which is the maximum-likelihood estimate of the Euler–Maruyama
+transition density: A and b by least squares (the same for both), then the residuals' variances
+(OU) or their whole covariance (:class:`VectorAutoregression`, the VAR(1) of econometrics, e.g.
+``statsmodels.tsa.api.VAR(...).fit(1)`` with its covariance's maximum-likelihood divisor).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import nn
 
 from sdelm.data import SDEData, Transitions
 from sdelm.models import SDEModel, _mlp, _with_time
+from sdelm.noise import NoiseCorrelation
 
 __all__ = [
     "BrownianDrift",
@@ -29,6 +33,7 @@ __all__ = [
     "NeuralDrift",
     "OrnsteinUhlenbeck",
     "RandomWalk",
+    "VectorAutoregression",
 ]
 
 
@@ -111,6 +116,62 @@ class OrnsteinUhlenbeck(_LinearDrift):
         dt = data.dt
         with torch.no_grad():
             self.log_sigma.copy_(0.5 * torch.log(residuals.pow(2).mean(dim=0) / dt))
+        return self
+
+
+class VectorAutoregression(_LinearDrift):
+    """VAR(1) with a full noise covariance: μ = A x + b, increments' covariance Σ Δt.
+
+    The noise is diag(s) C dW with constant scales s and a constant unit-lower-triangular C
+    (:class:`~sdelm.noise.NoiseCorrelation`), so Σ = diag(s) C Cᵀ diag(s) is any covariance.
+    :class:`OrnsteinUhlenbeck` is the case C = I.
+
+    Args:
+        dim: State dimension.
+
+    """
+
+    noise_type = "general"
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.log_sigma = nn.Parameter(torch.zeros(dim))
+        self.correlation = NoiseCorrelation(dim)
+
+    def noise_scale(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        self.check_input(x)
+        return self.log_sigma.exp().expand_as(x)
+
+    def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.correlation.marginal(self.noise_scale(x, t))
+
+    def covariance(self) -> torch.Tensor:
+        """Return Σ, the noise covariance per unit of time; size (dim, dim)."""
+        factor = self.correlation.factor(self.log_sigma.exp().unsqueeze(0))[0]
+        return factor @ factor.T
+
+    def fit_least_squares(self, data: SDEData | Transitions) -> VectorAutoregression:
+        """Fit in closed form (the exact maximum-likelihood estimate); returns ``self``.
+
+        Args:
+            data: A split (its transitions are used) or transitions.
+
+        Raises:
+            ValueError: If the residuals' covariance is singular (fewer transitions than
+                dimensions, or coordinates that move together exactly).
+
+        """
+        residuals = self._least_squares(data).double()
+        covariance = residuals.T @ residuals / (len(residuals) * data.dt)
+        try:
+            scale = self.correlation.set_covariance(covariance)
+        except torch.linalg.LinAlgError as error:
+            raise ValueError(
+                f"The residuals' covariance of {len(residuals)} transitions in {self.dim} "
+                "dimensions is singular; give more transitions or fewer dimensions."
+            ) from error
+        with torch.no_grad():
+            self.log_sigma.copy_(scale.log().float())
         return self
 
 

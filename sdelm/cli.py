@@ -37,7 +37,7 @@ __all__ = ["main"]
 
 #: Exit codes.
 OK, FAILURE, BAD_INPUT = 0, 1, 2
-MODELS = ("neural", "ou", "random-walk", "lines-of-thought")
+MODELS = ("neural", "neural-correlated", "ou", "var", "random-walk", "lines-of-thought")
 #: Errors that mean the input is at fault (besides sdelm.lm.LMLoadError): exit code 2.
 BAD_INPUT_ERRORS = (
     ValueError,
@@ -232,7 +232,11 @@ def _build_model(name: str, dim: int, n_steps: int, seed: int) -> torch.nn.Modul
 
     return {
         "neural": lambda: sdelm.NeuralSDE(dim, time_scale=float(n_steps), seed=seed),
+        "neural-correlated": lambda: sdelm.NeuralSDE(
+            dim, time_scale=float(n_steps), correlated=True, seed=seed
+        ),
         "ou": lambda: sdelm.baselines.OrnsteinUhlenbeck(dim),
+        "var": lambda: sdelm.baselines.VectorAutoregression(dim),
         "random-walk": lambda: sdelm.baselines.RandomWalk(dim),
         "lines-of-thought": lambda: LayerLinear(dim, n_steps),
     }[name]()

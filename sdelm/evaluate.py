@@ -22,6 +22,7 @@ from sdelm.baselines import (
     NeuralDrift,
     OrnsteinUhlenbeck,
     RandomWalk,
+    VectorAutoregression,
 )
 from sdelm.data import PreparedData, prepare
 from sdelm.fit import fit, nll, sequence_nll
@@ -32,6 +33,8 @@ from sdelm.trajectories import Trajectories
 
 __all__ = [
     "NEURAL",
+    "NEURAL_CORRELATED",
+    "VAR",
     "ModelSpec",
     "compare_models",
     "cross_validate",
@@ -42,6 +45,10 @@ __all__ = [
 
 #: Name of the paper's model in the tables.
 NEURAL = "neural SDE"
+#: The neural SDE whose noise correlates the coordinates (:mod:`sdelm.noise`).
+NEURAL_CORRELATED = "neural SDE, correlated noise"
+#: The strongest linear baseline: VAR(1) with a full noise covariance.
+VAR = "VAR(1), full covariance"
 #: (name, build(dim, seed, time_scale) -> model, fit arguments; ``"least_squares"`` fits the
 #: linear models in closed form). ``time_scale`` is the number of steps per trajectory.
 ModelSpec = tuple[str, Callable[[int, int, float], SDEModel], dict[str, Any]]
@@ -50,7 +57,7 @@ ModelSpec = tuple[str, Callable[[int, int, float], SDEModel], dict[str, Any]]
 def standard_models(
     *, hidden: int = 128, depth: int = 2, paper_loss: bool = True, per_step_maps: bool = False
 ) -> list[ModelSpec]:
-    """Return the book's model zoo: five baselines, the neural SDE, its paper-loss variant.
+    """Return the book's model zoo: six baselines, two neural SDEs, a paper-loss variant.
 
     Args:
         hidden: Width of the neural networks.
@@ -67,10 +74,16 @@ def standard_models(
     def neural(dim: int, seed: int, time_scale: float) -> SDEModel:
         return NeuralSDE(dim, hidden=hidden, depth=depth, time_scale=time_scale, seed=seed)
 
+    def correlated(dim: int, seed: int, time_scale: float) -> SDEModel:
+        return NeuralSDE(
+            dim, hidden=hidden, depth=depth, time_scale=time_scale, correlated=True, seed=seed
+        )
+
     specs: list[ModelSpec] = [
         ("random walk", lambda dim, seed, ts: RandomWalk(dim), {"lr": 3e-2}),
         ("Brownian + drift", lambda dim, seed, ts: BrownianDrift(dim), {"lr": 3e-2}),
         ("OU / VAR(1)", lambda dim, seed, ts: OrnsteinUhlenbeck(dim), {"least_squares": True}),
+        (VAR, lambda dim, seed, ts: VectorAutoregression(dim), {"least_squares": True}),
         ("Lines of Thought", lambda dim, seed, ts: LinesOfThought(dim), {"lr": 1e-2}),
         (
             "neural drift + σ floor",
@@ -80,6 +93,7 @@ def standard_models(
             {},
         ),
         (NEURAL, neural, {}),
+        (NEURAL_CORRELATED, correlated, {}),
     ]
     if paper_loss:
         specs.append((f"{NEURAL} (paper loss)", neural, {"loss": "paper"}))

@@ -4,7 +4,8 @@ The Euler–Maruyama scheme makes each transition Gaussian,
 
     X_{k+1} − X_k ~ N(μ(X_k, t_k) Δt, diag σ²(X_k, t_k) Δt),
 
-so the negative log-likelihood of all observed transitions fits drift and diffusion jointly.
+(with correlated noise, covariance diag(s) C Cᵀ diag(s) Δt: :mod:`sdelm.noise`), so the
+negative log-likelihood of all observed transitions fits drift and diffusion jointly.
 :func:`nll` reports it in nats per dimension per step, the unit of every results table in the
 book.
 
@@ -33,7 +34,7 @@ from sdelm.data import PreparedData, SDEData, Transitions
 from sdelm.devices import resolve_device
 from sdelm.models import SDEModel
 
-__all__ = ["LOSSES", "FitResult", "fit", "loss_terms", "nll", "sequence_nll"]
+__all__ = ["LOSSES", "FitResult", "fit", "loss_terms", "nll", "sequence_nll", "transition_nll"]
 
 LOSSES = ("nll", "paper")
 _LOG_2PI = math.log(2 * math.pi)
@@ -51,6 +52,38 @@ def _transitions(data: SDEData | Transitions) -> Transitions:
     return data.transitions() if isinstance(data, SDEData) else data
 
 
+def transition_nll(
+    model: SDEModel, x: torch.Tensor, t: torch.Tensor, dx: torch.Tensor, dt: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the drift and the two parts of each transition's NLL, per dimension.
+
+    The parts sum over dimensions to the transition's negative log-likelihood: the residual's
+    part ``|w|² / 2`` (``w``: the residual ΔX − μΔt whitened by the noise) and the noise's
+    part ``log s + (log Δt + log 2π) / 2`` (``s``: the noise scales, whose logs sum to half
+    the covariance's log-determinant).
+
+    Args:
+        model: The SDE.
+        x: Float tensor of size (batch, dim), the states.
+        t: Float tensor of size (batch,), their times.
+        dx: Float tensor of size (batch, dim), the increments.
+        dt: The time step.
+
+    Returns:
+        The drift μ, the residual's part and the noise's part, each of size (batch, dim).
+
+    """
+    mu = model.drift(x, t)
+    residual = dx - mu * dt
+    if model.correlation is None:
+        variance = model.diffusion(x, t).pow(2) * dt
+        return mu, residual.pow(2) / (2 * variance), 0.5 * (torch.log(variance) + _LOG_2PI)
+    scale = model.noise_scale(x, t)
+    white = model.correlation.whiten(residual, scale)
+    noise = torch.log(scale) + 0.5 * (math.log(dt) + _LOG_2PI)
+    return mu, white.pow(2) / (2 * dt), noise
+
+
 def loss_terms(
     model: SDEModel, transitions: Transitions, loss: str = "nll"
 ) -> dict[str, torch.Tensor]:
@@ -66,20 +99,23 @@ def loss_terms(
         ``nll`` (the Euler–Maruyama negative log-likelihood, nats per dimension per step).
 
     """
+    if loss not in LOSSES:
+        raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
+    if loss == "paper" and model.correlation is not None:
+        raise ValueError(
+            "The paper's loss is written for diagonal noise; fit a model with correlated "
+            "noise by the likelihood (loss='nll')."
+        )
     x, t, dx, dt = transitions.x, transitions.t, transitions.dx, transitions.dt
-    mu = model.drift(x, t)
-    variance = model.diffusion(x, t).pow(2) * dt
-    residual = dx - mu * dt
-    nll_drift = (residual.pow(2) / (2 * variance)).mean()
-    nll_diffusion = 0.5 * (torch.log(variance) + _LOG_2PI).mean()
+    mu, residual_part, scale_part = transition_nll(model, x, t, dx, dt)
+    nll_drift, nll_diffusion = residual_part.mean(), scale_part.mean()
     if loss == "nll":
         drift, diffusion = nll_drift, nll_diffusion
-    elif loss == "paper":
+    else:
+        variance = model.diffusion(x, t).pow(2) * dt
         drift = (dx / dt - mu).pow(2).mean()
         ratio = (dx - mu.detach() * dt).pow(2).clamp_min(1e-12) / variance
         diffusion = 0.5 * (ratio - 1 - torch.log(ratio)).mean()
-    else:
-        raise ValueError(f"Unknown loss {loss!r}; choose one of {LOSSES}.")
     return {
         "total": drift + diffusion,
         "drift": drift,
@@ -134,12 +170,15 @@ def sequence_nll(model: SDEModel, data: SDEData) -> torch.Tensor:
     device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
     model.eval()
-    flat_x, flat_t = x.reshape(-1, data.dim).to(device), times.reshape(-1).to(device)
-    mu = model.drift(flat_x, flat_t).reshape(x.shape).cpu()
-    variance = (model.diffusion(flat_x, flat_t).pow(2) * data.dt).reshape(x.shape).cpu()
+    _, residual_part, noise_part = transition_nll(
+        model,
+        x.reshape(-1, data.dim).to(device),
+        times.reshape(-1).to(device),
+        (data.states[:, 1:] - x).reshape(-1, data.dim).to(device),
+        data.dt,
+    )
     model.train(was_training)
-    residual = data.states[:, 1:] - x - mu * data.dt
-    per_step = (residual.pow(2) / (2 * variance) + 0.5 * (torch.log(variance) + _LOG_2PI)).mean(-1)
+    per_step = (residual_part + noise_part).reshape(x.shape).cpu().mean(-1)
     per_step = torch.where(valid, per_step, torch.zeros_like(per_step))
     return per_step.sum(1) / valid.sum(1)
 

@@ -1,9 +1,12 @@
-"""SDE models dX = μ(X, t) dt + σ(X, t) dW with diagonal noise, and their checkpoints.
+"""SDE models dX = μ(X, t) dt + σ(X, t) dW, and their checkpoints.
 
 Every model is a :class:`SDEModel`: a ``torch.nn.Module`` with ``drift(x, t)`` and
 ``diffusion(x, t)`` for batches of states, and the ``f``/``g``/``noise_type``/``sde_type``
-interface that ``torchsde`` integrates directly. :class:`NeuralSDE` is the paper's model (two
-separate networks); the baselines live in :mod:`sdelm.baselines`.
+interface that ``torchsde`` integrates directly. The noise is diagonal (each coordinate draws
+its own), or correlated by a constant :class:`~sdelm.noise.NoiseCorrelation` (``correlation``),
+in which case ``diffusion`` gives each coordinate's own scale and ``g`` the full factor.
+:class:`NeuralSDE` is the paper's model (two separate networks); the baselines live in
+:mod:`sdelm.baselines`.
 
 Checkpoints are one safetensors file holding the weights and, in its header, the model's class
 and constructor arguments as JSON: :func:`load_checkpoint` rebuilds the model without any of the
@@ -27,6 +30,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from sdelm.data import Projection
 from sdelm.files import save_atomically
+from sdelm.noise import NoiseCorrelation
 
 __all__ = [
     "SILU_LIPSCHITZ",
@@ -44,13 +48,15 @@ _REGISTRY: dict[str, type[SDEModel]] = {}
 
 
 class SDEModel(nn.Module):
-    """Base class: a diagonal-noise Itô SDE on R^dim.
+    """Base class: an Itô SDE on R^dim, with diagonal or correlated noise.
 
     Subclasses implement :meth:`drift` and :meth:`diffusion`, store their constructor
-    arguments in ``self.config`` and are registered for :func:`load_checkpoint`.
+    arguments in ``self.config`` and are registered for :func:`load_checkpoint`. A subclass
+    with correlated noise sets ``correlation`` (and ``noise_type = "general"``) and overrides
+    :meth:`noise_scale`.
     """
 
-    noise_type: ClassVar[str] = "diagonal"
+    noise_type: str = "diagonal"
     sde_type: ClassVar[str] = "ito"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -63,6 +69,8 @@ class SDEModel(nn.Module):
             raise ValueError(f"dim must be a positive integer, got {dim!r}.")
         self.dim = dim
         self.config: dict[str, Any] = {"dim": dim}
+        #: The noise's constant correlation; None where coordinates draw it independently.
+        self.correlation: NoiseCorrelation | None = None
 
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Drift μ(x, t).
@@ -78,7 +86,7 @@ class SDEModel(nn.Module):
         raise NotImplementedError
 
     def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Diagonal of the diffusion σ(x, t), positive.
+        """Each coordinate's noise scale σ(x, t), positive: sqrt of the diagonal of σσᵀ.
 
         Args:
             x: Float tensor of size (batch, dim).
@@ -89,6 +97,21 @@ class SDEModel(nn.Module):
 
         """
         raise NotImplementedError
+
+    def noise_scale(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Scales s(x, t) of the noise diag(s) C dW before its correlation C.
+
+        The diffusion itself where the noise is diagonal.
+
+        Args:
+            x: Float tensor of size (batch, dim).
+            t: Float tensor of size (batch,).
+
+        Returns:
+            Float tensor of size (batch, dim), positive.
+
+        """
+        return self.diffusion(x, t)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a clear error when states have the wrong dimension."""
@@ -104,8 +127,17 @@ class SDEModel(nn.Module):
         return self.drift(y, torch.as_tensor(t, dtype=y.dtype, device=y.device).expand(len(y)))
 
     def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Diagonal diffusion in torchsde's convention: scalar ``t``, states (batch, dim)."""
-        return self.diffusion(y, torch.as_tensor(t, dtype=y.dtype, device=y.device).expand(len(y)))
+        """Diffusion in torchsde's convention: scalar ``t``, states (batch, dim).
+
+        Returns:
+            The diagonal, size (batch, dim); with correlated noise the factor diag(s) C,
+            size (batch, dim, dim) (torchsde's ``"general"`` noise).
+
+        """
+        times = torch.as_tensor(t, dtype=y.dtype, device=y.device).expand(len(y))
+        if self.correlation is None:
+            return self.diffusion(y, times)
+        return self.correlation.factor(self.noise_scale(y, times))
 
     def extra_repr(self) -> str:
         """Show the constructor arguments in the module's repr."""
@@ -144,6 +176,9 @@ class NeuralSDE(SDEModel):
             constant near ``SILU_LIPSCHITZ ** depth``; :meth:`lipschitz_bound` computes the
             exact bound of the weights as they are.
         min_sigma: Floor added to the softplus diffusion.
+        correlated: Correlate the noise's coordinates by a learnt constant
+            :class:`~sdelm.noise.NoiseCorrelation`: the network gives the scales s(x, t) of
+            diag(s) C dW. False: diagonal noise, the paper's model.
         seed: Seed of the weight initialisation (the global random state is left alone).
 
     """
@@ -157,6 +192,7 @@ class NeuralSDE(SDEModel):
         time_scale: float = 48.0,
         spectral_norm: bool = False,
         min_sigma: float = 1e-3,
+        correlated: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__(dim)
@@ -166,6 +202,7 @@ class NeuralSDE(SDEModel):
             time_scale=time_scale,
             spectral_norm=spectral_norm,
             min_sigma=min_sigma,
+            correlated=correlated,
             seed=seed,
         )
         self.time_scale = time_scale
@@ -175,6 +212,9 @@ class NeuralSDE(SDEModel):
             torch.manual_seed(seed)
             self.drift_net = _mlp(n_in, dim, hidden, depth, spectral_norm)
             self.diffusion_net = _mlp(n_in, dim, hidden, depth, spectral_norm)
+        if correlated:
+            self.correlation = NoiseCorrelation(dim)
+            self.noise_type = "general"
 
     def _features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -183,8 +223,12 @@ class NeuralSDE(SDEModel):
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.drift_net(self._features(x, t))
 
-    def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def noise_scale(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return nn.functional.softplus(self.diffusion_net(self._features(x, t))) + self.min_sigma
+
+    def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        scale = self.noise_scale(x, t)
+        return scale if self.correlation is None else self.correlation.marginal(scale)
 
     def lipschitz_bound(self) -> float:
         """Return an upper bound on the drift's Lipschitz constant in x.

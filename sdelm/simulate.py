@@ -261,8 +261,9 @@ def simulate(
         ValueError: On ``steps``, ``n_paths`` or ``substeps`` that are not positive integers
             (bools and floats included), a ``dt`` that is not a positive finite number, a
             non-finite ``t0`` or times that float32 cannot resolve, a negative seed, an
-            unknown method, starting states of the wrong dimension or not finite (the message
-            names them), or paths that would not fit in memory (the message gives the GiB).
+            unknown method (or one other than Euler for correlated noise), starting states
+            of the wrong dimension or not finite (the message names them), or paths that
+            would not fit in memory (the message gives the GiB).
 
     Warns:
         RuntimeWarning: When a simulated path became NaN or infinite.
@@ -275,6 +276,11 @@ def simulate(
         raise ValueError(f"t0 must be a finite number, got {t0!r}.")
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+    if model.correlation is not None and method != "euler":
+        raise ValueError(
+            f"{type(model).__name__} has correlated noise, which torchsde's {method!r} solver "
+            "does not take; simulate it with method='euler'."
+        )
     x0 = torch.as_tensor(x0, dtype=torch.float32)
     if x0.ndim == 1:
         x0 = x0.unsqueeze(0)

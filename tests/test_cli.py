@@ -104,6 +104,17 @@ def test_fit_then_simulate(extracted, tmp_path):
     ou = tmp_path / "ou.safetensors"
     assert sdelm_cli("fit", str(extracted), "--out", str(ou), "--model", "ou",
                      "--dim", "4").returncode == 0  # fmt: skip
+    var = tmp_path / "var.safetensors"
+    assert sdelm_cli("fit", str(extracted), "--out", str(var), "--model", "var",
+                     "--dim", "4").returncode == 0  # fmt: skip
+    correlated = sdelm.load_checkpoint(var)
+    assert isinstance(correlated, sdelm.baselines.VectorAutoregression)
+    result = sdelm_cli("simulate", str(var), "--out", str(tmp_path / "v.safetensors"),
+                       "--steps", "3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    milstein = sdelm_cli("simulate", str(var), "--out", str(tmp_path / "w.safetensors"),
+                         "--steps", "3", "--method", "milstein")  # fmt: skip
+    assert milstein.returncode == 2 and "correlated noise" in milstein.stderr
 
     paths = tmp_path / "paths.safetensors"
     result = sdelm_cli(

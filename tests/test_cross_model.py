@@ -40,35 +40,38 @@ def test_sequence_nll_averages_to_the_nll():
 
 def test_cross_validation_scores_every_sequence_once_without_its_prompt():
     trajs = ou_data(n=24, steps=12)
-    table = cross_model.neural_and_ou_scores(trajs, dim=3, n_folds=4, n_paths=4, seed=0)
+    table = cross_model.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, seed=0)
     assert sorted(table["prompt_id"]) == sorted(trajs.rows["prompt_id"])
     assert table.groupby("prompt_id")["fold"].nunique().eq(1).all()
     assert table["fold"].nunique() == 4
     assert np.allclose(table["nll_difference"], table["nll_neural"] - table["nll_ou"])
-    assert np.isfinite(table["energy_difference"]).all()
-    with pytest.raises(ValueError, match="n_folds"):
-        cross_model.neural_and_ou_scores(trajs, dim=3, n_folds=1)
-    twice = cross_model.neural_and_ou_scores(trajs, dim=3, n_folds=4, n_paths=4, fits=2, seed=0)
     for score in ("nll", "energy"):
-        each = twice[[f"{score}_difference_0", f"{score}_difference_1"]]
-        assert np.allclose(twice[f"{score}_difference"], each.mean(axis=1), atol=1e-6)
+        for model in ("neural", "correlated", "ou", "var"):
+            assert np.isfinite(table[f"{score}_{model}"]).all()
+    # The process's noise is diagonal, but not in principal components: there a full
+    # covariance fits held-out prompts better.
+    assert (table["nll_var"] - table["nll_ou"]).mean() < -0.02
+    with pytest.raises(ValueError, match="n_folds"):
+        cross_model.held_out_scores(trajs, dim=3, n_folds=1)
+    twice = cross_model.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, fits=2, seed=0)
+    for score in ("nll", "energy"):
+        each = twice[[f"{score}_neural_0", f"{score}_neural_1"]]
+        assert np.allclose(twice[f"{score}_neural"], each.mean(axis=1), atol=1e-6)
         # The first fit is the one-fit table's (same seed, same cached fit).
-        assert np.allclose(twice[f"{score}_difference_0"], table[f"{score}_difference"], atol=1e-6)
+        assert np.allclose(twice[f"{score}_neural_0"], table[f"{score}_neural"], atol=1e-6)
     with pytest.raises(ValueError, match="fits"):
-        cross_model.neural_and_ou_scores(trajs, dim=3, n_folds=4, fits=0)
+        cross_model.held_out_scores(trajs, dim=3, n_folds=4, fits=0)
 
 
 def test_a_fit_drawn_interval_holds_the_randomness_of_fitting():
-    rows = pd.DataFrame({"prompt_id": np.arange(40), "fold": np.arange(40) % 4})
-    differ = rows.assign(energy_difference_0=0.0, energy_difference_1=1.0,
-                         energy_difference=0.5)  # fmt: skip
-    measured = cluster_bootstrap(differ, cross_model.fit_drawn(differ, "energy"))
-    assert measured["estimate"] == pytest.approx(0.5)
-    assert measured["low"] < 0.1 and measured["high"] > 0.9  # which fit each fold got
-    agree = rows.assign(energy_difference_0=0.3, energy_difference_1=0.3,
-                        energy_difference=0.3)  # fmt: skip
-    measured = cluster_bootstrap(agree, cross_model.fit_drawn(agree, "energy"))
-    assert measured["low"] == pytest.approx(0.3) and measured["high"] == pytest.approx(0.3)
+    rows = pd.DataFrame({"prompt_id": np.arange(40), "fold": np.arange(40) % 4, "energy_var": 1.0})
+    differ = rows.assign(energy_neural_0=0.0, energy_neural_1=1.0, energy_neural=0.5)
+    measured = cluster_bootstrap(differ, cross_model.fit_drawn(differ, "energy", "var"))
+    assert measured["estimate"] == pytest.approx(-0.5)
+    assert measured["low"] < -0.9 and measured["high"] > -0.1  # which fit each fold got
+    agree = rows.assign(energy_neural_0=0.3, energy_neural_1=0.3, energy_neural=0.3)
+    measured = cluster_bootstrap(agree, cross_model.fit_drawn(agree, "energy", "var"))
+    assert measured["low"] == pytest.approx(-0.7) and measured["high"] == pytest.approx(-0.7)
 
 
 def test_the_energy_score_rewards_a_centred_cloud_of_the_right_width():

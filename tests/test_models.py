@@ -16,6 +16,8 @@ BUILDERS = {
     "RandomWalk": lambda: baselines.RandomWalk(4),
     "BrownianDrift": lambda: baselines.BrownianDrift(4),
     "OrnsteinUhlenbeck": lambda: baselines.OrnsteinUhlenbeck(4),
+    "VectorAutoregression": lambda: baselines.VectorAutoregression(4),
+    "NeuralSDE, correlated noise": lambda: sdelm.NeuralSDE(4, hidden=16, correlated=True),
     "LinesOfThought": lambda: baselines.LinesOfThought(4),
     "NeuralDrift": lambda: baselines.NeuralDrift(4, hidden=16),
 }
@@ -38,8 +40,14 @@ def test_drift_and_positive_diffusion_have_the_state_shape(name):
     assert sigma.shape == (5, 4) and (sigma > 0).all()
     # torchsde's interface: scalar time.
     assert torch.allclose(model.f(torch.tensor(2.0), x), model.drift(x, torch.full((5,), 2.0)))
-    assert model.g(torch.tensor(2.0), x).shape == (5, 4)
-    assert (model.noise_type, model.sde_type) == ("diagonal", "ito")
+    g = model.g(torch.tensor(2.0), x)
+    if model.correlation is None:
+        assert g.shape == (5, 4) and model.noise_type == "diagonal"
+    else:  # the noise's factor; its rows' lengths are each coordinate's own scale
+        assert g.shape == (5, 4, 4) and model.noise_type == "general"
+        assert torch.equal(g, g.tril())
+        assert torch.allclose(g.norm(dim=2), model.diffusion(x, torch.full((5,), 2.0)))
+    assert model.sde_type == "ito"
 
 
 @pytest.mark.parametrize("name", BUILDERS)

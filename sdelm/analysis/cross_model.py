@@ -21,7 +21,7 @@ from scipy import stats as scipy_stats
 
 from sdelm.analysis.branching import measured
 from sdelm.analysis.layer_time import growth_rate, residual_frame
-from sdelm.baselines import OrnsteinUhlenbeck
+from sdelm.baselines import OrnsteinUhlenbeck, VectorAutoregression
 from sdelm.branching import Branches
 from sdelm.cache import cached_fit
 from sdelm.data import SDEData, prepare, project
@@ -37,8 +37,8 @@ __all__ = [
     "energy_score",
     "findings",
     "fit_drawn",
+    "held_out_scores",
     "map_radius_frame",
-    "neural_and_ou_scores",
     "step_frame",
 ]
 
@@ -54,6 +54,24 @@ FINDINGS: dict[str, tuple[str, str, float]] = {
     "energy-neural-minus-ou": (
         "energy score of 16 simulated paths per held-out sequence, neural SDE minus OU "
         "(simulation)",
+        "less",
+        0.0,
+    ),
+    "nll-neural-minus-var": (
+        "held-out NLL of the neural SDE minus the VAR(1) with a full noise covariance, "
+        "nats/dim (fitting)",
+        "less",
+        0.0,
+    ),
+    "nll-correlated-minus-var": (
+        "held-out NLL of the neural SDE with correlated noise minus the VAR(1) with a full "
+        "noise covariance, nats/dim (fitting)",
+        "less",
+        0.0,
+    ),
+    "energy-neural-minus-var": (
+        "energy score of 16 simulated paths per held-out sequence, neural SDE minus the "
+        "VAR(1) with a full noise covariance (simulation)",
         "less",
         0.0,
     ),
@@ -125,7 +143,7 @@ def energy_score(paths: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) ->
     return score.sum(1) / valid.sum(1)
 
 
-def neural_and_ou_scores(
+def held_out_scores(
     trajs: Trajectories,
     *,
     dim: int,
@@ -135,16 +153,18 @@ def neural_and_ou_scores(
     seed: int = 0,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """Score every sequence by the neural SDE and OU / VAR(1) fitted without its prompt.
+    """Score every sequence by the neural SDEs and the linear baselines fitted without its prompt.
 
     K-fold cross-validation by prompt: the prompts are shuffled (by ``seed``) into
-    ``n_folds`` folds; for each fold both models are fitted on the other prompts (about 80%
+    ``n_folds`` folds; for each fold the models are fitted on the other prompts (about 80%
     train, 10% validation for early stopping and 10% left unused, at least one prompt each; the
     projection is fitted on the training prompts) and score the fold's sequences: one step at
     a time (the NLL) and simulated from the sequence's first state (the energy score). The
-    neural SDE is fitted ``fits`` times per fold, from seeds ``seed``, ``seed + 1``, ...: its
-    scores are the mean over its fits, and each fit's are kept for an interval that holds the
-    randomness of fitting (:func:`fit_drawn`).
+    models: the neural SDE (diagonal noise), fitted ``fits`` times per fold from seeds
+    ``seed``, ``seed + 1``, ... (its scores are the mean over its fits, and each fit's are kept
+    for an interval that holds the randomness of fitting: :func:`fit_drawn`); the neural SDE
+    with correlated noise (one fit, from ``seed``); OU / VAR(1) and the VAR(1) with a full
+    noise covariance (closed form).
 
     Args:
         trajs: Trajectories of several prompts.
@@ -153,13 +173,13 @@ def neural_and_ou_scores(
         n_paths: Simulated paths per held-out sequence.
         fits: Fits of the neural SDE per fold (at least 1).
         seed: Seed of the folds, the fits and the simulations.
-        device: Where the neural SDE is fitted.
+        device: Where the neural SDEs are fitted.
 
     Returns:
-        One row per sequence with transitions: ``fold``, ``prompt_id``; ``nll_neural``,
-        ``nll_ou`` (mean NLL per transition, nats/dim) and ``nll_difference`` (neural minus
-        OU); ``energy_neural``, ``energy_ou`` and ``energy_difference`` (:func:`energy_score`);
-        for each fit k, ``nll_difference_k`` and ``energy_difference_k``.
+        One row per sequence with transitions: ``fold``, ``prompt_id``; for each score
+        (``nll``: mean NLL per transition, nats/dim; ``energy``: :func:`energy_score`) and
+        model (``neural``, ``correlated``, ``ou``, ``var``) a column ``{score}_{model}``;
+        ``{score}_neural_{k}`` for each fit k; and ``{score}_difference``, neural minus OU.
 
     Raises:
         ValueError: If ``n_folds`` is not an integer in 2..number of prompts, or ``fits`` is
@@ -179,17 +199,16 @@ def neural_and_ou_scores(
         data = prepare(trajs.where(prompt_id=rest), dim=dim, split=fractions, seed=seed)
         test = project(trajs.where(prompt_id=test_ids.tolist()), data.projection)
         scale = float(data.train.states.shape[1])
+        neural = {
+            f"neural_{k}": NeuralSDE(dim, time_scale=scale, seed=seed + k) for k in range(fits)
+        }
+        neural["correlated"] = NeuralSDE(dim, time_scale=scale, correlated=True, seed=seed)
         models = {
-            f"neural_{k}": cached_fit(
-                NeuralSDE(dim, time_scale=scale, seed=seed + k),
-                data,
-                seed=seed + k,
-                device=device,
-                progress=False,
-            )
-            for k in range(fits)
+            name: cached_fit(model, data, seed=model.config["seed"], device=device, progress=False)
+            for name, model in neural.items()
         }
         models["ou"] = OrnsteinUhlenbeck(dim).fit_least_squares(data.train)
+        models["var"] = VectorAutoregression(dim).fit_least_squares(data.train)
         frame = pd.DataFrame({"fold": fold, "prompt_id": test.rows["prompt_id"].to_numpy()})
         steps = test.states.shape[1] - 1
         for name, model in models.items():
@@ -200,43 +219,41 @@ def neural_and_ou_scores(
         frames.append(frame.dropna())
     table = pd.concat(frames, ignore_index=True)
     for score in ("nll", "energy"):
-        each = [f"{score}_neural_{k}" for k in range(fits)]
-        table[f"{score}_neural"] = table[each].mean(axis=1)
+        table[f"{score}_neural"] = table[[f"{score}_neural_{k}" for k in range(fits)]].mean(1)
         table[f"{score}_difference"] = table[f"{score}_neural"] - table[f"{score}_ou"]
-        for k, column in enumerate(each):
-            table[f"{score}_difference_{k}"] = table.pop(column) - table[f"{score}_ou"]
     return table
 
 
 def fit_drawn(
-    scores: pd.DataFrame, score: str, *, seed: int = 0
+    scores: pd.DataFrame, score: str, baseline: str = "ou", *, seed: int = 0
 ) -> Callable[[pd.DataFrame], float]:
-    """Return the mean ``{score}_difference``, with the randomness of fitting in resamples.
+    """Return the mean of the neural SDE's score minus a baseline's, fits drawn in resamples.
 
-    For :func:`sdelm.stats.cluster_bootstrap` of :func:`neural_and_ou_scores`: on ``scores``
+    For :func:`sdelm.stats.cluster_bootstrap` of :func:`held_out_scores`: on ``scores``
     itself, the mean over sequences of the mean over fits; on a resample of prompts, each fold
     takes one of its fits, drawn at random, so that the interval holds which fit a fold got as
     well as which prompts it held.
 
     Args:
-        scores: :func:`neural_and_ou_scores`' table (the frame the bootstrap resamples).
+        scores: :func:`held_out_scores`' table (the frame the bootstrap resamples).
         score: ``"nll"`` or ``"energy"``.
+        baseline: ``"ou"`` or ``"var"``.
         seed: Seed of the draws of fits.
 
     Returns:
         The statistic.
 
     """
-    columns = sorted(c for c in scores if c.startswith(f"{score}_difference_"))
+    columns = sorted(c for c in scores if c.startswith(f"{score}_neural_"))
     rng = np.random.default_rng(seed)
     n_folds = int(scores["fold"].max()) + 1
 
     def statistic(frame: pd.DataFrame) -> float:
         if frame is scores:
-            return float(frame[f"{score}_difference"].mean())
+            return float((frame[f"{score}_neural"] - frame[f"{score}_{baseline}"]).mean())
         chosen = rng.integers(len(columns), size=n_folds)[frame["fold"].to_numpy()]
-        values = frame[columns].to_numpy()[np.arange(len(frame)), chosen]
-        return float(values.mean())
+        each = frame[columns].to_numpy() - frame[[f"{score}_{baseline}"]].to_numpy()
+        return float(each[np.arange(len(frame)), chosen].mean())
 
     return statistic
 
@@ -340,6 +357,10 @@ def _spearman(x: str, y: str) -> Callable[[pd.DataFrame], float]:
     return lambda frame: float(scipy_stats.spearmanr(frame[x], frame[y]).statistic)
 
 
+def _mean_difference(x: str, y: str) -> Callable[[pd.DataFrame], float]:
+    return lambda frame: float((frame[x] - frame[y]).mean())
+
+
 def _median_ratio(frame: pd.DataFrame) -> float:
     return float(frame["log_ratio"].median())
 
@@ -384,12 +405,15 @@ def findings(
     steps = step_frame(everything)
     middle = np.sort(branches.temperatures)[len(branches.temperatures) // 2]
     seen = measured(branches, prepared.projection, seed=seed)
-    scores = neural_and_ou_scores(
+    scores = held_out_scores(
         generated, dim=dim, n_folds=n_folds, fits=fits, seed=seed, device=device
     )
     tests = {
         "nll-neural-minus-ou": (scores, lambda f: float(f["nll_difference"].mean())),
         "energy-neural-minus-ou": (scores, fit_drawn(scores, "energy", seed=seed)),
+        "nll-neural-minus-var": (scores, _mean_difference("nll_neural", "nll_var")),
+        "nll-correlated-minus-var": (scores, _mean_difference("nll_correlated", "nll_var")),
+        "energy-neural-minus-var": (scores, fit_drawn(scores, "energy", "var", seed=seed)),
         "map-spectral-radius": (map_radius_frame(everything), _map_radius(everything)),
         "increment-vs-temperature": (log_ratios(steps, "increment_sq"), _median_ratio),
         "increment-vs-entropy": (steps, _spearman("increment_sq", "next_entropy")),

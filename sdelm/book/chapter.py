@@ -311,14 +311,17 @@ class Chapter:
         """
         return standard_folds({**self.namespace, **data}, k, source=source)
 
-    def refit(self, data: PreparedData, *, seed: int | None = None) -> SDEModel:
+    def refit(
+        self, data: PreparedData, *, seed: int | None = None, correlated: bool = False
+    ) -> SDEModel:
         """Fit (or load) the chapter's neural SDE on other data, e.g. a surrogate.
 
         The same model and fit as :meth:`setup`'s (:func:`~sdelm.book.setup.standard_neural`),
-        from the chapter's ``seed`` or, to measure the randomness of fitting, another one.
+        from the chapter's ``seed`` or, to measure the randomness of fitting, another one;
+        with ``correlated``, the neural SDE with correlated noise.
         """
         namespace = self.namespace if seed is None else {**self.namespace, "seed": seed}
-        return standard_neural(namespace, data)
+        return standard_neural(namespace, data, correlated=correlated)
 
     @property
     def overrides(self) -> dict[str, Any]:

@@ -99,13 +99,16 @@ def standard_setup(
     return Setup(trajs, data, neural)
 
 
-def standard_neural(parameters: Mapping[str, Any], data: PreparedData) -> SDEModel:
+def standard_neural(
+    parameters: Mapping[str, Any], data: PreparedData, *, correlated: bool = False
+) -> SDEModel:
     """Fit (or load) the chapters' neural SDE on ``data``: also for refits on surrogates.
 
     Args:
         parameters: A chapter's parameters by name: ``dim``, ``seed`` and optionally
             ``device``.
         data: Prepared data (of dimension ``dim``).
+        correlated: Fit the neural SDE with correlated noise instead (:mod:`sdelm.noise`).
 
     Returns:
         :class:`sdelm.NeuralSDE` with ``time_scale`` the number of steps, fitted by
@@ -119,7 +122,8 @@ def standard_neural(parameters: Mapping[str, Any], data: PreparedData) -> SDEMod
     from sdelm.models import NeuralSDE
 
     dim, seed = parameters["dim"], parameters["seed"]
-    start = NeuralSDE(dim, time_scale=float(data.train.states.shape[1]), seed=seed)
+    steps = float(data.train.states.shape[1])
+    start = NeuralSDE(dim, time_scale=steps, correlated=correlated, seed=seed)
     device = parameters.get("device", "auto")
     return cached_fit(start, data, seed=seed, device=device, progress=False)
 
