@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextvars
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -111,17 +113,27 @@ def _output(path: str, force: bool) -> Path:
         The path.
 
     Raises:
-        UsageError: If the path is a folder, lies under a file, or exists without ``force``.
+        UsageError: If the path is a folder, lies under a file, is not a regular file, or
+            exists without ``force``.
 
     """
+    from sdelm.files import never_replace
+
     result = Path(path)
     if result.is_dir():
         raise UsageError(f"--out {path} is a folder; name a file to write.")
+    if result.exists() and not result.is_file():
+        raise UsageError(
+            f"--out {path} is not a regular file (a device, pipe or socket); sdelm replaces "
+            "only regular files, even with --force. Name a file to write."
+        )
     if result.exists() and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it.")
     folder = next(parent for parent in result.parents if parent.exists())
     if not folder.is_dir():
         raise UsageError(f"--out {path} lies under {folder}, which is a file, not a folder.")
+    if not force:  # another writer may take the name meanwhile: the write then refuses
+        never_replace(result)
     return result
 
 
@@ -270,8 +282,14 @@ def _fit(args: argparse.Namespace) -> None:
             device=device,
             progress=args.progress,
         ).model
-    sdelm.save_checkpoint(model.cpu(), out, projection=data.projection)
     scores = {split.name: sdelm.nll(model, split) for split in (data.val, data.test)}
+    if not all(math.isfinite(score) for score in scores.values()):
+        raise UsageError(
+            f"The fitted {args.model} model's held-out NLL is {scores}, not finite: it "
+            f"describes nothing, so {out} was not written. Check the data (their time step "
+            "and states), or fit with other settings."
+        )
+    sdelm.save_checkpoint(model.cpu(), out, projection=data.projection)
     print(json.dumps({"checkpoint": str(out), "dim": data.dim, "nll": scores}))
 
 
@@ -552,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
         return int(exit_.code or 0)
     try:
-        args.run(args)
+        contextvars.copy_context().run(args.run, args)  # never_replace stays in the command
     except KeyboardInterrupt:
         print(f"sdelm {args.command}: interrupted", file=sys.stderr)
         return 130

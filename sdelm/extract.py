@@ -39,7 +39,14 @@ from sdelm.trajectories import Trajectories
 if TYPE_CHECKING:
     from sdelm.control import StateNudge, TemperatureControl
 
-__all__ = ["STEPS_PER_COPY", "encode_texts", "extract", "layer_trajectories", "rescore"]
+__all__ = [
+    "STEPS_PER_COPY",
+    "TEMPERATURE_RANGE",
+    "encode_texts",
+    "extract",
+    "layer_trajectories",
+    "rescore",
+]
 
 #: On a GPU, recorded steps are copied to the CPU in blocks of this many steps.
 STEPS_PER_COPY = 32
@@ -84,8 +91,14 @@ def _as_float(value: object) -> float | None:
         return None
 
 
+#: The range of sampling temperatures: logits divided by less than the lowest can overflow
+#: float32 (|logit| / T above 3.4e38), and above the highest every token is equally likely to
+#: float32's precision.
+TEMPERATURE_RANGE = (1e-6, 1e6)
+
+
 def _check_temperatures(temperatures: Sequence[float]) -> list[float]:
-    """Return the temperatures as floats, refusing a scalar, NaN, inf and values <= 0."""
+    """Return the temperatures as floats, refusing a scalar, NaN, inf and values out of range."""
     if isinstance(temperatures, (str, bytes)) or not isinstance(temperatures, Iterable):
         raise ValueError(
             f"temperatures must be a list of values > 0 such as [1.0], got {temperatures!r}."
@@ -104,6 +117,14 @@ def _check_temperatures(temperatures: Sequence[float]) -> list[float]:
             f"temperatures must be a non-empty list of values > 0, got {values}. "
             "For greedy decoding use top_p=1e-9 (only the most likely token survives), or a "
             "tiny temperature such as 1e-4."
+        )
+    low, high = TEMPERATURE_RANGE
+    outside = [t for t in values if not low <= t <= high]
+    if outside:
+        raise ValueError(
+            f"temperatures {outside} lie outside [{low:g}, {high:g}]: below, the tempered "
+            "logits overflow float32 (use top_p=1e-9 for greedy decoding); above, sampling is "
+            "uniform over the vocabulary to float32's precision."
         )
     return values
 

@@ -1,7 +1,11 @@
 """Writing files atomically: a temporary name in the same folder, then a rename.
 
 A reader never sees a half-written file, and a target that exists is only replaced once its
-new content is complete. The temporary file is ``.NAME.HOST.PID.RANDOM.tmp`` next to the target
+new content is complete, and only if it is a regular file (never a device, a pipe or a
+socket). A target claimed by :func:`never_replace` is not replaced at all: the last step links
+the new file under the target's name, which fails if another writer took the name meanwhile.
+
+The temporary file is ``.NAME.HOST.PID.RANDOM.tmp`` next to the target
 ``NAME``. A process killed while writing leaves it behind; the next write of the same target
 removes such leftovers when they are stale: written on this machine (HOST) by a process (PID)
 that no longer runs, or older than :data:`STALE_AFTER_S` seconds (a file from another machine
@@ -20,13 +24,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-__all__ = ["STALE_AFTER_S", "atomic_path", "save_atomically", "write_json_atomically"]
+__all__ = [
+    "STALE_AFTER_S",
+    "atomic_path",
+    "never_replace",
+    "save_atomically",
+    "write_json_atomically",
+]
 
 #: Age after which any temporary sibling of a target is stale, whoever wrote it (one day).
 STALE_AFTER_S = 24 * 3600.0
@@ -74,6 +85,52 @@ def _remove_stale_temporaries(path: Path) -> None:
             continue
 
 
+#: Targets that must not replace a file (:func:`never_replace`), per context.
+_KEEP: ContextVar[frozenset[Path]] = ContextVar("sdelm_never_replace", default=frozenset())
+#: Errors of os.link on a file system without hard links.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV}
+
+
+def never_replace(path: str | os.PathLike) -> None:
+    """Make every later write of ``path`` in this context fail rather than replace a file.
+
+    For outputs written without ``--force``: checking up front that the name is free leaves a
+    race with another writer of the same name; the write itself then refuses to replace the
+    file that writer made. Run the work in :func:`contextvars.copy_context` to scope it.
+    """
+    _KEEP.set(_KEEP.get() | {Path(path).absolute()})
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse a target that exists but is not a regular file (a device, pipe or socket)."""
+    if path.exists() and not path.is_file():
+        raise FileExistsError(
+            errno.EEXIST, "Not a regular file: sdelm replaces only regular files", str(path)
+        )
+
+
+def _place(tmp: Path, path: Path) -> None:
+    """Give the finished ``tmp`` the name ``path``: replace it, or take it if it is free."""
+    _check_replaceable(path)
+    if path.absolute() not in _KEEP.get():
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if the name exists: no reader sees a partial file
+    except FileExistsError as error:
+        raise FileExistsError(
+            errno.EEXIST,
+            "Another writer created it meanwhile; nothing was replaced (pass --force to "
+            "overwrite)",
+            str(path),
+        ) from error
+    except OSError as error:
+        if error.errno not in _NO_LINKS:
+            raise
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # take the name
+        os.replace(tmp, path)
+
+
 def _naming(error: OSError, path: Path) -> OSError:
     """Return ``error`` re-worded to name the target ``path`` instead of a temporary file."""
     if error.errno is None:
@@ -96,12 +153,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Raises:
         IsADirectoryError: If ``path`` is a folder.
+        FileExistsError: If ``path`` is not a regular file, or is claimed by
+            :func:`never_replace` and another writer created it.
         OSError: If the folder cannot be created or written; the message names ``path``.
 
     """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "Is a folder; name a file to write", str(path))
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # an error names the folder at fault
     try:
         _remove_stale_temporaries(path)
@@ -114,7 +174,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.replace(tmp, path)
+        _place(tmp, path)
     except OSError as error:
         if tmp.name in {Path(str(error.filename)).name, Path(str(error.filename2)).name}:
             raise _naming(error, path) from error

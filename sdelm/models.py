@@ -371,7 +371,8 @@ def load_checkpoint(path: str | os.PathLike) -> SDEModel:
 
     Raises:
         CheckpointError: If the file is missing, damaged, not an sdelm checkpoint, names an
-            unknown model class, or its config does not match its weights.
+            unknown model class, its config does not match its weights, or a weight is NaN
+            or infinite.
 
     """
     try:
@@ -398,5 +399,12 @@ def load_checkpoint(path: str | os.PathLike) -> SDEModel:
         }
     except SafetensorError as error:
         raise CheckpointError(f"{path} is damaged ({error}); write it again.") from error
+    broken = [name for name, value in weights.items() if not torch.isfinite(value).all()]
+    if broken:
+        raise CheckpointError(
+            f"{path}: the weights {broken[:3]} hold NaN or infinite values; the model would "
+            "give NaN everywhere. Fit it again (a fit that diverged keeps its last good "
+            "weights)."
+        )
     model.load_state_dict(weights)
     return model.eval()

@@ -34,7 +34,13 @@ from safetensors import SafetensorError, safe_open
 
 from sdelm.files import save_atomically
 
-__all__ = ["ROW_COLUMNS", "Trajectories", "TrajectoryFileError", "check_time_step"]
+__all__ = [
+    "ROW_COLUMNS",
+    "TIME_STEP_RANGE",
+    "Trajectories",
+    "TrajectoryFileError",
+    "check_time_step",
+]
 
 FORMAT = "sdelm.trajectories/1"
 ROW_COLUMNS = ("prompt_id", "prompt", "category", "temperature", "sample", "source", "text")
@@ -59,6 +65,11 @@ class TrajectoryFileError(ValueError):
     """A trajectory file is missing, truncated, or not in sdelm's format."""
 
 
+#: The time steps sdelm accepts: far outside, float32 likelihoods overflow or lose all
+#: precision (a variance of 1e-300 is 0 in float32).
+TIME_STEP_RANGE = (1e-6, 1e6)
+
+
 def check_time_step(value: object, name: str = "dt") -> float:
     """Return ``value`` as a float if it is a usable time step, else raise.
 
@@ -70,7 +81,8 @@ def check_time_step(value: object, name: str = "dt") -> float:
         ``float(value)``.
 
     Raises:
-        ValueError: If ``value`` is not a real number, or is zero, negative, NaN or infinite.
+        ValueError: If ``value`` is not a real number, or lies outside
+            :data:`TIME_STEP_RANGE` (zero, negative, NaN and infinite included).
 
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -80,6 +92,13 @@ def check_time_step(value: object, name: str = "dt") -> float:
         raise ValueError(
             f"{name} must be a positive, finite number, got {value!r}; it is the time between "
             "consecutive steps (1.0 for one token)."
+        )
+    low, high = TIME_STEP_RANGE
+    if not low <= step <= high:
+        raise ValueError(
+            f"{name} = {value!r} lies outside [{low:g}, {high:g}]: the likelihood's variances "
+            "σ²·dt and rates ΔX/dt leave float32's range there. It is the time between "
+            "consecutive steps (1.0 for one token); rescale time so that it is near 1."
         )
     return step
 

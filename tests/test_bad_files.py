@@ -42,6 +42,15 @@ def test_a_bad_dt_in_the_header_is_refused(tmp_path, dt):
         Trajectories.load(path)
 
 
+@pytest.mark.parametrize("dt", [1e-300, 1e-30, 1e30])
+def test_a_dt_that_float32_likelihoods_cannot_use_is_refused(tmp_path, dt):
+    # Before, dt = 1e-300 fitted to a NaN NLL and wrote a checkpoint; 1e-30 gave an NLL of 1e30.
+    _, path = saved(tmp_path)
+    rewrite_header(path, lambda h: h.update(dt=dt))
+    with pytest.raises(TrajectoryFileError, match=r"lies outside .*rescale time"):
+        Trajectories.load(path)
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import os
 import subprocess
@@ -99,6 +100,37 @@ def test_out_must_be_a_file_where_a_file_is_written(capsys, no_model, tmp_path, 
     assert code == 2 and "is a folder" in one_line(err)
     code, err = run(capsys, "fit", str(trajs_file), "--out", str(trajs_file / "m.safetensors"))
     assert code == 2 and "which is a file" in one_line(err)
+
+
+def test_out_never_replaces_a_device_or_a_pipe_even_with_force(capsys, tmp_path, trajs_file):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    code, err = run(capsys, "fit", str(trajs_file), "--out", str(pipe), "--model", "ou",
+                    "--dim", "2", "--force")  # fmt: skip
+    assert code == 2 and "not a regular file" in one_line(err)
+    assert pipe.is_fifo()
+    with pytest.raises(FileExistsError, match="Not a regular file"):
+        write_json_atomically({"a": 1}, pipe)
+    assert pipe.is_fifo()
+
+
+def test_a_write_without_force_never_replaces_a_file_made_meanwhile(tmp_path):
+    target = tmp_path / "out.json"
+
+    def write_while_another_writer_finishes_first() -> None:
+        files.never_replace(target)
+        with files.atomic_path(target) as tmp:
+            tmp.write_text("mine")
+            target.write_text("theirs")  # the other writer takes the name first
+        raise AssertionError("the write must refuse")
+
+    context = contextvars.copy_context()
+    with pytest.raises(FileExistsError, match="Another writer created it meanwhile"):
+        context.run(write_while_another_writer_finishes_first)
+    assert target.read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary left
+    write_json_atomically({"a": 1}, target)  # outside that context, a write replaces it
+    assert target.read_text().startswith("{")
 
 
 def test_sharded_extract_refuses_a_file_as_its_folder(capsys, no_model, trajs_file):

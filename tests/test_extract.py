@@ -176,6 +176,8 @@ def test_layers_can_be_chosen(llama):
         ({"layers": [-1]}, "out of range"),
         ({"temperatures": [float("nan")]}, "must be finite"),
         ({"temperatures": [1.0, float("inf")]}, "must be finite"),
+        ({"temperatures": [1e-45]}, "overflow float32"),
+        ({"temperatures": [1e39]}, "uniform over the vocabulary"),
         ({"temperatures": 1.0}, r"temperatures must be a list of values > 0 such as \[1.0\]"),
         ({"temperatures": ["hot"]}, "temperatures must be numbers"),
         ({"seed": -1}, "seed must be an integer >= 0, got -1"),

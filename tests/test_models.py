@@ -160,3 +160,12 @@ def test_damaged_checkpoints_are_refused_naming_the_file(tmp_path):
             sdelm.load_checkpoint(bad)
         with pytest.raises(sdelm.models.CheckpointError, match=re.escape(str(bad))):
             sdelm.load_projection(bad)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_naming_the_tensor(tmp_path):
+    model = sdelm.NeuralSDE(4, hidden=16)
+    with torch.no_grad():
+        model.drift_net[0].weight[0, 0] = float("nan")
+    path = sdelm.save_checkpoint(model, tmp_path / "nan.safetensors")
+    with pytest.raises(sdelm.models.CheckpointError, match=r"drift_net\.0\.weight.*NaN"):
+        sdelm.load_checkpoint(path)
