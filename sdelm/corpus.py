@@ -159,6 +159,16 @@ def _shakespeare_works() -> dict[str, list[str]]:
     return works
 
 
+def _passage_starts(n_words: int) -> int:
+    """Count the lines that start a passage: non-empty, with ``n_words`` words from there on."""
+    count = 0
+    for lines in _shakespeare_works().values():
+        words = np.array([len(line.split()) for line in lines])
+        after = np.cumsum(words[::-1])[::-1]  # words from each line to the end of the work
+        count += int(((words > 0) & (after >= n_words)).sum())
+    return count
+
+
 def shakespeare_passages(n: int, *, n_tokens: int = 48, seed: int = 0) -> list[Passage]:
     """Sample passages of human text from Shakespeare's works, deterministically.
 
@@ -176,8 +186,8 @@ def shakespeare_passages(n: int, *, n_tokens: int = 48, seed: int = 0) -> list[P
         A list of ``n`` :class:`Passage`, distinct by start position.
 
     Raises:
-        ValueError: If ``n`` or ``n_tokens`` is not a positive integer, or ``seed`` is not an
-            integer >= 0.
+        ValueError: If ``n`` or ``n_tokens`` is not a positive integer, ``seed`` is not an
+            integer >= 0, or the works hold fewer than ``n`` passages of that length.
 
     """
     if not (is_integer(n) and is_integer(n_tokens)) or n <= 0 or n_tokens <= 0:
@@ -188,10 +198,17 @@ def shakespeare_passages(n: int, *, n_tokens: int = 48, seed: int = 0) -> list[P
     check_integers(0, seed=seed)
     works = _shakespeare_works()
     names = sorted(works)
+    n_words = n_tokens + 1
+    available = _passage_starts(n_words)
+    if n > available:
+        raise ValueError(
+            f"Shakespeare's works hold {available:,} passages of {n_words:,} words (one per "
+            f"non-empty line with that many words after it), not the {n:,} asked for; ask for "
+            "fewer passages or fewer tokens."
+        )
     rng = np.random.default_rng(seed)
     passages: dict[str, Passage] = {}
-    n_words = n_tokens + 1
-    while len(passages) < n:
+    while len(passages) < n:  # ends: at least n distinct starts qualify
         work = names[rng.integers(len(names))]
         lines = works[work]
         start = int(rng.integers(len(lines)))

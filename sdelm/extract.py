@@ -569,13 +569,14 @@ def extract(
         )
     has_template = chat and bool(lm.tokenizer.chat_template)
 
+    n_jobs = len(items) * len(temperatures) * samples_per_prompt
+    _check_memory(lm, n_jobs, min(batch_size, n_jobs), len(layers), max_new_tokens)  # first
     jobs = [
         (p, t, s)
         for p in range(len(items))
         for t in range(len(temperatures))
         for s in range(samples_per_prompt)
     ]
-    _check_memory(lm, len(jobs), min(batch_size, len(jobs)), len(layers), max_new_tokens)
     parts = []
     bar = tqdm(total=len(jobs), desc="extract", unit="seq", disable=not progress)
     for start in range(0, len(jobs), batch_size):

@@ -55,6 +55,10 @@ def test_shakespeare_passages_are_deterministic_and_long_enough():
         ({"n": 2.5}, r"must be positive integers \(got n=2\.5"),
         ({"n": 3, "n_tokens": 0}, r"n_tokens=0"),
         ({"n": 3, "seed": -1}, r"seed must be an integer >= 0, got -1"),
+        # These ran forever: no line has a million words after it, and there are not 10^8
+        # distinct passages.
+        ({"n": 1, "n_tokens": 10**6}, r"hold 0 passages of 1,000,001 words"),
+        ({"n": 10**8}, r"hold [\d,]+ passages of 49 words .* not the 100,000,000"),
     ],
 )
 def test_shakespeare_passages_bad_counts_get_one_clear_error(kwargs, message):

@@ -191,6 +191,8 @@ def test_layers_can_be_chosen(llama):
         ({"batch_size": 2.0}, "batch_size must be a positive integer"),
         ({"top_p": float("nan")}, "top_p must be in"),
         ({"max_new_tokens": 10**9}, r"GiB of cpu memory .* are available"),
+        # Before, the list of 10^9 jobs was built first, and the OOM killer ended the process.
+        ({"samples_per_prompt": 10**9}, r"GiB of cpu memory .* are available"),
     ],
 )
 def test_bad_input_gets_one_clear_error(llama, kwargs, message):
