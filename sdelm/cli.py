@@ -161,9 +161,9 @@ def _device(name: str) -> torch.device:
     try:
         torch.empty(0, device=device)
     except RuntimeError as error:  # e.g. mps, or a GPU index that is not present
+        reason = str(error).splitlines()[0].split(". ")[0][:160]  # torch's first sentence
         raise UsageError(
-            f"--device {name} is not usable here ({str(error).splitlines()[0]}); use auto, cpu "
-            "or cuda."
+            f"--device {name} is not usable here ({reason}); use auto, cpu or cuda."
         ) from error
     return device
 

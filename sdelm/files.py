@@ -131,6 +131,19 @@ def _place(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
+def _file_mode() -> int:
+    """Return the mode a new file gets here, ``0o666`` less the umask (mkstemp's is 0o600)."""
+    try:  # Linux states the umask without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _naming(error: OSError, path: Path) -> OSError:
     """Return ``error`` re-worded to name the target ``path`` instead of a temporary file."""
     if error.errno is None:
@@ -174,6 +187,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, _file_mode())  # as any new file here, not mkstemp's owner-only mode
         _place(tmp, path)
     except OSError as error:
         if tmp.name in {Path(str(error.filename)).name, Path(str(error.filename2)).name}:
