@@ -7,8 +7,10 @@ atomically. A shard whose file exists is skipped, so an interrupted run resumes 
 stopped, and no sequence is lost or written twice. Every sequence's random stream is keyed by
 its prompt's position in the whole list, so the shards together hold exactly what one
 un-sharded run would (with a batch size that divides the shard). ``manifest.json`` records the
-arguments; :meth:`sdelm.Trajectories.load` reads the folder as one set. A shard file that does
-not load (truncated or damaged, e.g. copied over by another program) is extracted again.
+arguments; :meth:`sdelm.Trajectories.load` reads the folder as one set, and checks every shard
+against it (:func:`sdelm.trajectories.check_shard`). A shard file that does not load
+(truncated or damaged, e.g. copied over by another program) or holds another shard's prompts or
+another run's is extracted again.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sdelm.corpus import Prompt
 from sdelm.extract import _as_prompts, extract
 from sdelm.files import write_json_atomically
 from sdelm.lm import load_lm
-from sdelm.trajectories import Trajectories, TrajectoryFileError
+from sdelm.trajectories import Trajectories, TrajectoryFileError, check_shard
 
 __all__ = ["MANIFEST", "extract_shards", "shard_paths"]
 
@@ -67,14 +69,14 @@ def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
         )
 
 
-def _is_done(path: Path) -> bool:
-    """Return whether the shard at ``path`` exists and loads; warn when it is damaged."""
+def _is_done(path: Path, index: int, manifest: dict[str, Any]) -> bool:
+    """Return whether shard ``index`` exists, loads and is this run's; warn when it is not."""
     if not path.is_file():
         return False
     try:
-        Trajectories.load(path)
+        check_shard(Trajectories.load(path), index, json.loads(json.dumps(manifest)), path)
     except TrajectoryFileError as error:
-        warnings.warn(f"Extracting a damaged shard again: {error}", stacklevel=2)
+        warnings.warn(f"Extracting a damaged or foreign shard again: {error}", stacklevel=2)
         return False
     return True
 
@@ -135,7 +137,7 @@ def extract_shards(
     state = PartialState(cpu=not torch.cuda.is_available())
     paths = shard_paths(folder, n_shards)
     mine = [i for i in range(state.process_index, n_shards, state.num_processes)]
-    pending = [i for i in mine if not _is_done(paths[i])]
+    pending = [i for i in mine if not _is_done(paths[i], i, manifest)]
     if not pending:
         return []
     lm = load_lm(model, device=state.device)

@@ -39,6 +39,7 @@ __all__ = [
     "TIME_STEP_RANGE",
     "Trajectories",
     "TrajectoryFileError",
+    "check_shard",
     "check_time_step",
 ]
 
@@ -119,6 +120,58 @@ def _empty_rows(n: int) -> pd.DataFrame:
 
 def _shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
+
+
+#: What every shard of one sharded extraction shares: its meta entries of these names.
+_SHARED_META = ("model", "hidden_size", "layers", "seed", "max_new_tokens", "temperatures",
+                "samples_per_prompt", "top_p")  # fmt: skip
+
+
+def _plain(value: object) -> object:
+    """Return ``value`` as JSON reads it back: tuples become lists."""
+    return json.loads(json.dumps(value))
+
+
+def check_shard(part: Trajectories, index: int, manifest: dict[str, Any], path: Path) -> None:
+    """Check that a loaded shard is shard ``index`` of the extraction ``manifest`` records.
+
+    Its prompts must be the manifest's for that index, in order; its model, and every
+    argument of the extraction that the manifest records, must be the manifest's.
+
+    Args:
+        part: The shard, loaded.
+        index: Its index in the folder.
+        manifest: The folder's ``manifest.json``, read.
+        path: The shard's file, for the message.
+
+    Raises:
+        TrajectoryFileError: If the shard belongs to another shard index or another run.
+
+    """
+    advice = (
+        "Delete that file and run the extraction again with the same arguments: it writes "
+        "only the missing shards."
+    )
+    size, prompts = manifest.get("shard_size"), manifest.get("prompts")
+    if isinstance(size, int) and isinstance(prompts, list):
+        expected = [str(p[0]) for p in prompts[index * size : (index + 1) * size]]
+        found = list(dict.fromkeys(part.rows["prompt_id"].astype(str)))
+        if found != expected:
+            raise TrajectoryFileError(
+                f"{path} holds the prompts {found[:3]}, but shard {index} of the manifest is "
+                f"{expected[:3]}: a shard copied or renamed from elsewhere. {advice}"
+            )
+    recorded = {"model": manifest.get("model"), **(manifest.get("extract") or {})}
+    differ = [
+        f"{key} {part.meta.get(key)!r} (manifest: {recorded[key]!r})"
+        for key in _SHARED_META
+        if key in recorded and key in part.meta and _plain(part.meta[key]) != _plain(recorded[key])
+    ]  # 1 == 1.0: the manifest keeps the arguments as given, the meta as used
+    if differ:
+        raise TrajectoryFileError(
+            f"{path} comes from another extraction than its folder's manifest: "
+            f"{'; '.join(differ)}. {advice}"
+        )
 
 
 def _layer_labels(layers: Any) -> tuple[int, ...]:
@@ -601,7 +654,8 @@ class Trajectories:
             raise TrajectoryFileError(f"{folder} is a folder without a manifest.json of shards.")
         advice = "Delete the folder and run the extraction again."
         try:
-            n_shards = json.loads(manifest.read_text())["n_shards"]
+            recorded = json.loads(manifest.read_text())
+            n_shards = recorded["n_shards"]
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
             raise TrajectoryFileError(
                 f"{manifest} is not a shard manifest with an 'n_shards' entry ({error!r}). "
@@ -611,8 +665,21 @@ class Trajectories:
             raise TrajectoryFileError(
                 f"{manifest} says n_shards={n_shards!r}; it must be a positive integer. " + advice
             )
+        prompts, size = recorded.get("prompts"), recorded.get("shard_size")
+        if isinstance(prompts, list) and isinstance(size, int) and size > 0:
+            if n_shards != -(-len(prompts) // size):
+                raise TrajectoryFileError(
+                    f"{manifest} says n_shards={n_shards}, but its {len(prompts)} prompts in "
+                    f"shards of {size} make {-(-len(prompts) // size)}: it was edited. " + advice
+                )
         # Compare with the files present before building anything of size n_shards.
         indices = {int(m[1]) for m in (_SHARD.fullmatch(f.name) for f in folder.iterdir()) if m}
+        beyond = sorted(i for i in indices if i >= n_shards)
+        if beyond:
+            raise TrajectoryFileError(
+                f"{folder} holds {_shard_name(beyond[0])}, beyond the {n_shards} shards its "
+                f"manifest lists: the manifest or the folder was edited. " + advice
+            )
         present = {i for i in indices if i < n_shards and (folder / _shard_name(i)).is_file()}
         if len(present) < n_shards:
             first_missing = []
@@ -627,6 +694,8 @@ class Trajectories:
                 "arguments: it resumes and writes only the missing shards."
             )
         parts = [cls.load(folder / _shard_name(i)) for i in range(n_shards)]
+        for index, part in enumerate(parts):
+            check_shard(part, index, recorded, folder / _shard_name(index))
         try:
             return cls.concat(parts)
         except ValueError as error:

@@ -114,10 +114,40 @@ def test_a_damaged_shard_is_extracted_again(tiny_folder, whole, tmp_path):
     damaged.write_bytes(damaged.read_bytes()[:-100])  # e.g. a copy that broke off
     with pytest.raises(TrajectoryFileError, match="truncated"):
         sdelm.Trajectories.load(tmp_path)
-    with pytest.warns(UserWarning, match="Extracting a damaged shard again.*shard-00001"):
+    with pytest.warns(UserWarning, match=r"damaged or foreign shard again.*shard-00001"):
         written = extract_shards(str(tiny_folder), PROMPTS, tmp_path, shard_size=2, **ARGS)
     assert written == [damaged]
     same_sequences(sdelm.Trajectories.load(tmp_path), whole)
+
+
+def test_a_copied_or_foreign_shard_is_refused_and_extracted_again(tiny_folder, whole, tmp_path):
+    extract_shards(str(tiny_folder), PROMPTS, tmp_path, shard_size=2, **ARGS)
+    paths = shard_paths(tmp_path, 3)
+    original = paths[1].read_bytes()
+    paths[1].write_bytes(paths[0].read_bytes())  # cp shard-00000 shard-00001
+    with pytest.raises(TrajectoryFileError, match=r"shard-00001.*holds the prompts .*copied"):
+        sdelm.Trajectories.load(tmp_path)
+    with pytest.warns(UserWarning, match=r"foreign shard again.*shard-00001"):
+        written = extract_shards(str(tiny_folder), PROMPTS, tmp_path, shard_size=2, **ARGS)
+    assert written == [paths[1]] and paths[1].read_bytes() == original
+    # The same prompts from another run (another seed): its meta gives it away.
+    other = tmp_path / "other"
+    extract_shards(str(tiny_folder), PROMPTS, other, shard_size=2, **{**ARGS, "seed": 7})
+    paths[2].write_bytes(shard_paths(other, 3)[2].read_bytes())
+    with pytest.raises(TrajectoryFileError, match=r"another extraction .*seed 7 \(manifest: "):
+        sdelm.Trajectories.load(tmp_path)
+
+
+def test_a_manifest_edited_to_fewer_shards_is_refused(tiny_folder, tmp_path):
+    extract_shards(str(tiny_folder), PROMPTS, tmp_path, shard_size=2, **ARGS)
+    manifest = tmp_path / "manifest.json"
+    edited = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**edited, "n_shards": 2}))
+    with pytest.raises(TrajectoryFileError, match=r"n_shards=2, but its .* make 3: it was edited"):
+        sdelm.Trajectories.load(tmp_path)
+    manifest.write_text(json.dumps({**edited, "n_shards": 2, "prompts": edited["prompts"][:4]}))
+    with pytest.raises(TrajectoryFileError, match=r"shard-00002.*beyond the 2 shards"):
+        sdelm.Trajectories.load(tmp_path)
 
 
 def test_a_file_or_a_foreign_manifest_is_refused_before_any_work(tmp_path):
