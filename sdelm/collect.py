@@ -17,7 +17,7 @@ from sdelm.cache import cached, cached_trajectories
 from sdelm.control import StateNudge, TemperatureControl
 from sdelm.corpus import Passage, prompts, shakespeare_passages
 from sdelm.extract import encode_texts, extract, layer_trajectories
-from sdelm.lm import load_lm, untrained
+from sdelm.lm import load_lm, model_fingerprint, untrained
 from sdelm.trajectories import Trajectories
 
 __all__ = ["collect_branches", "collect_layer_trajectories", "collect_trajectories"]
@@ -79,6 +79,7 @@ def collect_trajectories(
         "top_p": top_p,
         "seed": seed,
         "batch_size": batch_size,
+        "model_files": model_fingerprint(model),
     }
     if first_prompt:  # added only when set, so that earlier cache entries stay valid
         params["first_prompt"] = first_prompt
@@ -180,6 +181,7 @@ def collect_layer_trajectories(
         "null": null,
         "seed": seed,
         "generation": generation if texts == "generated" else None,
+        "model_files": model_fingerprint(model),
     }
 
     def compute() -> Trajectories:
@@ -271,6 +273,7 @@ def collect_branches(
         "n_branches": n_branches,
         "temperatures": [float(t) for t in temperatures],
         "seed": seed,
+        "model_files": model_fingerprint(model),
     }
 
     def compute() -> Branches:

@@ -61,6 +61,7 @@ __all__ = [
     "check_cache_used",
     "check_transformers",
     "load_lm",
+    "model_fingerprint",
     "untrained",
 ]
 
@@ -255,6 +256,51 @@ class LM:
             f"{self.n_layers} layers, hidden size {self.hidden_size}, "
             f"{self.model.dtype}, {self.device})"
         )
+
+
+def model_fingerprint(name: str | os.PathLike) -> str:
+    """Return what identifies the weights a model name loads now, for cache keys.
+
+    Embedded models: their packages' versions. A local folder: each file's name, size and
+    modification time, and the SHA-256 of its ``config.json``. A hub id: the revision of its
+    copy in the local hub cache, when there is one (else the id alone: the hub's newest
+    revision cannot be known offline).
+
+    Args:
+        name: As for :func:`load_lm`.
+
+    Returns:
+        A short hex digest.
+
+    """
+    import hashlib
+    import importlib.metadata
+
+    name = os.fspath(name)
+    folder = Path(name).expanduser()
+    if name in EMBEDDED:
+        embedded = EMBEDDED[name]
+        parts = []
+        for package in (embedded.package, *embedded.parts):
+            try:
+                parts.append(f"{package}=={importlib.metadata.version(package)}")
+            except importlib.metadata.PackageNotFoundError:
+                parts.append(f"{package} missing")
+    elif folder.is_dir():
+        parts = [
+            f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+            for f in sorted(folder.iterdir())
+            if f.is_file()
+        ]
+        config = folder / "config.json"
+        if config.is_file():
+            parts.append(hashlib.sha256(config.read_bytes()).hexdigest())
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+        parts = [name, Path(cached).parent.name if isinstance(cached, str) else "uncached"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _embedded_model(name: str) -> EmbeddedModel:

@@ -299,3 +299,27 @@ def test_a_fit_is_keyed_by_the_modules_it_reaches_only(tmp_path, monkeypatch):
     trajectories.write_text(trajectories.read_text() + "\n\nCHANGED = 1\n")
     fitted()
     assert len(fits) == 3
+
+
+def test_trajectories_of_a_local_model_are_keyed_by_its_weights(empty_cache, tmp_path):
+    import shutil
+
+    from tests.conftest import byte_tokenizer, tiny_model
+
+    folder = tmp_path / "model"
+    tiny_model("llama").save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    arguments = dict(n_prompts=2, temperatures=[1.0], samples_per_prompt=1, max_new_tokens=3,
+                     n_passages=0, device="cpu", progress=False)  # fmt: skip
+    first = sdelm.collect_trajectories(str(folder), **arguments)
+    assert torch.equal(sdelm.collect_trajectories(str(folder), **arguments).states, first.states)
+    # New weights under the same name: before, the cache served the old model's states.
+    shutil.rmtree(folder)
+    model = tiny_model("llama")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(1.5)
+    model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    again = sdelm.collect_trajectories(str(folder), **arguments)
+    assert not torch.equal(again.states, first.states)
