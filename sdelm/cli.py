@@ -305,7 +305,15 @@ def _simulate(args: argparse.Namespace) -> None:
     if args.start_from:
         projection = sdelm.load_projection(checkpoint)
         trajs = sdelm.Trajectories.load(args.start_from)  # a file or a folder of shards
-        starts = sdelm.project(trajs, projection).states[:, 0]
+        if len(trajs) == 0 or trajs.n_steps == 0:
+            raise UsageError(f"--start-from {args.start_from} holds no sequence to start from.")
+        empty = (~trajs.mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise UsageError(
+                f"--start-from {args.start_from}: sequences {empty[:5]} have no valid step to "
+                "start from; drop them (Trajectories.where or indexing) and save the rest."
+            )
+        starts = sdelm.project(trajs, projection).states[:, 0]  # valid steps come first
     else:
         starts = torch.zeros(1, model.dim)
     paths = sdelm.simulate(

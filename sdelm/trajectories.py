@@ -161,7 +161,9 @@ def check_shard(part: Trajectories, index: int, manifest: dict[str, Any], path: 
                 f"{path} holds the prompts {found[:3]}, but shard {index} of the manifest is "
                 f"{expected[:3]}: a shard copied or renamed from elsewhere. {advice}"
             )
-    recorded = {"model": manifest.get("model"), **(manifest.get("extract") or {})}
+    recorded = dict(manifest.get("extract") or {})
+    if "model" in manifest:
+        recorded["model"] = manifest["model"]
     differ = [
         f"{key} {part.meta.get(key)!r} (manifest: {recorded[key]!r})"
         for key in _SHARED_META

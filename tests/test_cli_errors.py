@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import errno
 import os
 import subprocess
@@ -188,6 +189,17 @@ def test_fit_and_simulate_read_a_folder_of_shards(capsys, trajs, tmp_path):
     from safetensors.torch import load_file
 
     assert load_file(paths)["paths"].shape == (len(trajs) * 2, 4, 2)
+    # A sequence without a valid step would be simulated from its padding: refused.
+    mask = trajs.mask.clone()
+    mask[3] = False
+    hollow = dataclasses.replace(trajs, mask=mask).save(tmp_path / "hollow.safetensors")
+    code, err = run(capsys, "simulate", str(checkpoint), "--out", str(tmp_path / "h.st"),
+                    "--start-from", str(hollow))  # fmt: skip
+    assert code == 2 and "sequences [3] have no valid step" in one_line(err)
+    empty = trajs[:0].save(tmp_path / "empty.safetensors")
+    code, err = run(capsys, "simulate", str(checkpoint), "--out", str(tmp_path / "e.st"),
+                    "--start-from", str(empty))  # fmt: skip
+    assert code == 2 and "holds no sequence" in one_line(err)
 
 
 def test_fit_refuses_an_unrecorded_layer_nan_states_and_a_negative_seed(
