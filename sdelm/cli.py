@@ -18,6 +18,7 @@ import ast
 import contextvars
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,11 @@ BAD_INPUT_ERRORS = (
     NotADirectoryError,
     PermissionError,
 )
+
+
+#: The longest ``--out`` file name, in bytes: its temporary sibling
+#: (``.NAME.HOST.PID.RANDOM.tmp``, :mod:`sdelm.files`) must fit in 255.
+MAX_OUT_NAME = 160
 
 
 class UsageError(ValueError):
@@ -113,8 +119,8 @@ def _output(path: str, force: bool) -> Path:
         The path.
 
     Raises:
-        UsageError: If the path is a folder, lies under a file, is not a regular file, or
-            exists without ``force``.
+        UsageError: If the path is a folder, lies under a file or in a folder not writable
+            here, has too long a name, is not a regular file, or exists without ``force``.
 
     """
     from sdelm.files import never_replace
@@ -132,6 +138,13 @@ def _output(path: str, force: bool) -> Path:
     folder = next(parent for parent in result.parents if parent.exists())
     if not folder.is_dir():
         raise UsageError(f"--out {path} lies under {folder}, which is a file, not a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path}: the folder {folder} is not writable here.")
+    if len(result.name.encode()) > MAX_OUT_NAME:
+        raise UsageError(
+            f"--out names a file of {len(result.name.encode())} bytes; at most {MAX_OUT_NAME} "
+            "fit, with the temporary name written first, in a file system's 255."
+        )
     if not force:  # another writer may take the name meanwhile: the write then refuses
         never_replace(result)
     return result
@@ -402,6 +415,8 @@ def _chapter(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"{args.name} rejected the parameters {parameters}: {failure}"
             ) from None
+        if error.ename == "LMLoadError":  # the model named (or its packages) is at fault
+            raise UsageError(f"{args.name} could not load its model: {failure}") from None
         raise RuntimeError(f"{args.name} failed: {failure}") from None
     print(f"wrote {out}")
 

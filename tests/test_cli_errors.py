@@ -102,6 +102,16 @@ def test_out_must_be_a_file_where_a_file_is_written(capsys, no_model, tmp_path, 
     assert code == 2 and "is a folder" in one_line(err)
     code, err = run(capsys, "fit", str(trajs_file), "--out", str(trajs_file / "m.safetensors"))
     assert code == 2 and "which is a file" in one_line(err)
+    long_name = str(tmp_path / ("m" * 240 + ".safetensors"))
+    code, err = run(capsys, "fit", str(trajs_file), "--out", long_name)
+    assert code == 2 and "at most 160" in one_line(err)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.MonkeyPatch.context() as patch:  # as root, every folder is writable
+        access = os.access
+        patch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))
+        code, err = run(capsys, "extract", "--out", str(locked / "t.safetensors"))
+    assert code == 2 and "is not writable here" in one_line(err)
 
 
 def test_out_never_replaces_a_device_or_a_pipe_even_with_force(capsys, tmp_path, trajs_file):
@@ -326,3 +336,16 @@ def test_written_files_keep_the_umask_mode(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_chapter_whose_model_does_not_load_is_bad_input(capsys, tmp_path):
+    (tmp_path / "book").mkdir()
+    source = chapter_source(
+        "Loads", f'model = "{tmp_path / "no-such-model"}"\n', "sdelm.load_lm(model)\n"
+    ).replace("sdelm.load_lm", "import sdelm\nsdelm.load_lm")
+    (tmp_path / "book" / "loads.md").write_text(source)
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/loads\n")
+    code, err = run(capsys, "chapter", "loads", "--root", str(tmp_path), "--out",
+                    str(tmp_path / "out.ipynb"), "--no-progress")  # fmt: skip
+    assert code == 2 and "could not load its model: cell" in one_line(err)
+    assert "LMLoadError" in one_line(err)
