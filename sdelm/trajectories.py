@@ -196,6 +196,38 @@ def _layer_labels(layers: Any) -> tuple[int, ...]:
     return tuple(labels)
 
 
+def _check_ranges(rows: dict[str, list], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a file's values that no extraction writes: each names its column or tensor.
+
+    Temperatures are numbers > 0 (NaN or null for human text), prompt ids are text; at valid
+    steps, token ids are >= 0 (or -1: none, as :meth:`Trajectories.from_states` writes),
+    log-probabilities <= 0 and entropies >= 0 (up to rounding).
+    """
+    bad = [
+        t
+        for t in rows["temperature"]
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0)
+    ]
+    if bad:
+        raise ValueError(f"rows' 'temperature' must hold numbers > 0: {bad[:3]}.")
+    bad = [p for p in rows["prompt_id"] if not isinstance(p, str)]
+    if bad:
+        raise ValueError(f"rows' 'prompt_id' must hold text: {bad[:3]}.")
+    valid = tensors["mask"]
+    rules = [("tokens", "token ids >= 0, or -1 for none"), ("logprobs", "log-probabilities <= 0"),
+             ("entropies", "entropies >= 0")]  # fmt: skip
+    for name, rule in rules:
+        if tensors[name].shape != valid.shape:
+            continue  # the constructor names the sizes
+        values = tensors[name][valid]
+        wrong = values < -1 if name == "tokens" else (values > 1e-4 if name == "logprobs"
+                                                     else values < -1e-4)  # fmt: skip
+        if wrong.any():
+            raise ValueError(
+                f"tensor {name!r} breaks its rule ({rule}) at {int(wrong.sum())} steps."
+            )
+
+
 def _fields_from_file(header: object, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Check a file's header and tensors against each other; return the constructor arguments.
 
@@ -254,6 +286,7 @@ def _fields_from_file(header: object, tensors: dict[str, torch.Tensor]) -> dict[
         raise ValueError(
             f"header field 'meta' must be a JSON object, got {type(header['meta']).__name__}."
         )
+    _check_ranges(rows, found)
     return {
         **found,
         "temperatures": found.get("temperatures"),  # absent in older files: from rows
@@ -636,7 +669,7 @@ class Trajectories:
             ) from error
         try:
             header = json.loads(metadata["sdelm"])
-        except (KeyError, json.JSONDecodeError) as error:
+        except (KeyError, json.JSONDecodeError, RecursionError) as error:
             raise TrajectoryFileError(
                 f"{path} is not an sdelm trajectory file (missing {error}). {advice}"
             ) from error

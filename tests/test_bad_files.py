@@ -70,6 +70,43 @@ def test_a_header_that_contradicts_itself_is_refused(tmp_path, edit, message):
         Trajectories.load(path)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h["rows"]["temperature"].__setitem__(0, "hot"), "'temperature' must hold"),
+        (lambda h: h["rows"]["temperature"].__setitem__(0, -5), "'temperature' must hold"),
+        (lambda h: h["rows"]["prompt_id"].__setitem__(0, ["a", "b"]), "'prompt_id' must hold"),
+    ],
+)
+def test_row_values_that_no_extraction_writes_are_refused(tmp_path, edit, message):
+    _, path = saved(tmp_path)
+    rewrite_header(path, edit)
+    with pytest.raises(TrajectoryFileError, match=message):
+        Trajectories.load(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "rule"),
+    [("tokens", -7, "token ids >= 0, or -1 for none"),
+     ("logprobs", 10.0, "log-probabilities <= 0"),
+     ("entropies", -3.0, "entropies >= 0")],
+)  # fmt: skip
+def test_step_values_that_no_extraction_writes_are_refused(tmp_path, name, value, rule):
+    _, path = saved(tmp_path)
+    rewrite_tensors(path, lambda tensors: tensors[name].__setitem__((1, 0), value))
+    with pytest.raises(TrajectoryFileError, match=rf"{name}' breaks its rule \({rule}\)"):
+        Trajectories.load(path)
+
+
+def test_a_deeply_nested_header_is_refused_not_a_recursion_error(tmp_path):
+    trajs, _ = saved(tmp_path)
+    path = tmp_path / "deep.safetensors"
+    tensors = {name: getattr(trajs, name) for name in ("states", "mask", "tokens")}
+    save_file(tensors, str(path), metadata={"sdelm": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(TrajectoryFileError, match="not an sdelm trajectory file"):
+        Trajectories.load(path)
+
+
 def test_a_header_that_is_not_an_object_is_refused(tmp_path):
     trajs, _ = saved(tmp_path)
     path = tmp_path / "list.safetensors"
