@@ -276,6 +276,25 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged, or not what :func:`save_checkpoint` writes."""
 
 
+def _check_projection(parts: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse a stored projection whose sizes disagree or whose scales are not positive."""
+    components, mean, scale = parts["components"], parts["mean"], parts["scale"]
+    problems = []
+    if components.ndim != 2 or mean.shape != components.shape[1:]:
+        problems.append(
+            f"components of size {tuple(components.shape)} do not map states of the mean's "
+            f"size {tuple(mean.shape)} (they should be (dim, hidden size))"
+        )
+    elif scale.shape != components.shape[:1]:
+        problems.append(f"{len(scale)} scales for {len(components)} components")
+    elif not (torch.isfinite(scale).all() and (scale > 0).all()):
+        problems.append("its scales are not all positive and finite")
+    if problems:
+        raise CheckpointError(
+            f"{path}: the stored projection is damaged: {problems[0]}. Fit the model again."
+        )
+
+
 def load_projection(path: str | os.PathLike) -> Projection:
     """Read the projection stored with a checkpoint by ``save_checkpoint(..., projection=)``.
 
@@ -301,6 +320,7 @@ def load_projection(path: str | os.PathLike) -> Projection:
                 name: handle.get_tensor(f"projection.{name}")
                 for name in ("mean", "components", "scale", "explained_variance")
             }
+        _check_projection(parts, path)
         return Projection(**parts, layer=int(metadata["sdelm_projection_layer"]))
     except CheckpointError:
         raise
@@ -399,6 +419,12 @@ def load_checkpoint(path: str | os.PathLike) -> SDEModel:
         }
     except SafetensorError as error:
         raise CheckpointError(f"{path} is damaged ({error}); write it again.") from error
+    cast = [name for name, value in weights.items() if not value.is_floating_point()]
+    if cast:
+        raise CheckpointError(
+            f"{path}: the weights {cast[:3]} are not floating-point numbers; the file was "
+            "edited. Fit the model again."
+        )
     broken = [name for name, value in weights.items() if not torch.isfinite(value).all()]
     if broken:
         raise CheckpointError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -115,6 +116,28 @@ def test_checkpoint_carries_the_projection(tmp_path):
     plain = sdelm.save_checkpoint(model, tmp_path / "b.safetensors")
     with pytest.raises(ValueError, match="no projection"):
         sdelm.load_projection(plain)
+    for damage, message in [
+        (dict(scale=torch.zeros(2)), "scales are not all positive"),
+        (dict(components=data.projection.components.T), r"components of size \(3, 2\)"),
+    ]:
+        broken = dataclasses.replace(data.projection, **damage)
+        path = sdelm.save_checkpoint(model, tmp_path / "c.safetensors", projection=broken)
+        with pytest.raises(sdelm.models.CheckpointError, match=message):
+            sdelm.load_projection(path)
+
+
+def test_a_checkpoint_with_integer_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = sdelm.save_checkpoint(baselines.OrnsteinUhlenbeck(2), tmp_path / "ou.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    weights = {k: v.long() if k == "matrix" else v for k, v in load_file(path).items()}
+    save_file(weights, str(path), metadata=metadata)
+    with pytest.raises(sdelm.models.CheckpointError, match=r"\['matrix'\] are not floating"):
+        sdelm.load_checkpoint(path)
 
 
 def rewrite_config(path, out, **changes):
