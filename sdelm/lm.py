@@ -31,9 +31,11 @@ import fnmatch
 import importlib.util
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -365,6 +367,35 @@ def _convert_embedded(name: str, dtype_name: str) -> None:
             os.replace(copy, folder)
 
 
+#: Age after which a conversion's scratch folder is a leftover of a killed conversion.
+_SCRATCH_STALE_S = 3600.0
+
+
+def _readable(path: Path) -> bool:
+    """Return whether a safetensors file's header reads and covers the file (cheap)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError):
+        return False
+    return True
+
+
+def _remove_stale_scratch(folder: Path) -> None:
+    """Delete the scratch folders of conversions killed more than an hour ago."""
+    if not folder.parent.is_dir():
+        return
+    now = time.time()
+    for scratch in folder.parent.glob(f".{folder.name}.*"):
+        try:
+            if scratch.is_dir() and now - scratch.stat().st_mtime > _SCRATCH_STALE_S:
+                shutil.rmtree(scratch, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def _copy_folder(name: str, dtype: torch.dtype) -> Path:
     return cache_dir() / "models" / f"{name}-{str(dtype).removeprefix('torch.')}"
 
@@ -378,7 +409,10 @@ def _cached_copy(name: str, dtype: torch.dtype, progress: bool) -> Path:
     """
     folder = _copy_folder(name, dtype)
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        return folder
+        if _readable(folder / "model.safetensors"):
+            return folder
+        shutil.rmtree(folder)  # truncated (a full disk, a killed copy): convert it again
+    _remove_stale_scratch(folder)
     _embedded_model(name)  # a clear error if a package is missing
     dtype_name = str(dtype).removeprefix("torch.")
     code = f"from sdelm.lm import _convert_embedded; _convert_embedded({name!r}, {dtype_name!r})"

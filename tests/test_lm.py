@@ -145,3 +145,30 @@ def test_first_load_of_the_embedded_model_is_silent(tmp_path, monkeypatch, capfd
     assert lm.n_layers == 30
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_a_truncated_model_copy_is_converted_again_and_old_scratch_removed(tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    from sdelm import lm as lm_module
+
+    monkeypatch.setenv("SDELM_CACHE", str(tmp_path))
+    folder = lm_module._copy_folder("smollm2-135m-instruct", torch.float32)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")  # cut off
+    killed = folder.parent / f".{folder.name}.abc123"
+    killed.mkdir()
+    (killed / "model.gguf").write_bytes(b"x" * 1000)
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))  # two hours old
+    converted = []
+
+    def convert(command, **kwargs):
+        converted.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(lm_module.subprocess, "run", convert)
+    assert lm_module._cached_copy("smollm2-135m-instruct", torch.float32, False) == folder
+    assert len(converted) == 1  # before, the truncated copy was served, and failed forever
+    assert not folder.exists() and not killed.exists()
