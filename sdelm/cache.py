@@ -25,6 +25,7 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -285,16 +286,27 @@ def cached(
     if not refresh and (entry := _served(path, record, load)) is not None:
         return entry
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path.with_suffix(".lock")):
+    lock = path.with_suffix(".lock")
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+        _clear(lock)  # not a lock file of ours: it would fail every later run
+    with FileLock(lock):
         # Another process may have filled the entry while this one waited for the lock.
         if not refresh and (entry := _served(path, record, load)) is not None:
             return entry
         for stale in (path.with_suffix(".json"), path):
-            stale.unlink(missing_ok=True)  # damaged, swapped or from other code
+            _clear(stale)  # damaged, swapped, from other code, or a folder in its place
         entry = compute()
         save(entry, path)
         write_json_atomically({**record, "sha256": _file_hash(path)}, path.with_suffix(".json"))
     return entry
+
+
+def _clear(path: Path) -> None:
+    """Remove whatever is at ``path`` in the cache: a file, a link or a folder."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _served(path: Path, record: dict[str, Any], load: Callable[[Path], _Entry]) -> _Entry | None:

@@ -125,6 +125,19 @@ def test_swapped_or_copied_entries_are_recomputed(empty_cache):
     assert count.calls == 4  # entry 1 itself was untouched
 
 
+def test_a_lock_link_or_a_folder_in_an_entry_s_place_is_cleared(empty_cache, tmp_path):
+    count = Counter()
+    sdelm.cached_trajectories({"n": 1}, lambda: count.trajectories(1.0))
+    entry = entry_for(empty_cache, "trajectories", {"n": 1})
+    entry.unlink()
+    entry.mkdir()  # a folder where the entry was: before, every later run raised
+    lock = entry.with_suffix(".lock")
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(tmp_path / "gone" / "x.lock")  # a dangling link: the lock failed forever
+    served = sdelm.cached_trajectories({"n": 1}, lambda: count.trajectories(1.0))
+    assert count.calls == 2 and served.states.max() == 29 and entry.is_file()
+
+
 def test_a_truncated_fit_is_refitted_not_raised(empty_cache):
     count = Counter()
     model = sdelm.cached_model({"fit": 1}, count.model)
