@@ -196,6 +196,36 @@ def _layer_labels(layers: Any) -> tuple[int, ...]:
     return tuple(labels)
 
 
+def _check_size(handle: Any, names: list[str], path: Path) -> None:
+    """Refuse a file whose tensors, read and copied, would not fit in memory (before reading).
+
+    Args:
+        handle: The file, opened by :func:`safetensors.safe_open`.
+        names: The tensors to read.
+        path: The file, for the message.
+
+    Raises:
+        TrajectoryFileError: Naming the GiB needed and available.
+
+    """
+    from sdelm.devices import check_memory
+
+    sizes = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}
+    need = 0
+    for name in names:
+        piece = handle.get_slice(name)
+        need += math.prod(piece.get_shape()) * sizes.get(piece.get_dtype(), 1)
+    try:
+        check_memory(
+            {torch.device("cpu"): 2 * need},  # read, then copied off the memory map
+            "Trajectories.load",
+            f"the tensors of {path}",
+            "Load it on a machine with more memory, or extract in shards and load fewer.",
+        )
+    except ValueError as error:
+        raise TrajectoryFileError(str(error)) from None
+
+
 def _check_ranges(rows: dict[str, list], tensors: dict[str, torch.Tensor]) -> None:
     """Refuse a file's values that no extraction writes: each names its column or tensor.
 
@@ -662,7 +692,11 @@ class Trajectories:
                 # Copies: a tensor of safe_open is a view of the memory-mapped file, which
                 # changes when the file is overwritten and kills the process (SIGBUS) when the
                 # file is truncated.
-                tensors = {name: handle.get_tensor(name).clone() for name in handle.keys()}
+                known = [name for name in handle.keys() if name in _TENSORS]  # others unread
+                _check_size(handle, known, path)
+                tensors = {name: handle.get_tensor(name).clone() for name in known}
+        except TrajectoryFileError:
+            raise
         except (SafetensorError, OSError, ValueError) as error:
             raise TrajectoryFileError(
                 f"{path} is truncated or not a safetensors file ({error}). {advice}"

@@ -257,3 +257,16 @@ def test_shards_that_do_not_fit_together_are_refused(tmp_path):
     Trajectories.from_states(torch.zeros(2, 4, 5)).save(folder / "shard-00001.safetensors")
     with pytest.raises(TrajectoryFileError, match="do not fit together: Cannot concatenate"):
         Trajectories.load(folder)
+
+
+def test_a_file_too_large_for_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    _, path = saved(tmp_path)
+    monkeypatch.setattr("sdelm.devices.available_memory", lambda device: 1000)
+    with pytest.raises(TrajectoryFileError, match=r"GiB of cpu memory for the tensors of .*t\.s"):
+        Trajectories.load(path)
+
+
+def test_tensors_sdelm_does_not_write_are_not_read(tmp_path):
+    trajs, path = saved(tmp_path)
+    rewrite_tensors(path, lambda tensors: tensors.update(extra=torch.zeros(3)))
+    assert torch.equal(Trajectories.load(path).states, trajs.states)
