@@ -240,11 +240,14 @@ def _extract_shards(args: argparse.Namespace) -> None:
 
     if args.n_passages:
         raise UsageError("A sharded extraction holds generated text only: add --n-passages 0.")
+    device = _device(args.device)
     written = extract_shards(
         args.model,
         _prompts(args.n_prompts),
         args.out,
         shard_size=args.shard_size,
+        device=device.type,
+        replace=args.force,
         progress=args.progress,
         **_sampling(args),
     )

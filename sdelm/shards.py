@@ -87,6 +87,8 @@ def extract_shards(
     folder: str | os.PathLike,
     *,
     shard_size: int = 8,
+    device: str = "auto",
+    replace: bool = False,
     progress: bool = False,
     **extract_args: Any,
 ) -> list[Path]:
@@ -97,6 +99,10 @@ def extract_shards(
         prompts: All prompts of the run (every process passes the same list).
         folder: Output folder; re-running with the same arguments resumes.
         shard_size: Prompts per shard.
+        device: ``"cpu"`` keeps every process on the CPU; otherwise each process uses the
+            device ``accelerate`` gives it (its GPU where there are GPUs).
+        replace: Delete the shards and manifest of a different extraction in ``folder``
+            instead of refusing it.
         progress: Show progress bars.
         **extract_args: Passed to :func:`sdelm.extract` (``temperatures``, ``seed``, …).
 
@@ -105,7 +111,7 @@ def extract_shards(
 
     Raises:
         ValueError: If ``shard_size`` is not positive, ``folder`` is a file, or the folder
-            holds a different run.
+            holds a different run (without ``replace``).
 
     """
     if not isinstance(shard_size, int) or shard_size <= 0:
@@ -130,11 +136,17 @@ def extract_shards(
         )
     existing = folder / MANIFEST
     if existing.is_file():
-        _check_manifest(existing, manifest)
+        try:
+            _check_manifest(existing, manifest)
+        except ValueError:
+            if not replace:
+                raise
+            for old in [existing, *folder.glob("shard-*.safetensors")]:
+                old.unlink()
     write_json_atomically(manifest, existing)  # every process writes the same content
 
     # Without CUDA, accelerate only recognises several processes when told to use the CPU.
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     paths = shard_paths(folder, n_shards)
     mine = [i for i in range(state.process_index, n_shards, state.num_processes)]
     pending = [i for i in mine if not _is_done(paths[i], i, manifest)]

@@ -165,3 +165,14 @@ def test_a_file_or_a_foreign_manifest_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"manifest\.json is not a JSON manifest"):
         extract_shards("no-model-needed", PROMPTS, tmp_path / "broken", shard_size=2)
     assert os.listdir(tmp_path / "huge") == ["manifest.json"]
+
+
+def test_replace_clears_a_different_extraction_and_cpu_keeps_the_cpu(tiny_folder, whole, tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"n_shards": 9}))
+    (tmp_path / "shard-00007.safetensors").write_bytes(b"another run's shard")
+    with pytest.raises(ValueError, match="different extraction"):
+        extract_shards(str(tiny_folder), PROMPTS, tmp_path, shard_size=2, **ARGS)
+    extract_shards(str(tiny_folder), PROMPTS, tmp_path, shard_size=2, device="cpu",
+                   replace=True, **ARGS)  # fmt: skip
+    assert not (tmp_path / "shard-00007.safetensors").exists()
+    same_sequences(sdelm.Trajectories.load(tmp_path), whole)
