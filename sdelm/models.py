@@ -15,6 +15,7 @@ training code's state.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
@@ -408,6 +409,9 @@ def load_checkpoint(path: str | os.PathLike) -> SDEModel:
         dim = config.pop("dim")
     except (KeyError, OSError, SafetensorError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} is not an sdelm model checkpoint ({error}).") from error
+    if name not in _REGISTRY:  # the other models register when their modules are imported
+        importlib.import_module("sdelm.baselines")
+        importlib.import_module("sdelm.lines_of_thought")
     cls = _REGISTRY.get(name)
     if cls is None:
         raise CheckpointError(f"{path} holds an unknown model class {name!r}.")

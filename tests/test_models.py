@@ -192,3 +192,14 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_the_tensor(tmp_path):
     path = sdelm.save_checkpoint(model, tmp_path / "nan.safetensors")
     with pytest.raises(sdelm.models.CheckpointError, match=r"drift_net\.0\.weight.*NaN"):
         sdelm.load_checkpoint(path)
+
+
+def test_a_baseline_checkpoint_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    path = sdelm.save_checkpoint(baselines.VectorAutoregression(2), tmp_path / "v.safetensors")
+    code = f"import sdelm; print(type(sdelm.load_checkpoint({str(path)!r})).__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "VectorAutoregression"
