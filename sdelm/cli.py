@@ -464,12 +464,22 @@ def _robustness(args: argparse.Namespace) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sdelm")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "(not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sdelm",
         description="Text generation by an LLM as a stochastic differential equation.",
         epilog="Exit codes: 0 success, 1 failure while running, 2 bad input.",
     )
+    parser.add_argument("--version", action="version", version=f"sdelm {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -517,7 +527,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", required=True, help="output .safetensors with 'paths'")
     simulate.add_argument("--steps", type=_count, default=47)
     simulate.add_argument("--n-paths", type=_count, default=16)
-    simulate.add_argument("--method", default="euler", help="euler, milstein or srk")
+    simulate.add_argument("--method", choices=("euler", "milstein", "srk"), default="euler")
     simulate.add_argument(
         "--start-from", help="trajectories file or shard folder: start at their first states"
     )

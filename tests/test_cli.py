@@ -67,6 +67,13 @@ def test_every_command_has_help(command):
     assert result.returncode == 0 and "usage: sdelm" in result.stdout
 
 
+def test_version_is_the_installed_package_s():
+    from importlib.metadata import version
+
+    result = sdelm_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"sdelm {version('sdelm')}"
+
+
 def test_no_command_or_an_unknown_option_is_bad_input():
     assert sdelm_cli().returncode == 2
     assert sdelm_cli("fit", "--no-such-option").returncode == 2
@@ -134,7 +141,7 @@ def test_fit_then_simulate(extracted, tmp_path):
     assert wrong.returncode == 2 and "dim must be" in wrong.stderr
     method = sdelm_cli("simulate", str(checkpoint), "--out", str(tmp_path / "p.safetensors"),
                        "--method", "rk45")  # fmt: skip
-    assert method.returncode == 2 and "Unknown method" in method.stderr
+    assert method.returncode == 2 and "invalid choice: 'rk45'" in method.stderr
 
 
 def test_chapter_reexecutes_with_parameters(mini_book, tmp_path):
