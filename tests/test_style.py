@@ -111,3 +111,18 @@ def test_chapter_code_cells_are_short(chapter):
         if len(cell) > MAX_CELL_LINES
     ]
     assert not long, "\n".join(long)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda path: path.stem)
+def test_papermill_reads_every_parameter_of_a_chapter(chapter, tmp_path):
+    # A parameter papermill cannot parse (e.g. a comment holding "=") draws "Passed unknown
+    # parameter" when a student overrides it.
+    import jupytext
+    import papermill
+
+    from sdelm.book.chapter import parameter_defaults
+
+    declared = parameter_defaults(chapter)
+    notebook = tmp_path / f"{chapter.stem}.ipynb"
+    jupytext.write(jupytext.read(chapter), notebook)
+    assert set(declared) <= set(papermill.inspect_notebook(str(notebook)))
