@@ -568,6 +568,12 @@ def load_lm(
             **options,
         )
     except (OSError, ValueError) as error:
+        if name in EMBEDDED:  # never recommend the model that just failed
+            raise LMLoadError(
+                f"Could not load the embedded model {name!r}: {error}\nIts converted copy "
+                f"{_copy_folder(name, dtype)} could not be read: delete that folder and load "
+                "again (it is converted once more), or reinstall its packages (make setup)."
+            ) from error
         if folder.is_dir():
             where = "The local folder holds the files of a model but they could not be read."
         elif local_only:

@@ -172,3 +172,16 @@ def test_a_truncated_model_copy_is_converted_again_and_old_scratch_removed(tmp_p
     assert lm_module._cached_copy("smollm2-135m-instruct", torch.float32, False) == folder
     assert len(converted) == 1  # before, the truncated copy was served, and failed forever
     assert not folder.exists() and not killed.exists()
+
+
+def test_an_embedded_model_that_fails_to_load_is_not_recommended_again(tmp_path, monkeypatch):
+    from sdelm import lm as lm_module
+
+    def unreadable(*args, **kwargs):
+        raise OSError("header too large")
+
+    monkeypatch.setattr(lm_module, "_cached_copy", lambda name, dtype, progress: tmp_path)
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", unreadable)
+    with pytest.raises(LMLoadError, match=r"converted copy .* delete that folder") as caught:
+        load_lm("smollm2-135m-instruct", device="cpu")
+    assert "load_lm('smollm2-135m-instruct')" not in str(caught.value)
