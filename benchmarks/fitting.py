@@ -18,7 +18,13 @@ Prints the ratio (goal >= 50) and sdelm's throughput in transitions per second.
    ``batch_size=4096`` and with ``batch_size="auto"`` (65,536 on CUDA, 4,096 on the CPU) on a
    larger synthetic OU data set, alternating, and their ratio (about 9x on a GPU).
 
-Usage: ``python benchmarks/fitting.py [--budget 300] [--device auto] [--throughput]``.
+4. With ``--correlated``: ``sdelm.fit``'s training transitions per second for the neural SDE
+   with diagonal noise and with correlated noise (:mod:`sdelm.noise`, one triangular solve per
+   batch) in the book's 16 dimensions, alternating, and their ratio: the cost of the
+   correlation.
+
+Usage: ``python benchmarks/fitting.py [--budget 300] [--device auto] [--throughput]
+[--correlated]``.
 """
 
 from __future__ import annotations
@@ -118,30 +124,60 @@ def latent_time_to_target(
     return time.perf_counter() - start, best, False
 
 
+def _median_rates(
+    data: sdelm.PreparedData, settings: dict[str, dict], epochs: int, repeats: int, device: str
+) -> list[float]:
+    """Print and return the median training transitions per second of each setting's fit.
+
+    The settings alternate, so that a change of the machine's load touches them alike.
+
+    Args:
+        data: The data.
+        settings: Name -> ``correlated`` and ``batch_size`` of a neural SDE fit.
+        epochs: Epochs per fit.
+        repeats: Fits per setting.
+        device: Where to fit.
+
+    """
+    rates: dict[str, list[float]] = {name: [] for name in settings}
+    batch = {}
+    for _ in range(repeats):
+        for name, setting in settings.items():
+            model = sdelm.NeuralSDE(data.dim, correlated=setting["correlated"], seed=0)
+            result = sdelm.fit(model, data, epochs=epochs, patience=epochs, device=device,
+                               batch_size=setting["batch_size"], progress=False)  # fmt: skip
+            rates[name].append(result.transitions_per_second)
+            batch[name] = result.batch_size
+    print(f"{len(data.train.transitions()):,} training transitions, {epochs} epochs, {device}")
+    median = {name: sorted(values)[len(values) // 2] for name, values in rates.items()}
+    for name, rate in median.items():
+        print(f"{name} (batches of {batch[name]:,}): {rate:,.0f} transitions/s")
+    return list(median.values())
+
+
 def batch_throughput(device: str, sequences: int, epochs: int, repeats: int) -> None:
     """Print training transitions per second at batch 4,096 and at ``"auto"``, alternating."""
     trajs = as_trajectories(ou_paths(n=sequences, steps=50, dt=0.1), dt=0.1)
     data = sdelm.prepare(trajs, dim=None, standardise=False, seed=0)
-    rates: dict[object, list[float]] = {4096: [], "auto": []}
-    resolved = {}
-    for _ in range(repeats):
-        for batch_size in rates:
-            result = sdelm.fit(
-                sdelm.NeuralSDE(data.dim, seed=0),
-                data,
-                epochs=epochs,
-                patience=epochs,
-                batch_size=batch_size,
-                device=device,
-                progress=False,
-            )
-            rates[batch_size].append(result.transitions_per_second)
-            resolved[batch_size] = result.batch_size
-    median = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
-    print(f"{len(data.train.transitions()):,} training transitions, {epochs} epochs, {device}")
-    for batch_size, rate in median.items():
-        print(f"batch_size={batch_size!r} ({resolved[batch_size]:,}): {rate:,.0f} transitions/s")
-    print(f"ratio auto / 4096 = {median['auto'] / median[4096]:.2f}")
+    settings = {
+        "batch_size=4096": {"correlated": False, "batch_size": 4096},
+        "batch_size='auto'": {"correlated": False, "batch_size": "auto"},
+    }
+    fixed, auto = _median_rates(data, settings, epochs, repeats, device)
+    print(f"ratio auto / 4096 = {auto / fixed:.2f}")
+
+
+def noise_throughput(device: str, sequences: int, epochs: int, repeats: int) -> None:
+    """Print training transitions per second with diagonal and correlated noise, alternating."""
+    steps = torch.randn(sequences, 50, 16, generator=torch.Generator().manual_seed(0))
+    trajs = as_trajectories(0.1 * steps.cumsum(dim=1), dt=1.0)
+    data = sdelm.prepare(trajs, dim=16, seed=0)
+    settings = {
+        "diagonal noise": {"correlated": False, "batch_size": 4096},
+        "correlated noise": {"correlated": True, "batch_size": 4096},
+    }
+    diagonal, correlated = _median_rates(data, settings, epochs, repeats, device)
+    print(f"ratio of times correlated / diagonal = {diagonal / correlated:.2f}")
 
 
 def main() -> None:
@@ -149,6 +185,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds for torchsde")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--throughput", action="store_true", help="batch 4096 against auto")
+    parser.add_argument("--correlated", action="store_true", help="correlated against diagonal")
     parser.add_argument("--sequences", type=int, default=20000, help="for --throughput")
     parser.add_argument("--epochs", type=int, default=5, help="for --throughput")
     parser.add_argument("--repeats", type=int, default=3, help="for --throughput")
@@ -157,6 +194,9 @@ def main() -> None:
     print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}, {device}")
     if args.throughput:
         batch_throughput(device, args.sequences, args.epochs, args.repeats)
+        return
+    if args.correlated:
+        noise_throughput(device, args.sequences, args.epochs, args.repeats)
         return
     trajs = as_trajectories(double_well_paths(n=400, steps=40, dt=0.05), dt=0.05)
     data = sdelm.prepare(trajs, dim=None, standardise=False, seed=0)
