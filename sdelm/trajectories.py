@@ -136,7 +136,8 @@ def check_shard(part: Trajectories, index: int, manifest: dict[str, Any], path: 
     """Check that a loaded shard is shard ``index`` of the extraction ``manifest`` records.
 
     Its prompts must be the manifest's for that index, in order; its model, and every
-    argument of the extraction that the manifest records, must be the manifest's.
+    argument of the extraction that the manifest records (other than None, a default that
+    the extraction resolves), must be the manifest's.
 
     Args:
         part: The shard, loaded.
@@ -161,7 +162,7 @@ def check_shard(part: Trajectories, index: int, manifest: dict[str, Any], path: 
                 f"{path} holds the prompts {found[:3]}, but shard {index} of the manifest is "
                 f"{expected[:3]}: a shard copied or renamed from elsewhere. {advice}"
             )
-    recorded = dict(manifest.get("extract") or {})
+    recorded = {k: v for k, v in (manifest.get("extract") or {}).items() if v is not None}
     if "model" in manifest:
         recorded["model"] = manifest["model"]
     differ = [
