@@ -1,15 +1,15 @@
 """Baseline SDEs that the neural SDE must beat on held-out data.
 
-============================  ===================  ==========================================
-model                         drift μ(x, t)        diffusion σ(x, t)
-============================  ===================  ==========================================
-:class:`RandomWalk`           0                    constant diagonal
-:class:`BrownianDrift`        constant b           constant diagonal
-:class:`OrnsteinUhlenbeck`    A x + b (VAR(1))     constant diagonal
-:class:`VectorAutoregression` A x + b (VAR(1))     constant, full covariance Σ
-:class:`LinesOfThought`       A x + b              isotropic, σ² = α e^{λ t}
-:class:`NeuralDrift`          MLP(x, t)            constant diagonal (a noise floor)
-============================  ===================  ==========================================
+================================  ===================  ==========================================
+model                             drift μ(x, t)        diffusion σ(x, t)
+================================  ===================  ==========================================
+:class:`RandomWalk`               0                    constant diagonal
+:class:`BrownianDrift`            constant b           constant diagonal
+:class:`OrnsteinUhlenbeck`        A x + b (VAR(1))     constant diagonal
+:class:`VectorAutoregression`     A x + b (VAR(1))     constant, full covariance Σ
+:class:`LinesOfThought`           A x + b              isotropic, σ² = α e^{λ t}
+:class:`NeuralDrift`              MLP(x, t)            constant diagonal (a noise floor)
+================================  ===================  ==========================================
 
 The linear-drift models with constant noise also have a closed-form fit,
 ``fit_least_squares``, which is the maximum-likelihood estimate of the Euler–Maruyama

@@ -92,7 +92,7 @@ def _as_float(value: object) -> float | None:
 
 
 #: The range of sampling temperatures: logits divided by less than the lowest can overflow
-#: float32 (|logit| / T above 3.4e38), and above the highest every token is equally likely to
+#: float32 (a logit over T above 3.4e38), and above the highest every token is equally likely to
 #: float32's precision.
 TEMPERATURE_RANGE = (1e-6, 1e6)
 

@@ -57,7 +57,7 @@ class NoiseCorrelation(nn.Module):
         return scale.to(self.lower.dtype)
 
     def marginal(self, scale: torch.Tensor) -> torch.Tensor:
-        """Return each coordinate's own noise scale, sqrt(diag Σ) = s_i |C_i|.
+        """Return each coordinate's own scale sqrt(diag Σ): s_i times the length of row i of C.
 
         Args:
             scale: Float tensor of size (batch, dim), the scales s.
