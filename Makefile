@@ -31,10 +31,11 @@ $(STAMP): pyproject.toml constraints.txt
 book: setup
 	$(BIN)/sdelm book --jobs 2
 
-# Every test: unit, packaged model, each chapter executed once by papermill (claims enforced;
-# two chapters at a time), two chapters again by nbval from an empty cache (extraction, a fit
+# Every test: the layers of sdelm (import-linter's contracts in pyproject.toml), unit, packaged
+# model, each chapter executed once by papermill (claims enforced; two chapters at a time), two chapters again by nbval from an empty cache (extraction, a fit
 # and its simulation: determinism), and the HTML built from the executed notebooks.
 test: setup
+	$(BIN)/lint-imports
 	SDELM_OLD_TRANSFORMERS=$(VENV)/old-transformers $(BIN)/python -m pytest
 
 # Unit tests on tiny random models only: no packaged model, no chapter, no GPU.
@@ -43,6 +44,7 @@ test-fast: setup
 		$(BIN)/python -m pytest -m "not integration and not book and not gpu" -q
 
 lint: setup
+	$(BIN)/lint-imports
 	$(BIN)/ruff check sdelm tests benchmarks
 	$(BIN)/ruff format --check sdelm tests benchmarks
 

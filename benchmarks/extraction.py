@@ -30,7 +30,7 @@ import torch
 from transformers import DynamicCache
 
 import sdelm
-from sdelm.branching import prefix_positions
+from sdelm.generation import prefix_positions
 from sdelm.lm import cache_keyword
 
 

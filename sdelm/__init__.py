@@ -27,9 +27,9 @@ SUBMODULES = frozenset(
     {
         "analysis",
         "applications",
-        "baselines",
         "book",
-        "branching",
+        "generation",
+        "models",
         "control",
         "corpus",
         "describe",
@@ -42,7 +42,7 @@ SUBMODULES = frozenset(
 )
 #: Each public name, by the module that defines it.
 ORIGINS = {
-    "Branches": "sdelm.branching",
+    "Branches": "sdelm.branches",
     "ClaimFailedError": "sdelm.book",
     "Claims": "sdelm.book",
     "FitResult": "sdelm.fit",
@@ -56,8 +56,8 @@ ORIGINS = {
     "Trajectories": "sdelm.trajectories",
     "TrajectoryFileError": "sdelm.trajectories",
     "Transitions": "sdelm.data",
-    "branch": "sdelm.branching",
-    "cache_dir": "sdelm.cache",
+    "branch": "sdelm.generation.branching",
+    "cache_dir": "sdelm.files",
     "cached_fit": "sdelm.cache",
     "cached_model": "sdelm.cache",
     "cached_trajectories": "sdelm.cache",
@@ -65,19 +65,19 @@ ORIGINS = {
     "collect_layer_trajectories": "sdelm.collect",
     "collect_trajectories": "sdelm.collect",
     "compare_models": "sdelm.evaluate",
-    "encode_texts": "sdelm.extract",
-    "extract": "sdelm.extract",
+    "encode_texts": "sdelm.generation.teacher_forced",
+    "extract": "sdelm.generation.sampling",
     "fit": "sdelm.fit",
-    "layer_trajectories": "sdelm.extract",
+    "layer_trajectories": "sdelm.generation.layer_time",
     "load_checkpoint": "sdelm.models",
     "load_lm": "sdelm.lm",
     "load_projection": "sdelm.models",
     "nll": "sdelm.fit",
     "prepare": "sdelm.data",
     "project": "sdelm.data",
-    "read_in_context": "sdelm.extract",
-    "rescore": "sdelm.extract",
-    "untempered": "sdelm.extract",
+    "read_in_context": "sdelm.generation.teacher_forced",
+    "rescore": "sdelm.generation.rescore",
+    "untempered": "sdelm.generation.rescore",
     "resolve_device": "sdelm.devices",
     "save_checkpoint": "sdelm.models",
     "simulate": "sdelm.simulate",
@@ -90,25 +90,28 @@ if TYPE_CHECKING:  # the names as static tools see them
     from sdelm import (
         analysis,
         applications,
-        baselines,
         book,
-        branching,
         control,
         corpus,
         describe,
+        generation,
+        models,
         plots,
         stats,
         synthetic,
         theory,
     )
     from sdelm.book import ClaimFailedError, Claims
-    from sdelm.branching import Branches, branch
-    from sdelm.cache import cache_dir, cached_fit, cached_model, cached_trajectories
+    from sdelm.cache import cached_fit, cached_model, cached_trajectories
     from sdelm.collect import collect_branches, collect_layer_trajectories, collect_trajectories
     from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
     from sdelm.devices import resolve_device
     from sdelm.evaluate import compare_models, standard_models, summarise
-    from sdelm.extract import (
+    from sdelm.files import cache_dir
+    from sdelm.fit import FitResult, fit, nll
+    from sdelm.generation import (
+        Branches,
+        branch,
         encode_texts,
         extract,
         layer_trajectories,
@@ -116,7 +119,6 @@ if TYPE_CHECKING:  # the names as static tools see them
         rescore,
         untempered,
     )
-    from sdelm.fit import FitResult, fit, nll
     from sdelm.lm import LM, LMLoadError, load_lm, untrained
     from sdelm.models import NeuralSDE, SDEModel, load_checkpoint, load_projection, save_checkpoint
     from sdelm.simulate import simulate
@@ -172,10 +174,8 @@ __all__ = [
     "Transitions",
     "analysis",
     "applications",
-    "baselines",
     "book",
     "branch",
-    "branching",
     "cache_dir",
     "cached_fit",
     "cached_model",
@@ -190,10 +190,12 @@ __all__ = [
     "encode_texts",
     "extract",
     "fit",
+    "generation",
     "layer_trajectories",
     "load_checkpoint",
     "load_lm",
     "load_projection",
+    "models",
     "nll",
     "numerics",
     "plots",

@@ -24,7 +24,6 @@ import ast
 import copy
 import hashlib
 import json
-import os
 import shutil
 import types
 from collections.abc import Callable, Iterable
@@ -37,14 +36,13 @@ from safetensors import SafetensorError
 
 from sdelm.data import PreparedData
 from sdelm.devices import resolve_device
-from sdelm.files import write_json_atomically
+from sdelm.files import cache_dir, write_json_atomically
 from sdelm.fit import fit
 from sdelm.models import SDEModel, load_checkpoint, save_checkpoint
 from sdelm.numerics import kernels
 from sdelm.trajectories import Trajectories
 
 __all__ = [
-    "cache_dir",
     "cache_key",
     "cached",
     "cached_fit",
@@ -59,14 +57,6 @@ SOURCE_ROOT = Path(__file__).resolve().parent
 
 _Entry = TypeVar("_Entry")
 _parsed: dict[tuple[str, int, int], tuple[str, frozenset[str]]] = {}
-
-
-def cache_dir() -> Path:
-    """Return the cache folder (not created)."""
-    if os.environ.get("SDELM_CACHE"):
-        return Path(os.environ["SDELM_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sdelm"
 
 
 def _version() -> str:

@@ -236,7 +236,7 @@ def _extract(args: argparse.Namespace) -> None:
 
 
 def _extract_shards(args: argparse.Namespace) -> None:
-    from sdelm.shards import extract_shards
+    from sdelm.generation.shards import extract_shards
 
     if args.n_passages:
         raise UsageError("A sharded extraction holds generated text only: add --n-passages 0.")
@@ -256,16 +256,16 @@ def _extract_shards(args: argparse.Namespace) -> None:
 
 def _build_model(name: str, dim: int, n_steps: int, seed: int) -> torch.nn.Module:
     import sdelm
-    from sdelm.lines_of_thought import LayerLinear
+    from sdelm.models.lines_of_thought import LayerLinear
 
     return {
         "neural": lambda: sdelm.NeuralSDE(dim, time_scale=float(n_steps), seed=seed),
         "neural-correlated": lambda: sdelm.NeuralSDE(
             dim, time_scale=float(n_steps), correlated=True, seed=seed
         ),
-        "ou": lambda: sdelm.baselines.OrnsteinUhlenbeck(dim),
-        "var": lambda: sdelm.baselines.VectorAutoregression(dim),
-        "random-walk": lambda: sdelm.baselines.RandomWalk(dim),
+        "ou": lambda: sdelm.models.linear.OrnsteinUhlenbeck(dim),
+        "var": lambda: sdelm.models.linear.VectorAutoregression(dim),
+        "random-walk": lambda: sdelm.models.linear.RandomWalk(dim),
         "lines-of-thought": lambda: LayerLinear(dim, n_steps),
     }[name]()
 

@@ -12,11 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sdelm.branching import Branches, branch, prefix_positions
+from sdelm.branches import Branches
 from sdelm.cache import cached, cached_trajectories
-from sdelm.control import StateNudge, TemperatureControl
 from sdelm.corpus import Passage, prompts, shakespeare_passages
-from sdelm.extract import encode_texts, extract, layer_trajectories
+from sdelm.generation import (
+    StateNudge,
+    TemperatureControl,
+    branch,
+    encode_texts,
+    extract,
+    layer_trajectories,
+    prefix_positions,
+)
 from sdelm.lm import load_lm, model_fingerprint, untrained
 from sdelm.trajectories import Trajectories
 

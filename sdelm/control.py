@@ -9,10 +9,9 @@ warming where it expects a small one:
 
 :class:`EntropyTemperature` is the same law driven by the language model's own next-token
 entropy instead of the SDE: the baseline that needs no SDE. Pass either to
-:func:`sdelm.extract` as ``control``; :func:`score_arms` measures each run's text (quality:
-the model's own untempered log-probability; diversity: distinct n-grams across the samples of
-a prompt; repetition within a sample) and :func:`frontier_gain` asks whether a control reaches
-a better quality–diversity trade-off than plain sampling at any constant temperature.
+:func:`sdelm.extract` as ``control``; :mod:`sdelm.analysis.steering` scores what each run
+wrote. The laws implement the protocols of :mod:`sdelm.generation.hooks`; this module holds the
+laws only, and imports no scoring.
 
 :class:`DriftNudge` acts on the state instead of the temperature: before the next token is read
 out, the last hidden state moves along the fitted drift, ``X_k + strength · μ(X_k, t_k) Δt``
@@ -24,90 +23,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from sdelm.applications import repetition, sequence_mean
 from sdelm.data import Projection
-from sdelm.extract import untempered
-from sdelm.lm import LM
 from sdelm.models import SDEModel
-from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
 __all__ = [
     "DiffusionTemperature",
     "DriftNudge",
     "EntropyTemperature",
-    "StateNudge",
-    "TemperatureControl",
-    "distinct",
-    "frontier_gain",
-    "kicks",
-    "score_arms",
 ]
-
-
-class TemperatureControl(Protocol):
-    """What :func:`sdelm.extract` calls before drawing each token.
-
-    Attributes:
-        layer: Hidden-state layer whose state the control reads (``None``: it reads none).
-
-    """
-
-    layer: int | None
-
-    def __call__(
-        self, step: int, state: torch.Tensor | None, logits: torch.Tensor, base: torch.Tensor
-    ) -> torch.Tensor:
-        """Return the temperatures of the tokens drawn at ``step``.
-
-        Args:
-            step: Index of the token about to be drawn (0 for the first generated token).
-            state: Float tensor of size (batch, hidden_size): the state at :attr:`layer` after
-                the previous generated token; ``None`` at step 0 or when ``layer`` is ``None``.
-            logits: Float tensor of size (batch, vocab): the next-token logits.
-            base: Float tensor of size (batch,): each sequence's base temperature.
-
-        Returns:
-            Float tensor of size (batch,), every entry > 0.
-
-        """
-
-    def describe(self) -> dict[str, Any]:
-        """Return a JSON-serialisable description (recorded in the trajectories' metadata)."""
-
-
-class StateNudge(Protocol):
-    """What :func:`sdelm.extract` calls to move the last hidden state before each read-out.
-
-    Attributes:
-        layer: The layer it moves, which must be the model's last.
-
-    """
-
-    layer: int
-
-    def __call__(self, step: int, state: torch.Tensor) -> torch.Tensor:
-        """Return the moved state from which token ``step`` is read out.
-
-        Args:
-            step: Index of the token about to be drawn (>= 1: token 0 is read out from the
-                prompt, which is not nudged).
-            state: Float tensor of size (batch, hidden_size): the last layer's state after the
-                previous generated token (the input of the model's output layer).
-
-        Returns:
-            Float tensor of size (batch, hidden_size).
-
-        """
-
-    def describe(self) -> dict[str, Any]:
-        """Return a JSON-serialisable description (recorded in the trajectories' metadata)."""
 
 
 def _weights_digest(model: SDEModel) -> str:
@@ -403,163 +332,3 @@ class DriftNudge:
             "model": type(self.model).__name__,
             "weights_sha256": _weights_digest(self.model),
         }
-
-
-def distinct(
-    tokens: torch.Tensor, mask: torch.Tensor, groups: Sequence[Any], *, n: int = 2
-) -> pd.Series:
-    """Return the share of distinct token n-grams of each group of sequences, pooled.
-
-    With several samples per prompt, grouping by prompt measures how differently the model
-    continues the same prompt (1: no n-gram is ever repeated, within or across samples).
-
-    Args:
-        tokens: Long tensor of size (n_sequences, n_steps).
-        mask: Bool tensor of size (n_sequences, n_steps).
-        groups: One label per sequence.
-        n: n-gram length.
-
-    Returns:
-        ``pandas.Series`` indexed by group label.
-
-    Raises:
-        ValueError: If ``groups`` has another length than ``tokens``.
-
-    """
-    if len(groups) != tokens.shape[0]:
-        raise ValueError(f"{len(groups)} group labels for {tokens.shape[0]} sequences.")
-    grams: dict[Any, list[tuple[int, ...]]] = {}
-    for row, keep, group in zip(tokens.tolist(), mask.tolist(), groups, strict=True):
-        ids = [token for token, valid in zip(row, keep, strict=True) if valid]
-        grams.setdefault(group, []).extend(tuple(ids[i : i + n]) for i in range(len(ids) - n + 1))
-    return pd.Series(
-        {group: len(set(g)) / len(g) if g else np.nan for group, g in grams.items()},
-        name=f"distinct_{n}",
-    )
-
-
-def kicks(law: DiffusionTemperature, trajs: Trajectories) -> pd.DataFrame:
-    """Pair what the diffusion control sees at each step with the step that followed.
-
-    Args:
-        law: A diffusion control.
-        trajs: Generated trajectories recording ``law.layer``.
-
-    Returns:
-        One row per transition ``k − 1 → k`` with ``prompt_id``, ``sample``, ``step`` (k),
-        ``predicted`` (tr σσᵀ at the state before token k: the kick the SDE expects),
-        ``realized`` (``|Z_k − Z_{k−1}|²`` in the fitted coordinates: the kick that came) and
-        ``entropy`` (of the distribution token k was drawn from, nats).
-
-    """
-    both = trajs.mask[:, 1:] & trajs.mask[:, :-1]
-    seq, before = both.nonzero(as_tuple=True)
-    states = trajs.layer(law.layer)
-    z = law.projection.forward(states.to(law.projection.mean.dtype)).float()
-    rows = trajs.rows.iloc[seq.numpy()].reset_index(drop=True)
-    return pd.DataFrame(
-        {
-            "prompt_id": rows["prompt_id"],
-            "sample": rows["sample"],
-            "step": (before + 1).numpy(),
-            "predicted": law.trace(states[seq, before], before).numpy(),
-            "realized": (z[seq, before + 1] - z[seq, before]).pow(2).sum(-1).numpy(),
-            "entropy": trajs.entropies[seq, before + 1].numpy(),
-        }
-    )
-
-
-def score_arms(lm: LM, arms: dict[str, Trajectories]) -> pd.DataFrame:
-    """Measure quality, diversity and repetition of several sampling runs, per prompt.
-
-    Args:
-        lm: The model that generated the runs (it rescores runs saved without the untempered
-            record).
-        arms: Name → generated trajectories; every run has the same prompts.
-
-    Returns:
-        One row per (arm, prompt_id): ``logprob`` (mean untempered log-probability per token,
-        nats, from :func:`sdelm.untempered`, averaged over the prompt's samples), ``distinct``
-        (share of distinct token bigrams pooled over the samples), ``repetition`` (share of
-        repeated trigrams within a sample), ``temperature`` (mean temperature the tokens were
-        drawn at) and ``length`` (tokens), each averaged over samples.
-
-    """
-    frames = []
-    for name, trajs in arms.items():
-        per_sequence = pd.DataFrame(
-            {
-                "prompt_id": trajs.rows["prompt_id"],
-                "logprob": sequence_mean(untempered(lm, trajs), trajs.mask),
-                "repetition": repetition(trajs.tokens, trajs.mask),
-                "temperature": sequence_mean(trajs.temperatures, trajs.mask),
-                "length": trajs.mask.sum(1).numpy(),
-            }
-        )
-        per_prompt = per_sequence.groupby("prompt_id", sort=False).mean()
-        per_prompt["distinct"] = distinct(trajs.tokens, trajs.mask, list(trajs.rows["prompt_id"]))
-        frames.append(per_prompt.reset_index().assign(arm=name))
-    columns = ["arm", "prompt_id", "logprob", "distinct", "repetition", "temperature", "length"]
-    return pd.concat(frames, ignore_index=True)[columns]
-
-
-def frontier_gain(
-    per_prompt: pd.DataFrame,
-    arm: str,
-    constant: Sequence[str],
-    *,
-    quality: str = "logprob",
-    diversity: str = "distinct",
-    seed: int = 0,
-) -> dict[str, float]:
-    """Return the diversity an arm gains over constant temperature at the same quality.
-
-    The constant-temperature arms trace a frontier of (mean quality, mean diversity) over
-    prompts; linear interpolation gives the diversity plain sampling reaches at the arm's
-    quality (the end segments extend it beyond the constant runs' range). Prompts are
-    resampled jointly for all arms (a paired bootstrap).
-
-    Args:
-        per_prompt: One row per (arm, prompt_id) with the ``quality`` and ``diversity``
-            columns; every arm has the same prompts.
-        arm: The arm to evaluate.
-        constant: Constant-temperature arms, at least two.
-        quality: Column where higher is better (e.g. mean log-probability at temperature 1).
-        diversity: Column where higher is more diverse.
-        seed: Seed of the bootstrap.
-
-    Returns:
-        :func:`sdelm.stats.cluster_bootstrap`'s fields for the gain (arm diversity − frontier
-        diversity at the arm's quality; null 0), and ``inside``: 1.0 where the arm's mean
-        quality lies within the constant runs' range (no extrapolation), else 0.0.
-
-    Raises:
-        ValueError: If fewer than two constant arms are given or the arms' prompts differ.
-
-    """
-    if len(constant) < 2:
-        raise ValueError("frontier_gain needs at least two constant-temperature arms.")
-    arms = [arm, *constant]
-    quality_table = per_prompt.pivot(index="prompt_id", columns="arm", values=quality)[arms]
-    diversity_table = per_prompt.pivot(index="prompt_id", columns="arm", values=diversity)[arms]
-    if quality_table.isna().any().any():
-        raise ValueError("Every arm needs a value for every prompt; the arms' prompts differ.")
-    columns = [f"q{i}" for i in range(len(arms))], [f"d{i}" for i in range(len(arms))]
-    wide = pd.DataFrame(
-        np.hstack([quality_table.to_numpy(), diversity_table.to_numpy()]),
-        columns=[*columns[0], *columns[1]],
-    ).assign(prompt_id=quality_table.index)
-
-    def frontier(frame: pd.DataFrame) -> tuple[float, bool]:
-        mean_q = frame[columns[0]].to_numpy().mean(0)
-        mean_d = frame[columns[1]].to_numpy().mean(0)
-        order = np.argsort(mean_q[1:])
-        xs, ys = mean_q[1:][order], mean_d[1:][order]
-        inside = bool(xs[0] <= mean_q[0] <= xs[-1])
-        # np.interp clamps outside the range; extrapolate with the end segments instead.
-        i = int(np.clip(np.searchsorted(xs, mean_q[0]) - 1, 0, len(xs) - 2))
-        slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
-        return float(mean_d[0] - (ys[i] + slope * (mean_q[0] - xs[i]))), inside
-
-    measured = cluster_bootstrap(wide, lambda frame: frontier(frame)[0], seed=seed)
-    return {**measured, "inside": float(frontier(wide)[1])}

@@ -17,44 +17,21 @@ import importlib.resources
 import importlib.util
 import itertools
 import json
-import numbers
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from sdelm.checks import check_integers, is_integer
+
 __all__ = [
     "Passage",
     "Prompt",
-    "check_integers",
     "helpsteer",
-    "is_integer",
     "prompts",
     "shakespeare_passages",
 ]
-
-
-def is_integer(value: object) -> bool:
-    """Whether ``value`` is an integer (Python or NumPy); a bool is not."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def check_integers(minimum: int, **values: object) -> None:
-    """Refuse any value that is not an integer >= ``minimum``, naming its argument.
-
-    Args:
-        minimum: Smallest allowed value (1: a count, 0: a seed or a position).
-        **values: The arguments to check, by name.
-
-    Raises:
-        ValueError: ``"<name> must be a positive integer, got ..."`` (or ``an integer >= 0``).
-
-    """
-    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    for name, value in values.items():
-        if not is_integer(value) or value < minimum:
-            raise ValueError(f"{name} must be {what}, got {value!r}.")
 
 
 @dataclass(frozen=True)

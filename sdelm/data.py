@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sdelm.trajectories import Trajectories, check_time_step
+from sdelm.checks import check_time_step
+from sdelm.trajectories import Trajectories
 
 __all__ = ["PreparedData", "Projection", "SDEData", "Transitions", "prepare", "project"]
 

@@ -15,8 +15,6 @@ import pandas as pd
 import torch
 
 from sdelm.data import SDEData
-from sdelm.extract import untempered
-from sdelm.lm import LM
 from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
@@ -38,7 +36,6 @@ __all__ = [
     "state_labels",
     "step_statistics",
     "temperature_contrast",
-    "untempered_logprob",
 ]
 
 
@@ -603,26 +600,6 @@ def human_contrast(
 
     result = cluster_bootstrap(frame, difference, cluster="prompt_id", seed=seed)
     return {"temperature": float(coolest["temperature"].iloc[0]), **result}
-
-
-def untempered_logprob(lm: LM, trajs: Trajectories) -> np.ndarray:
-    """Mean log-probability of each sequence's tokens under the model at temperature 1.
-
-    Generated tokens' recorded ``logprobs`` are those of the tempered distribution they were
-    drawn from; this reads their untempered record instead (:func:`sdelm.untempered`), the
-    same yardstick as human (teacher-forced) rows.
-
-    Args:
-        lm: The model that recorded the trajectories.
-        trajs: Trajectories with a ``source`` row attribute.
-
-    Returns:
-        Array of size (n_sequences,), in nats.
-
-    """
-    logprobs = untempered(lm, trajs).double()
-    logprobs[~trajs.mask] = 0.0
-    return (logprobs.sum(dim=1) / trajs.mask.sum(dim=1).clamp(min=1)).numpy()
 
 
 def state_labels(data: SDEData) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:

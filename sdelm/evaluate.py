@@ -16,18 +16,17 @@ from typing import Any
 
 import pandas as pd
 
-from sdelm.baselines import (
+from sdelm.data import PreparedData, prepare
+from sdelm.fit import fit, nll, sequence_nll
+from sdelm.models import NeuralSDE, SDEModel
+from sdelm.models.linear import (
     BrownianDrift,
-    LinesOfThought,
     NeuralDrift,
     OrnsteinUhlenbeck,
     RandomWalk,
     VectorAutoregression,
 )
-from sdelm.data import PreparedData, prepare
-from sdelm.fit import fit, nll, sequence_nll
-from sdelm.lines_of_thought import LayerLinear
-from sdelm.models import NeuralSDE, SDEModel
+from sdelm.models.lines_of_thought import LayerLinear, LinesOfThought
 from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
@@ -64,7 +63,7 @@ def standard_models(
         depth: Hidden layers of the neural networks.
         paper_loss: Include the neural SDE trained with the paper's loss.
         per_step_maps: Include the Lines-of-Thought model with one linear map per step
-            (:class:`~sdelm.lines_of_thought.LayerLinear`).
+            (:class:`~sdelm.models.lines_of_thought.LayerLinear`).
 
     Returns:
         A list of (name, builder, fit overrides).

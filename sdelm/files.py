@@ -1,5 +1,7 @@
-"""Writing files atomically: a temporary name in the same folder, then a rename.
+"""Writing files atomically, and the cache folder that every layer writes to.
 
+The cache folder is :func:`cache_dir`. A file is written under a temporary name in the same
+folder, then renamed.
 A reader never sees a half-written file, and a target that exists is only replaced once its
 new content is complete, and only if it is a regular file (never a device, a pipe or a
 socket). A target claimed by :func:`never_replace` is not replaced at all: the last step links
@@ -34,6 +36,7 @@ from safetensors.torch import save_file
 __all__ = [
     "STALE_AFTER_S",
     "atomic_path",
+    "cache_dir",
     "never_replace",
     "save_atomically",
     "write_json_atomically",
@@ -243,3 +246,11 @@ def write_json_atomically(value: object, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp, tmp.open("w") as stream:
         json.dump(value, stream, indent=2, sort_keys=True)
     return path
+
+
+def cache_dir() -> Path:
+    """Return the cache folder (not created)."""
+    if os.environ.get("SDELM_CACHE"):
+        return Path(os.environ["SDELM_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sdelm"

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from sdelm.corpus import check_integers
+from sdelm.checks import check_integers
 from sdelm.data import PreparedData, SDEData, Transitions
 from sdelm.devices import resolve_device
 from sdelm.models import SDEModel
@@ -295,7 +295,7 @@ def fit(
     which no epoch improved on the starting weights also warns (:attr:`FitResult.improved`).
 
     Args:
-        model: A model from :mod:`sdelm.models` or :mod:`sdelm.baselines`, of ``data.dim``.
+        model: A model from :mod:`sdelm.models` or :mod:`sdelm.models.linear`, of ``data.dim``.
         data: Prepared splits (:func:`sdelm.prepare`).
         loss: ``"nll"`` (likelihood) or ``"paper"`` (drift MSE + diffusion KL).
         epochs: Maximum passes over the training transitions.

@@ -13,7 +13,7 @@ PyPI packages, so they load with no network:
   and adds ``<bos>``, which Gemma needs; generation ends at ``<eos>`` only.
 
 The first load dequantises the GGUF file and caches a float32 safetensors copy in the user cache
-folder (:func:`sdelm.cache.cache_dir`), so later loads take a second or two.
+folder (:func:`sdelm.files.cache_dir`), so later loads take a second or two.
 
 Any other name is handed to ``transformers``' ``from_pretrained``: a local folder, or a Hugging
 Face model id where the hub is reachable. ``trust_remote_code`` stays off, and only safetensors
@@ -46,8 +46,8 @@ from huggingface_hub.utils import get_session
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from sdelm.cache import cache_dir
 from sdelm.devices import resolve_device
+from sdelm.files import cache_dir
 
 if TYPE_CHECKING:  # transformers (seconds to import) is imported where a model is used
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase

@@ -12,7 +12,7 @@ so that the increment's covariance is ``diag(s) C Cᵀ diag(s) Δt``: state-depe
 diagonal ``s``), so the log-determinant is ``2 Σ log s`` and whitening a residual is one
 triangular solve with ``C`` for the whole batch. With ``C = I`` it is the diagonal noise of
 every other model. A VAR(1) with a full noise covariance Σ = L Lᵀ is the case of constant
-``s = diag L`` and ``C = diag(s)⁻¹ L`` (:class:`sdelm.baselines.VectorAutoregression`).
+``s = diag L`` and ``C = diag(s)⁻¹ L`` (:class:`sdelm.models.linear.VectorAutoregression`).
 """
 
 from __future__ import annotations

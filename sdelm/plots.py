@@ -241,7 +241,7 @@ def quality_diversity(
     Args:
         scores: One row per (arm, prompt): ``arm``, ``logprob`` (mean log-probability per
             token, nats) and ``distinct`` (distinct bigrams across the prompt's samples), as
-            :func:`sdelm.control.score_arms` returns.
+            :func:`sdelm.analysis.steering.score_arms` returns.
         constant: The arms sampled at a constant temperature, in order: drawn as one line,
             each point labelled with its name.
         colours: Colour by controlled arm; each is drawn as one marker, in this order.

@@ -31,12 +31,11 @@ from torchsde._core import methods as torchsde_methods
 from torchsde._core.base_solver import BaseSDESolver
 from torchsde._core.sdeint import check_contract
 
-from sdelm.corpus import check_integers
+from sdelm.checks import check_integers, check_time_step
 from sdelm.data import SDEData
 from sdelm.devices import check_memory
 from sdelm.models import SDEModel
 from sdelm.stats import cluster_bootstrap, pair_weights
-from sdelm.trajectories import check_time_step
 
 __all__ = [
     "METHODS",

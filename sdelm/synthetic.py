@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from sdelm.baselines import OrnsteinUhlenbeck
 from sdelm.models import SDEModel
+from sdelm.models.linear import OrnsteinUhlenbeck
 from sdelm.trajectories import Trajectories
 
 __all__ = [

@@ -22,8 +22,8 @@ import pandas as pd
 import scipy.linalg
 import torch
 
-from sdelm.baselines import OrnsteinUhlenbeck
 from sdelm.models import SDEModel
+from sdelm.models.linear import OrnsteinUhlenbeck
 
 __all__ = [
     "MatrixLogarithm",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import operator
 import os
 import re
@@ -32,15 +31,14 @@ import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
 
+from sdelm.checks import check_time_step
 from sdelm.files import save_atomically
 
 __all__ = [
     "ROW_COLUMNS",
-    "TIME_STEP_RANGE",
     "Trajectories",
     "TrajectoryFileError",
     "check_shard",
-    "check_time_step",
 ]
 
 FORMAT = "sdelm.trajectories/1"
@@ -58,50 +56,12 @@ _TENSORS = (
 _OPTIONAL_TENSORS = ("temperatures", "untempered_logprobs")
 _HEADER_FIELDS = ("format", "layers", "dt", "time_axis", "rows", "meta")
 _FLOAT_TENSORS = ("states", "logprobs", "entropies", "temperatures", "untempered_logprobs")
-#: A shard file of a folder written by :func:`sdelm.shards.extract_shards` (see _shard_name).
+#: A shard file of a folder written by :func:`sdelm.generation.extract_shards` (see _shard_name).
 _SHARD = re.compile(r"shard-(\d+)\.safetensors")
 
 
 class TrajectoryFileError(ValueError):
     """A trajectory file is missing, truncated, or not in sdelm's format."""
-
-
-#: The time steps sdelm accepts: far outside, float32 likelihoods overflow or lose all
-#: precision (a variance of 1e-300 is 0 in float32).
-TIME_STEP_RANGE = (1e-6, 1e6)
-
-
-def check_time_step(value: object, name: str = "dt") -> float:
-    """Return ``value`` as a float if it is a usable time step, else raise.
-
-    Args:
-        value: The time step to check (a real number, not a bool).
-        name: What to call it in the error, e.g. ``"dt"`` or ``"header field 'dt'"``.
-
-    Returns:
-        ``float(value)``.
-
-    Raises:
-        ValueError: If ``value`` is not a real number, or lies outside
-            :data:`TIME_STEP_RANGE` (zero, negative, NaN and infinite included).
-
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}.")
-    step = float(value)
-    if not (math.isfinite(step) and step > 0):
-        raise ValueError(
-            f"{name} must be a positive, finite number, got {value!r}; it is the time between "
-            "consecutive steps (1.0 for one token)."
-        )
-    low, high = TIME_STEP_RANGE
-    if not low <= step <= high:
-        raise ValueError(
-            f"{name} = {value!r} lies outside [{low:g}, {high:g}]: the likelihood's variances "
-            "σ²·dt and rates ΔX/dt leave float32's range there. It is the time between "
-            "consecutive steps (1.0 for one token); rescale time so that it is near 1."
-        )
-    return step
 
 
 def _empty_rows(n: int) -> pd.DataFrame:
@@ -667,7 +627,7 @@ class Trajectories:
         (float16, bfloat16) are widened to float32; integer tokens are widened to int64.
 
         Args:
-            path: The file, or a folder written by :func:`sdelm.shards.extract_shards` (its
+            path: The file, or a folder written by :func:`sdelm.generation.extract_shards` (its
                 ``manifest.json`` lists the shards, which are joined in order).
 
         Returns:

@@ -40,7 +40,7 @@ def ou_folds():
 def test_cross_validation_reads_every_prompt_once_with_its_folds_model(ou_folds):
     models = [
         ou_model(),
-        sdelm.baselines.OrnsteinUhlenbeck(3).fit_least_squares(ou_folds[1].train),
+        sdelm.models.linear.OrnsteinUhlenbeck(3).fit_least_squares(ou_folds[1].train),
     ]
     field, table, grids = drift_diffusion.cross_validated(models, ou_folds, bins=4)
     held_out = [set(fold.test.rows["prompt_id"]) for fold in ou_folds]
@@ -209,7 +209,7 @@ def test_kramers_moyal_second_moment_leaves_out_the_drift_at_unit_time_step():
     data = sdelm.prepare(as_trajectories(paths, dt=1.0), dim=None, standardise=False)
     grid = kramers_moyal.Grid.fit(data.train.states[data.train.mask], bins=5)
     cells = kramers_moyal.compare_with_model(
-        sdelm.baselines.OrnsteinUhlenbeck(3).fit_least_squares(data.train),
+        sdelm.models.linear.OrnsteinUhlenbeck(3).fit_least_squares(data.train),
         data.test,
         grid,
         min_count=50,

@@ -12,8 +12,10 @@ from sdelm.simulate import simulate_split
 from sdelm.synthetic import DoubleWell, as_trajectories, ou_paths
 
 
-def linear_model(matrix: torch.Tensor, sigma: float = 0.5) -> sdelm.baselines.OrnsteinUhlenbeck:
-    model = sdelm.baselines.OrnsteinUhlenbeck(matrix.shape[0])
+def linear_model(
+    matrix: torch.Tensor, sigma: float = 0.5
+) -> sdelm.models.linear.OrnsteinUhlenbeck:
+    model = sdelm.models.linear.OrnsteinUhlenbeck(matrix.shape[0])
     with torch.no_grad():
         model.matrix.copy_(matrix)
         model.log_sigma.fill_(np.log(sigma))

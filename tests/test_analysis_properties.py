@@ -136,7 +136,7 @@ def test_scorecard_of_the_true_model_and_of_a_random_walk(ou_split):
     drift = ou_model().drift(x.x, x.t).detach() * 0.1
     expected = 1 - (x.dx - drift).pow(2).sum() / (x.dx - x.dx.mean(0)).pow(2).sum()
     assert card["drift_share"] == pytest.approx(float(expected), rel=1e-4)
-    walk = properties.scorecard(sdelm.baselines.RandomWalk(3), ou_split)
+    walk = properties.scorecard(sdelm.models.linear.RandomWalk(3), ou_split)
     assert -0.01 < walk["drift_share"] <= 0  # only the mean increment is unexplained
     strong = split_of(ar_paths((0.5,), n=100, steps=40))
-    assert properties.scorecard(sdelm.baselines.RandomWalk(2), strong)["acf1"] < -0.1
+    assert properties.scorecard(sdelm.models.linear.RandomWalk(2), strong)["acf1"] < -0.1

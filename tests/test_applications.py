@@ -9,7 +9,7 @@ import torch
 
 import sdelm
 from sdelm import applications
-from sdelm.baselines import OrnsteinUhlenbeck
+from sdelm.models.linear import OrnsteinUhlenbeck
 from sdelm.synthetic import as_trajectories, ou_model, ou_paths
 
 

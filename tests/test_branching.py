@@ -11,7 +11,8 @@ import torch
 
 import sdelm
 from sdelm.analysis import branching as branching_analysis
-from sdelm.branching import Branches, branch, prefix_positions
+from sdelm.branches import Branches
+from sdelm.generation import branch, prefix_positions
 
 PROMPTS = ["The sea at dawn", "A short poem about rain", "Numbers: 1 2 3"]
 
@@ -187,7 +188,7 @@ def test_branches_recover_a_known_diffusion():
 
 def test_the_true_model_predicts_the_branches_and_a_wrong_one_does_not():
     branches, identity, truth, variance = synthetic_branches()
-    wrong = sdelm.baselines.OrnsteinUhlenbeck(2)  # zero drift, unit noise
+    wrong = sdelm.models.linear.OrnsteinUhlenbeck(2)  # zero drift, unit noise
     table = branching_analysis.against_models(
         branches, identity, {"truth": truth, "wrong": wrong}, dt=0.05
     )

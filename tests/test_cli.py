@@ -115,7 +115,7 @@ def test_fit_then_simulate(extracted, tmp_path):
     assert sdelm_cli("fit", str(extracted), "--out", str(var), "--model", "var",
                      "--dim", "4").returncode == 0  # fmt: skip
     correlated = sdelm.load_checkpoint(var)
-    assert isinstance(correlated, sdelm.baselines.VectorAutoregression)
+    assert isinstance(correlated, sdelm.models.linear.VectorAutoregression)
     result = sdelm_cli("simulate", str(var), "--out", str(tmp_path / "v.safetensors"),
                        "--steps", "3")  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -19,8 +19,8 @@ import sdelm
 from sdelm import files
 from sdelm.cli import main
 from sdelm.files import save_atomically, write_json_atomically
+from sdelm.generation.shards import MANIFEST
 from sdelm.lm import LMLoadError
-from sdelm.shards import MANIFEST
 from tests.conftest import chapter_source
 
 CHAPTER = chapter_source(

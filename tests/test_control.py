@@ -12,6 +12,7 @@ import torch
 
 import sdelm
 from sdelm import control, extract, rescore
+from sdelm.analysis import steering
 from sdelm.data import Projection
 from sdelm.models import SDEModel
 from tests.test_extract import replay_states
@@ -204,11 +205,11 @@ def test_rescore_refuses_other_rows_and_models(llama):
 def test_distinct_counts_ngrams_pooled_per_group():
     tokens = torch.tensor([[1, 2, 3, 1, 2], [1, 2, 3, 1, 2], [4, 5, 6, 7, -1]])
     mask = tokens >= 0
-    shares = control.distinct(tokens, mask, ["a", "a", "b"], n=2)
+    shares = steering.distinct(tokens, mask, ["a", "a", "b"], n=2)
     # group a: bigrams 12 23 31 12, twice: 3 distinct of 8; group b: 45 56 67, all distinct.
     assert shares["a"] == pytest.approx(3 / 8) and shares["b"] == 1.0
     with pytest.raises(ValueError, match="group labels"):
-        control.distinct(tokens, mask, ["a"])
+        steering.distinct(tokens, mask, ["a"])
 
 
 def frontier_table(arm_quality: float, arm_diversity: float) -> pd.DataFrame:
@@ -230,15 +231,15 @@ def frontier_table(arm_quality: float, arm_diversity: float) -> pd.DataFrame:
 
 
 def test_frontier_gain_measures_diversity_at_equal_quality():
-    on = control.frontier_gain(frontier_table(-1.5, 0.7), "ctl", ["T1", "T2", "T3"])
+    on = steering.frontier_gain(frontier_table(-1.5, 0.7), "ctl", ["T1", "T2", "T3"])
     assert on["estimate"] == pytest.approx(0.0, abs=1e-9) and on["inside"] == 1.0
-    above = control.frontier_gain(frontier_table(-2.5, 0.95), "ctl", ["T1", "T2", "T3"])
+    above = steering.frontier_gain(frontier_table(-2.5, 0.95), "ctl", ["T1", "T2", "T3"])
     assert above["estimate"] == pytest.approx(0.1) and above["low"] > 0.09
     assert above["p_value"] < 0.01 and above["n_clusters"] == 20
-    outside = control.frontier_gain(frontier_table(-4.0, 1.0), "ctl", ["T1", "T2", "T3"])
+    outside = steering.frontier_gain(frontier_table(-4.0, 1.0), "ctl", ["T1", "T2", "T3"])
     assert outside["estimate"] == pytest.approx(0.0) and outside["inside"] == 0.0  # extrapolated
     with pytest.raises(ValueError, match="two constant"):
-        control.frontier_gain(frontier_table(-2, 1), "ctl", ["T1"])
+        steering.frontier_gain(frontier_table(-2, 1), "ctl", ["T1"])
 
 
 def test_score_arms_measures_each_runs_text(llama):
@@ -260,7 +261,7 @@ def test_score_arms_measures_each_runs_text(llama):
             progress=False,
         ),
     }
-    table = control.score_arms(llama, arms)
+    table = steering.score_arms(arms)
     assert list(table.columns) == [
         "arm",
         "prompt_id",
@@ -279,8 +280,11 @@ def test_score_arms_measures_each_runs_text(llama):
     expected = sdelm.applications.sequence_mean(rescore(llama, first), first.mask).mean()
     assert cool.loc["prompt-000", "logprob"] == pytest.approx(expected, abs=1e-4)
     assert cool.loc["prompt-000", "distinct"] == pytest.approx(
-        control.distinct(first.tokens, first.mask, [0, 0])[0]
+        steering.distinct(first.tokens, first.mask, [0, 0])[0]
     )
+    older = replace(arms["hot"], untempered_logprobs=None)  # as saved before sdelm recorded them
+    with pytest.raises(ValueError, match="'hot' lacks the untempered log-probabilities"):
+        steering.score_arms({"hot": older})
 
 
 def test_kicks_pair_the_prediction_with_the_step_that_followed(llama):
@@ -289,7 +293,7 @@ def test_kicks_pair_the_prediction_with_the_step_that_followed(llama):
         RadialNoise(dim), identity_projection(dim, llama.n_layers), reference=1.0
     )
     trajs = extract(llama, PROMPTS, max_new_tokens=6, progress=False)
-    table = control.kicks(law, trajs)
+    table = steering.kicks(law, trajs)
     assert len(table) == int((trajs.lengths - 1).clamp_min(0).sum())
     states = trajs.layer(llama.n_layers)
     row = table.iloc[0]

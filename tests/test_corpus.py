@@ -66,16 +66,6 @@ def test_shakespeare_passages_bad_counts_get_one_clear_error(kwargs, message):
         corpus.shakespeare_passages(**kwargs)
 
 
-def test_integer_checks():
-    corpus.check_integers(1, n=3)
-    corpus.check_integers(0, seed=0)
-    assert corpus.is_integer(5) and not corpus.is_integer(True) and not corpus.is_integer(5.0)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
-        corpus.check_integers(1, batch_size=0)
-    with pytest.raises(ValueError, match="seed must be an integer >= 0, got False"):
-        corpus.check_integers(0, seed=False)
-
-
 @pytest.mark.skipif(
     importlib.util.find_spec("datasets") is not None, reason="tests the message without datasets"
 )

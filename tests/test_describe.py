@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
-from sdelm import ClaimFailedError, Claims, Trajectories, describe
+from sdelm import ClaimFailedError, Claims, Trajectories, describe, generation
 
 
 def make(states, prompt_ids=None, temperatures=None) -> Trajectories:
@@ -163,7 +163,7 @@ def test_untempered_logprob_of_human_rows_is_the_recorded_mean():
     trajs.rows["source"] = "human"
     trajs.logprobs[:] = torch.tensor([[-1.0, -2.0, -3.0, -4.0], [-1.0, -1.0, -1.0, -1.0]])
     trajs.mask[0, 3] = False
-    assert describe.untempered_logprob(None, trajs) == pytest.approx([-2.0, -1.0])
+    assert generation.untempered_logprob(None, trajs) == pytest.approx([-2.0, -1.0])
 
 
 def test_claims_are_enforced_only_with_the_default_parameters():

@@ -9,8 +9,8 @@ import torch
 
 import sdelm
 from sdelm import LM, extract
+from sdelm.generation import distribution, sampling
 
-EXTRACT_MODULE = importlib.import_module("sdelm.extract")  # `sdelm.extract` is the function
 LM_MODULE = importlib.import_module("sdelm.lm")
 
 PROMPTS = ["hello there", "a", "the quick brown fox"]
@@ -217,9 +217,9 @@ def test_a_refused_extraction_runs_no_forward_pass(llama, monkeypatch):
 def test_uniform_table_holds_the_numbers_of_one_draw_per_step():
     """One draw of n numbers equals n draws of one, so the bulk table changes no sample."""
     keys = [(0, 0, 0), (5, 1, 2), (17, 0, 1)]
-    table = EXTRACT_MODULE._uniform_table(11, keys, 300)
+    table = distribution.uniform_table(11, keys, 300)
     for row, key in enumerate(keys):
-        generator = EXTRACT_MODULE._row_generator(11, *key)
+        generator = distribution.row_generator(11, *key)
         one_by_one = torch.stack([torch.rand((), generator=generator) for _ in range(300)])
         assert torch.equal(table[row], one_by_one)
 
@@ -264,7 +264,7 @@ def test_early_ends_equal_those_recorded_before_the_bulk_draws(llama):
 def test_steps_copied_in_blocks_equal_steps_copied_one_by_one(llama, monkeypatch):
     """A GPU's block copies (and its later stop) give the CPU's per-step trajectories."""
     per_step = eos_likely(llama, max_new_tokens=30, seed=4)
-    monkeypatch.setattr(EXTRACT_MODULE, "_steps_per_copy", lambda device: 4)
+    monkeypatch.setattr(sampling, "_steps_per_copy", lambda device: 4)
     blocks = eos_likely(llama, max_new_tokens=30, seed=4)
     for name in ("states", "tokens", "logprobs", "entropies", "temperatures", "mask"):
         torch.testing.assert_close(

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import sdelm
-from sdelm.baselines import OrnsteinUhlenbeck, RandomWalk
 from sdelm.fit import AUTO_BATCH_SIZE, _resolve_batch_size
+from sdelm.models.linear import OrnsteinUhlenbeck, RandomWalk
 from sdelm.synthetic import (
     OU_MATRIX,
     OU_SIGMA,

@@ -15,7 +15,7 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 import sdelm
 from sdelm import LM, LMLoadError, extract, load_lm
-from sdelm.branching import Branches
+from sdelm.branches import Branches
 from sdelm.lm import EMBEDDED
 from tests.conftest import SPECIALS, byte_tokenizer
 from tests.test_extract import replay_states

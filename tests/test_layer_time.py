@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sdelm
-from sdelm.lines_of_thought import LayerLinear
+from sdelm.models.lines_of_thought import LayerLinear
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog again and again.",

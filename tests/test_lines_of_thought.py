@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sdelm
-from sdelm.lines_of_thought import LayerLinear, residual_diagnostics
+from sdelm.models.lines_of_thought import LayerLinear, residual_diagnostics
 from sdelm.synthetic import as_trajectories, lines_of_thought_paths
 
 

@@ -9,18 +9,18 @@ import pytest
 import torch
 
 import sdelm
-from sdelm import baselines
+from sdelm.models import linear, lines_of_thought
 
 BUILDERS = {
     "NeuralSDE": lambda: sdelm.NeuralSDE(4, hidden=16, seed=2),
     "NeuralSDE, spectral norm": lambda: sdelm.NeuralSDE(4, hidden=16, spectral_norm=True),
-    "RandomWalk": lambda: baselines.RandomWalk(4),
-    "BrownianDrift": lambda: baselines.BrownianDrift(4),
-    "OrnsteinUhlenbeck": lambda: baselines.OrnsteinUhlenbeck(4),
-    "VectorAutoregression": lambda: baselines.VectorAutoregression(4),
+    "RandomWalk": lambda: linear.RandomWalk(4),
+    "BrownianDrift": lambda: linear.BrownianDrift(4),
+    "OrnsteinUhlenbeck": lambda: linear.OrnsteinUhlenbeck(4),
+    "VectorAutoregression": lambda: linear.VectorAutoregression(4),
     "NeuralSDE, correlated noise": lambda: sdelm.NeuralSDE(4, hidden=16, correlated=True),
-    "LinesOfThought": lambda: baselines.LinesOfThought(4),
-    "NeuralDrift": lambda: baselines.NeuralDrift(4, hidden=16),
+    "LinesOfThought": lambda: lines_of_thought.LinesOfThought(4),
+    "NeuralDrift": lambda: linear.NeuralDrift(4, hidden=16),
 }
 
 
@@ -84,7 +84,7 @@ def test_initialisation_is_seeded_and_leaves_the_global_generator_alone():
 
 
 def test_lines_of_thought_noise_grows_exponentially_in_time():
-    model = baselines.LinesOfThought(2)
+    model = lines_of_thought.LinesOfThought(2)
     with torch.no_grad():
         model.log_alpha.fill_(torch.log(torch.tensor(0.64)))
         model.rate.fill_(0.18)
@@ -129,7 +129,7 @@ def test_checkpoint_carries_the_projection(tmp_path):
 def test_a_checkpoint_with_integer_weights_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    path = sdelm.save_checkpoint(baselines.OrnsteinUhlenbeck(2), tmp_path / "ou.safetensors")
+    path = sdelm.save_checkpoint(linear.OrnsteinUhlenbeck(2), tmp_path / "ou.safetensors")
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -198,7 +198,7 @@ def test_a_baseline_checkpoint_loads_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
 
-    path = sdelm.save_checkpoint(baselines.VectorAutoregression(2), tmp_path / "v.safetensors")
+    path = sdelm.save_checkpoint(linear.VectorAutoregression(2), tmp_path / "v.safetensors")
     code = f"import sdelm; print(type(sdelm.load_checkpoint({str(path)!r})).__name__)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -10,9 +10,9 @@ from scipy.stats import multivariate_normal
 from statsmodels.tsa.api import VAR
 
 import sdelm
-from sdelm.baselines import OrnsteinUhlenbeck, VectorAutoregression
 from sdelm.data import Transitions
 from sdelm.fit import loss_terms
+from sdelm.models.linear import OrnsteinUhlenbeck, VectorAutoregression
 from sdelm.noise import NoiseCorrelation
 
 #: A VAR(1) x_{k+1} = M x_k + c + L ξ_k whose noise correlates its coordinates.

@@ -36,7 +36,7 @@ def held_out(data: sdelm.PreparedData) -> sdelm.SDEData:
 @pytest.fixture(scope="module")
 def ar1():
     data = autoregressive((0.9,))
-    ou = sdelm.baselines.OrnsteinUhlenbeck(data.dim).fit_least_squares(data.train)
+    ou = sdelm.models.linear.OrnsteinUhlenbeck(data.dim).fit_least_squares(data.train)
     return data, ou, pe.effects([(data.train, held_out(data), ou)], seed=0)
 
 
@@ -78,7 +78,7 @@ def test_an_ar1_is_indistinguishable_from_its_var1_surrogate(ar1):
 
 def test_memory_and_heavy_tails_are_found_where_they_are():
     data = autoregressive((0.5, 0.4), noise="student", seed=1)
-    ou = sdelm.baselines.OrnsteinUhlenbeck(data.dim).fit_least_squares(data.train)
+    ou = sdelm.models.linear.OrnsteinUhlenbeck(data.dim).fit_least_squares(data.train)
     found = pe.effects([(data.train, held_out(data), ou)], seed=0)
     assert found["order-2-gain"]["low"] > 0
     assert found["order-2-gain-data-minus-var1"]["low"] > 0
@@ -94,7 +94,7 @@ def test_folds_hold_out_every_prompt_once_and_pool_their_sums():
     folds = []
     for i in range(3):
         split = sdelm.prepare(trajs, dim=4, seed=0, split=(0.85, 0.15, 0.0), fold=(i, 3))
-        model = sdelm.baselines.OrnsteinUhlenbeck(4).fit_least_squares(split.train)
+        model = sdelm.models.linear.OrnsteinUhlenbeck(4).fit_least_squares(split.train)
         folds.append((split.train, split.test, model))
     found = pe.effects(folds, seed=0)
     assert {m["n_clusters"] for m in found.values()} == {24}  # every prompt, once

@@ -7,7 +7,7 @@ import torch
 import sdelm
 from sdelm.analysis import contraction, surrogates
 from sdelm.analysis.pull_back import pull_back_effects, pull_back_frame
-from sdelm.baselines import OrnsteinUhlenbeck
+from sdelm.models.linear import OrnsteinUhlenbeck
 from sdelm.synthetic import as_trajectories, ou_paths
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import sdelm
-from sdelm.shards import extract_shards, shard_paths
+from sdelm.generation.shards import extract_shards, shard_paths
 from sdelm.trajectories import TrajectoryFileError
 
 PROMPTS = ["Tell me a story.", "What is a river?", "Name a colour.", "Count to three.", "Hi!"]
@@ -47,7 +47,7 @@ def run(script: str, *args: str, launcher: list[str] | None = None) -> subproces
 EXTRACT = textwrap.dedent("""\
     import json, os, signal, sys
     import sdelm
-    from sdelm.shards import extract_shards
+    from sdelm.generation.shards import extract_shards
     folder, model, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if kill_after:
         saved = []

@@ -328,7 +328,7 @@ def test_one_token_errors_read_the_chain_and_its_continuous_flow():
     # Noise-free sequences of the chain x_{k+1} = (I + A) x_k: the chain's step predicts them
     # exactly; the continuous reading predicts exp(A) x_k, off by (exp(A) − I − A) x_k.
     matrix = torch.tensor([[-0.5, 0.2], [0.0, -0.3]])
-    model = sdelm.baselines.OrnsteinUhlenbeck(2)
+    model = sdelm.models.linear.OrnsteinUhlenbeck(2)
     with torch.no_grad():
         model.matrix.copy_(matrix)
     states = [torch.tensor([[1.0, -2.0], [0.5, 3.0]])]

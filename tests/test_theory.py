@@ -104,7 +104,7 @@ def test_a_unit_step_likelihood_identifies_the_map_not_the_drift_matrix():
     paths = torch.stack(states, dim=1)
     trajs = as_trajectories(paths, dt=1.0)
     split = sdelm.SDEData(paths, trajs.mask, 1.0, trajs.rows)
-    fitted = sdelm.baselines.OrnsteinUhlenbeck(3).fit_least_squares(split)
+    fitted = sdelm.models.linear.OrnsteinUhlenbeck(3).fit_least_squares(split)
     a_hat = fitted.matrix.detach().double()
     assert torch.allclose(a_hat, step - torch.eye(3, dtype=torch.float64), atol=0.02)
     assert (a_hat - OU_MATRIX.double()).abs().max() > 0.3  # not A: e^A ≠ I + A

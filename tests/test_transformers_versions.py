@@ -39,7 +39,7 @@ REPLAY = textwrap.dedent(
     """
     import torch, transformers
     from sdelm import extract
-    from sdelm.branching import branch, prefix_positions
+    from sdelm.generation import branch, prefix_positions
     from sdelm.lm import cache_keyword
     from tests.conftest import tiny_lm
     from tests.test_branching import replay as replay_branch

@@ -9,6 +9,7 @@ from sdelm.analysis import (
     phase,
     properties,
     pull_back,
+    steering,
     surrogates,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "phase",
     "properties",
     "pull_back",
+    "steering",
     "surrogates",
 ]

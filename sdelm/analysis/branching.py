@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from sdelm.branching import Branches
+from sdelm.branches import Branches
 from sdelm.data import Projection, Transitions
 from sdelm.fit import nll
 from sdelm.models import SDEModel

@@ -13,6 +13,7 @@ The data of one model: generated trajectories of several temperatures
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,12 +22,11 @@ from scipy import stats as scipy_stats
 
 from sdelm.analysis.branching import measured
 from sdelm.analysis.layer_time import growth_rate, residual_frame
-from sdelm.baselines import OrnsteinUhlenbeck, VectorAutoregression
-from sdelm.branching import Branches
-from sdelm.cache import cached_fit
-from sdelm.data import SDEData, prepare, project
-from sdelm.fit import sequence_nll
-from sdelm.models import NeuralSDE
+from sdelm.branches import Branches
+from sdelm.data import PreparedData, SDEData, prepare, project
+from sdelm.fit import fit, sequence_nll
+from sdelm.models import NeuralSDE, SDEModel
+from sdelm.models.linear import OrnsteinUhlenbeck, VectorAutoregression
 from sdelm.simulate import simulate
 from sdelm.stats import cluster_bootstrap, log_ratios
 from sdelm.trajectories import Trajectories
@@ -143,6 +143,11 @@ def energy_score(paths: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) ->
     return score.sum(1) / valid.sum(1)
 
 
+def _fit_model(model: SDEModel, data: PreparedData, **fit_args: Any) -> SDEModel:
+    """Fit ``model`` to ``data`` (:func:`sdelm.fit`) and return it."""
+    return fit(model, data, **fit_args).model
+
+
 def held_out_scores(
     trajs: Trajectories,
     *,
@@ -152,6 +157,7 @@ def held_out_scores(
     fits: int = 1,
     seed: int = 0,
     device: str = "auto",
+    fit_model: Callable[..., SDEModel] = _fit_model,
 ) -> pd.DataFrame:
     """Score every sequence by the neural SDEs and the linear baselines fitted without its prompt.
 
@@ -174,6 +180,9 @@ def held_out_scores(
         fits: Fits of the neural SDE per fold (at least 1).
         seed: Seed of the folds, the fits and the simulations.
         device: Where the neural SDEs are fitted.
+        fit_model: Called as ``fit_model(model, data, seed=, device=, progress=)`` to fit each
+            neural SDE; returns the fitted model. :func:`sdelm.cached_fit` keeps the fits on
+            disk; the default fits afresh.
 
     Returns:
         One row per sequence with transitions: ``fold``, ``prompt_id``; for each score
@@ -204,7 +213,7 @@ def held_out_scores(
         }
         neural["correlated"] = NeuralSDE(dim, time_scale=scale, correlated=True, seed=seed)
         models = {
-            name: cached_fit(model, data, seed=model.config["seed"], device=device, progress=False)
+            name: fit_model(model, data, seed=model.config["seed"], device=device, progress=False)
             for name, model in neural.items()
         }
         models["ou"] = OrnsteinUhlenbeck(dim).fit_least_squares(data.train)

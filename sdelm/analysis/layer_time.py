@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from sdelm.data import PreparedData, SDEData, prepare
-from sdelm.lines_of_thought import LayerLinear
+from sdelm.models.lines_of_thought import LayerLinear
 from sdelm.simulate import energy_distance_effect
 from sdelm.stats import cluster_bootstrap, pair_weights
 from sdelm.trajectories import Trajectories

@@ -26,9 +26,9 @@ from scipy import stats as scipy_stats
 
 from sdelm.analysis.properties import gaussian_ll, lagged_design, standardised_residuals
 from sdelm.analysis.surrogates import KINDS, surrogate_series
-from sdelm.baselines import OrnsteinUhlenbeck
 from sdelm.data import SDEData
 from sdelm.models import SDEModel
+from sdelm.models.linear import OrnsteinUhlenbeck
 from sdelm.stats import cluster_bootstrap
 
 __all__ = ["EFFECTS", "LAGS", "SequenceSums", "effects", "sequence_sums"]

@@ -188,7 +188,7 @@ def record_path(name: str, overrides: Mapping[str, Any] | None = None) -> Path:
         kernels are kept beside each other.
 
     """
-    from sdelm.cache import cache_dir
+    from sdelm.files import cache_dir
     from sdelm.numerics import kernels
 
     folder = cache_dir() / "claims" / re.sub(r"[^a-z0-9]+", "-", kernels().lower())

@@ -33,7 +33,8 @@ def _run_records(
     names: Sequence[str], seed: int, capability: str, defaults: Mapping[str, Mapping]
 ) -> dict[str, dict]:
     """Return the records the current code made for ``names`` at ``seed`` on ``capability``."""
-    from sdelm.cache import cache_dir, source_fingerprint
+    from sdelm.cache import source_fingerprint
+    from sdelm.files import cache_dir
 
     code = source_fingerprint()
     found = {}

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from sdelm.data import SDEData, Transitions
-from sdelm.models import SDEModel, _mlp, _with_time
+from sdelm.models.base import SDEModel, mlp, with_time
 from sdelm.noise import NoiseCorrelation
 
 __all__ = [
     "BrownianDrift",
-    "LinesOfThought",
+    "LinearDrift",
     "NeuralDrift",
     "OrnsteinUhlenbeck",
     "RandomWalk",
@@ -69,15 +69,15 @@ class BrownianDrift(_ConstantNoise):
         return self.bias.expand_as(x)
 
 
-class _LinearDrift(SDEModel):
-    """A drift A x + b."""
+class LinearDrift(SDEModel):
+    """A drift A x + b (the noise is left to subclasses)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
         self.matrix = nn.Parameter(torch.zeros(dim, dim))
         self.bias = nn.Parameter(torch.zeros(dim))
 
-    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
         self.check_input(x)
         return x @ self.matrix.T + self.bias
 
@@ -94,7 +94,7 @@ class _LinearDrift(SDEModel):
         return (tr.dx - self.drift(tr.x, tr.t) * tr.dt).detach()
 
 
-class OrnsteinUhlenbeck(_LinearDrift):
+class OrnsteinUhlenbeck(LinearDrift):
     """Ornstein–Uhlenbeck / VAR(1): μ = A x + b, constant diagonal σ."""
 
     def __init__(self, dim: int) -> None:
@@ -119,7 +119,7 @@ class OrnsteinUhlenbeck(_LinearDrift):
         return self
 
 
-class VectorAutoregression(_LinearDrift):
+class VectorAutoregression(LinearDrift):
     """VAR(1) with a full noise covariance: μ = A x + b, increments' covariance Σ Δt.
 
     The noise is diag(s) C dW with constant scales s and a constant unit-lower-triangular C
@@ -175,30 +175,6 @@ class VectorAutoregression(_LinearDrift):
         return self
 
 
-class LinesOfThought(_LinearDrift):
-    """The Lines-of-Thought model: μ = A x + b, isotropic noise with variance α e^{λ t}.
-
-    Args:
-        dim: State dimension.
-
-    """
-
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
-        self.log_alpha = nn.Parameter(torch.zeros(()))
-        self.rate = nn.Parameter(torch.zeros(()))
-
-    @property
-    def alpha(self) -> float:
-        """The variance at t = 0."""
-        return float(self.log_alpha.detach().exp())
-
-    def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        self.check_input(x)
-        log_variance = self.log_alpha + self.rate * t.to(x.dtype)
-        return (0.5 * log_variance).exp().unsqueeze(-1).expand_as(x)
-
-
 class NeuralDrift(_ConstantNoise):
     """A neural drift with constant diagonal σ: a neural ODE plus a fitted noise floor.
 
@@ -225,8 +201,8 @@ class NeuralDrift(_ConstantNoise):
         self.time_scale = time_scale
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.drift_net = _mlp(dim + (1 if time_scale else 0), dim, hidden, depth, False)
+            self.drift_net = mlp(dim + (1 if time_scale else 0), dim, hidden, depth, False)
 
     def drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
         self.check_input(x)
-        return self.drift_net(_with_time(x, t, self.time_scale))
+        return self.drift_net(with_time(x, t, self.time_scale))

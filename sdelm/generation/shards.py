@@ -26,8 +26,9 @@ import torch
 from accelerate import PartialState
 
 from sdelm.corpus import Prompt
-from sdelm.extract import _as_prompts, extract
 from sdelm.files import write_json_atomically
+from sdelm.generation.arguments import as_prompts
+from sdelm.generation.sampling import extract
 from sdelm.lm import load_lm
 from sdelm.trajectories import Trajectories, TrajectoryFileError, check_shard
 
@@ -119,7 +120,7 @@ def extract_shards(
     for reserved in ("first_index", "progress"):
         if reserved in extract_args:
             raise ValueError(f"{reserved} is set by extract_shards; do not pass it.")
-    items = _as_prompts(prompts)
+    items = as_prompts(prompts)
     n_shards = -(-len(items) // shard_size)
     manifest = {
         "model": model,

@@ -22,9 +22,16 @@ from scipy import stats
 from torch import nn
 
 from sdelm.data import SDEData
-from sdelm.models import SDEModel
+from sdelm.models.base import SDEModel
+from sdelm.models.linear import LinearDrift
 
-__all__ = ["PUBLISHED", "LayerLinear", "residual_diagnostics"]
+__all__ = [
+    "PUBLISHED",
+    "ExponentialNoise",
+    "LayerLinear",
+    "LinesOfThought",
+    "residual_diagnostics",
+]
 
 #: The Lines-of-Thought paper's figures for GPT-2 medium (24 layers, 1024 dimensions): noise
 #: variance α e^{λ t} with α ≈ 0.64 and λ ≈ 0.18 per layer (≈ 0.27 for Llama-2-7B), and about a
@@ -32,7 +39,42 @@ __all__ = ["PUBLISHED", "LayerLinear", "residual_diagnostics"]
 PUBLISHED = {"alpha": 0.64, "rate": 0.18, "rate_llama2_7b": 0.27, "dimension_fraction": 0.25}
 
 
-class LayerLinear(SDEModel):
+class ExponentialNoise(SDEModel):
+    """Isotropic noise whose variance per unit time grows as α e^{λ t}: the Lines-of-Thought law.
+
+    A base for models that add a drift; both parameters start at 0 (α = 1, λ = 0).
+
+    Args:
+        dim: State dimension.
+
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.log_alpha = nn.Parameter(torch.zeros(()))
+        self.rate = nn.Parameter(torch.zeros(()))
+
+    @property
+    def alpha(self) -> float:
+        """Noise variance per unit time at t = 0."""
+        return float(self.log_alpha.detach().exp())
+
+    def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        self.check_input(x)
+        log_variance = self.log_alpha + self.rate * t.to(x.dtype)
+        return (0.5 * log_variance).exp().unsqueeze(-1).expand_as(x)
+
+
+class LinesOfThought(LinearDrift, ExponentialNoise):
+    """The Lines-of-Thought model: μ = A x + b, isotropic noise with variance α e^{λ t}.
+
+    Args:
+        dim: State dimension.
+
+    """
+
+
+class LayerLinear(ExponentialNoise):
     """One linear map per step and isotropic noise with variance α e^{λ t}.
 
     Args:
@@ -50,13 +92,6 @@ class LayerLinear(SDEModel):
         self.dt = dt
         self.maps = nn.Parameter(torch.eye(dim).repeat(n_steps - 1, 1, 1))
         self.biases = nn.Parameter(torch.zeros(n_steps - 1, dim))
-        self.log_alpha = nn.Parameter(torch.zeros(()))
-        self.rate = nn.Parameter(torch.zeros(()))
-
-    @property
-    def alpha(self) -> float:
-        """Noise variance per unit time at t = 0."""
-        return float(self.log_alpha.detach().exp())
 
     def _step(self, t: torch.Tensor) -> torch.Tensor:
         return (t / self.dt).round().long().clamp(0, self.maps.shape[0] - 1)
@@ -66,11 +101,6 @@ class LayerLinear(SDEModel):
         k = self._step(t.to(x.device))
         moved = torch.einsum("bij,bj->bi", self.maps[k], x) + self.biases[k]
         return (moved - x) / self.dt
-
-    def diffusion(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        self.check_input(x)
-        log_variance = self.log_alpha + self.rate * t.to(x.dtype)
-        return (0.5 * log_variance).exp().unsqueeze(-1).expand_as(x)
 
     def fit_least_squares(
         self, data: SDEData, *, ridge: float = 1e-3, law_steps: Sequence[int] | None = None
