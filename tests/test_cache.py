@@ -303,7 +303,7 @@ def test_a_fit_is_keyed_by_the_modules_it_reaches_only(tmp_path, monkeypatch):
     fitted()
     assert len(fits) == 1
     # The module of the model class: refitted.
-    models = source / "models.py"
+    models = source / "models" / "neural.py"
     models.write_text(models.read_text() + "\n\nCHANGED = 1\n")
     fitted()
     assert len(fits) == 2

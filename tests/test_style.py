@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,60 @@ def test_papermill_reads_every_parameter_of_a_chapter(chapter, tmp_path):
     notebook = tmp_path / f"{chapter.stem}.ipynb"
     jupytext.write(jupytext.read(chapter), notebook)
     assert set(declared) <= set(papermill.inspect_notebook(str(notebook)))
+
+
+# --- A chapter reads as a lecture ----------------------------------------------------------
+# Every visible code cell follows a sentence that says what it does and why (a hidden cell holds
+# only claim assertions or figure styling, so it needs none), and the imports are shown.
+MIN_INTRODUCED = 0.9
+NOT_PROSE = ("```", ":::", "$$", "#", "|", "- ", "* ", "+ ", ">", "<", "!")
+
+
+def _hidden(cell) -> bool:
+    return "remove-cell" in cell.metadata.get("tags", [])
+
+
+def _ends_with_a_sentence(markdown: str) -> bool:
+    """Whether the last paragraph of a markdown cell is prose: not a heading, directive, list,
+    table, label or equation, and ending as a sentence does."""
+    last = markdown.strip().split("\n\n")[-1].strip()
+    if last.startswith(NOT_PROSE) or re.fullmatch(r"\(\S+\)=", last):
+        return False
+    return len(last.split()) >= 5 and re.search(r"[.:?][)*_`'\"]*$", last) is not None
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda path: path.stem)
+def test_chapter_code_cells_follow_a_sentence(chapter):
+    import jupytext
+
+    cells = jupytext.read(chapter).cells
+    code = [i for i, cell in enumerate(cells) if cell.cell_type == "code"]
+    visible = [i for i in code if not _hidden(cells[i])]
+    bare = [
+        f"{chapter.relative_to(ROOT)} code cell {code.index(i) + 1} "
+        f"({cells[i].source.strip().splitlines()[0][:40]!r})"
+        for i in visible
+        if not (
+            i > 0
+            and cells[i - 1].cell_type == "markdown"
+            and _ends_with_a_sentence(cells[i - 1].source)
+        )
+    ]
+    introduced = len(visible) - len(bare)
+    assert introduced >= MIN_INTRODUCED * len(visible), (
+        f"{introduced} of {len(visible)} visible code cells follow a sentence; without one:\n"
+        + "\n".join(bare)
+    )
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda path: path.stem)
+def test_chapter_shows_its_imports(chapter):
+    import jupytext
+
+    imports = [
+        cell
+        for cell in jupytext.read(chapter).cells
+        if cell.cell_type == "code" and re.search(r"^import sdelm$", cell.source, re.M)
+    ]
+    assert imports, f"{chapter.name} has no cell with `import sdelm`"
+    assert not any(_hidden(cell) for cell in imports), f"{chapter.name} hides its imports"

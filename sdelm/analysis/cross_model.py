@@ -384,6 +384,7 @@ def findings(
     fits: int = 2,
     seed: int = 0,
     device: str = "auto",
+    fit_model: Callable[..., SDEModel] = _fit_model,
 ) -> pd.DataFrame:
     """Measure every finding of :data:`FINDINGS` on one model's data.
 
@@ -402,6 +403,7 @@ def findings(
             misplaces.
         seed: Seed of splits, fits and bootstraps.
         device: Where the neural SDE is fitted.
+        fit_model: How each neural SDE is fitted (:func:`held_out_scores`).
 
     Returns:
         One row per finding (indexed by name): ``what``, ``expected``, ``null``,
@@ -415,7 +417,13 @@ def findings(
     middle = np.sort(branches.temperatures)[len(branches.temperatures) // 2]
     seen = measured(branches, prepared.projection, seed=seed)
     scores = held_out_scores(
-        generated, dim=dim, n_folds=n_folds, fits=fits, seed=seed, device=device
+        generated,
+        dim=dim,
+        n_folds=n_folds,
+        fits=fits,
+        seed=seed,
+        device=device,
+        fit_model=fit_model,
     )
     tests = {
         "nll-neural-minus-ou": (scores, lambda f: float(f["nll_difference"].mean())),

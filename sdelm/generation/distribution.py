@@ -61,7 +61,7 @@ def sample_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
 
 
 def row_generator(seed: int, *key: int) -> torch.Generator:
-    """Return a CPU generator for one sequence, seeded from (seed, *key)."""
+    """Return a CPU generator for one sequence, seeded from ``(seed, *key)``."""
     state = np.random.SeedSequence([seed, *key]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 

@@ -21,7 +21,7 @@ from sdelm.noise import NoiseCorrelation
 
 __all__ = ["MODEL_CLASSES", "SILU_LIPSCHITZ", "SDEModel", "mlp", "with_time"]
 
-#: Lipschitz constant of SiLU, max |d/dx x·sigmoid(x)|.
+#: Lipschitz constant of SiLU: the largest absolute slope of x·sigmoid(x).
 SILU_LIPSCHITZ = 1.0998
 #: Every model class by name, filled as each class is defined (read by checkpoints).
 MODEL_CLASSES: dict[str, type[SDEModel]] = {}
