@@ -18,10 +18,9 @@ import torch
 from scipy import stats
 
 from sdelm.data import PreparedData, SDEData, project
-from sdelm.describe import mean_interval
 from sdelm.fit import transition_nll
 from sdelm.models import SDEModel
-from sdelm.stats import cluster_bootstrap
+from sdelm.stats import cluster_bootstrap, mean_interval
 from sdelm.trajectories import Trajectories
 
 __all__ = [

@@ -255,19 +255,9 @@ def _extract_shards(args: argparse.Namespace) -> None:
 
 
 def _build_model(name: str, dim: int, n_steps: int, seed: int) -> torch.nn.Module:
-    import sdelm
-    from sdelm.models.lines_of_thought import LayerLinear
+    from sdelm.models.zoo import ZOO
 
-    return {
-        "neural": lambda: sdelm.NeuralSDE(dim, time_scale=float(n_steps), seed=seed),
-        "neural-correlated": lambda: sdelm.NeuralSDE(
-            dim, time_scale=float(n_steps), correlated=True, seed=seed
-        ),
-        "ou": lambda: sdelm.models.linear.OrnsteinUhlenbeck(dim),
-        "var": lambda: sdelm.models.linear.VectorAutoregression(dim),
-        "random-walk": lambda: sdelm.models.linear.RandomWalk(dim),
-        "lines-of-thought": lambda: LayerLinear(dim, n_steps),
-    }[name]()
+    return ZOO[name].build(dim, seed, float(n_steps), 128, 2)
 
 
 def _fit(args: argparse.Namespace) -> None:

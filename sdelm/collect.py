@@ -255,7 +255,7 @@ def collect_branches(
         cache: Reuse (and store) results computed by the same code and parameters.
 
     Returns:
-        The recorded generations and the :class:`~sdelm.branching.Branches` of their prefixes.
+        The recorded generations and the :class:`~sdelm.branches.Branches` of their prefixes.
 
     """
     source = collect_trajectories(

@@ -8,8 +8,6 @@ prompt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
 import torch
@@ -19,7 +17,6 @@ from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
 __all__ = [
-    "energy_effect",
     "equivalence_effect",
     "explained_variance",
     "group_labels",
@@ -27,8 +24,6 @@ __all__ = [
     "human_contrast",
     "increments_against_shuffled",
     "layer_scales",
-    "mean_difference",
-    "mean_interval",
     "memory_effect",
     "projection_effect",
     "sequence_statistics",
@@ -376,163 +371,6 @@ def layer_scales(steps: pd.DataFrame) -> pd.DataFrame:
         .median()
         .set_axis(["median |X|", "median |ΔX|", "median |ΔX|/|X|"], axis=1)
     )
-
-
-def mean_interval(
-    values: Sequence[float] | np.ndarray, *, confidence: float = 0.95, seed: int = 0
-) -> dict[str, float]:
-    """Mean with a percentile bootstrap interval (:func:`sdelm.stats.cluster_bootstrap`).
-
-    Args:
-        values: One value per independent unit (e.g. per prompt): each is its own cluster.
-        confidence: Confidence level of the interval.
-        seed: Seed of the bootstrap.
-
-    Returns:
-        ``mean``, ``low``, ``high``.
-
-    """
-    frame = pd.DataFrame({"value": np.asarray(values, dtype=float)})
-    frame["unit"] = np.arange(len(frame))
-    result = cluster_bootstrap(
-        frame, lambda f: float(f["value"].mean()), cluster="unit", confidence=confidence, seed=seed
-    )
-    return {"mean": result["estimate"], "low": result["low"], "high": result["high"]}
-
-
-def mean_difference(
-    a: Sequence[float] | np.ndarray,
-    b: Sequence[float] | np.ndarray,
-    *,
-    paired: bool = False,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Difference of means ``mean(a) − mean(b)`` with a percentile bootstrap interval.
-
-    Args:
-        a: Values of the first group (one per independent unit, e.g. prompt).
-        b: Values of the second group (paired with ``a`` when ``paired``).
-        paired: Resample pairs (a_i, b_i) together.
-        confidence: Confidence level of the interval.
-        seed: Seed of the bootstrap.
-
-    Returns:
-        ``difference``, ``low``, ``high``, from :func:`sdelm.stats.cluster_bootstrap` with
-        each unit (each pair when ``paired``) its own cluster.
-
-    """
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    if paired:
-        frame = pd.DataFrame({"value": a - b, "group": "a"})
-    else:
-        frame = pd.DataFrame(
-            {"value": np.concatenate([a, b]), "group": ["a"] * len(a) + ["b"] * len(b)}
-        )
-    frame["unit"] = np.arange(len(frame))
-
-    def difference(f: pd.DataFrame) -> float:
-        first = f.loc[f["group"] == "a", "value"].mean()
-        return float(first if paired else first - f.loc[f["group"] == "b", "value"].mean())
-
-    result = cluster_bootstrap(frame, difference, cluster="unit", confidence=confidence, seed=seed)
-    return {"difference": result["estimate"], "low": result["low"], "high": result["high"]}
-
-
-def _energy(distances: np.ndarray, first: np.ndarray, pairs: np.ndarray) -> float:
-    """2·mean d(A, B) − mean d(A, A) − mean d(B, B) over the allowed ``pairs`` (n, n)."""
-    cross = pairs & (first[:, None] != first[None, :])
-    own_a = pairs & first[:, None] & first[None, :]
-    own_b = pairs & ~first[:, None] & ~first[None, :]
-    return float(2 * distances[cross].mean() - distances[own_a].mean() - distances[own_b].mean())
-
-
-def energy_effect(
-    points: np.ndarray | torch.Tensor,
-    groups: Sequence[object] | np.ndarray,
-    clusters: Sequence[object] | np.ndarray,
-    *,
-    paired: bool = False,
-    strata: Sequence[object] | np.ndarray | None = None,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Energy distance between two groups of points, with an interval over clusters.
-
-    The energy distance ``2E d(X, Y) − E d(X, X') − E d(Y, Y')`` (Euclidean ``d``) is 0
-    exactly when the two groups share one distribution. It is estimated from pairs of points
-    of *different* clusters only (``paired=False``: the groups are made of different units,
-    e.g. human passages and generated prompts), or of the *same* cluster only
-    (``paired=True``: every cluster holds both groups, e.g. one prompt's samples at two
-    temperatures; each cluster's own distance, averaged over clusters). Either way no point is
-    paired with itself or with its copy in a bootstrap resample, so the estimate is unbiased
-    for 0 under no difference, and so are its resamples. With ``strata`` (unpaired), pairs are
-    also taken within a stratum only: points that are comparable only there, such as
-    held-out sequences in the plane of the cross-validation fold that held them out.
-
-    Args:
-        points: Array of size (n, dim): one point per independent unit of observation (e.g. a
-            sequence's mean state).
-        groups: Array of size (n,) with exactly two distinct labels.
-        clusters: Array of size (n,): the units resampled together (prompts, passages).
-        paired: Whether pairs are taken within clusters (see above).
-        strata: Optional array of size (n,): unpaired, pairs only within a stratum (a
-            cluster may span strata, e.g. a passage projected in every fold's plane).
-        seed: Seed of the bootstrap.
-
-    Returns:
-        :func:`sdelm.stats.cluster_bootstrap`'s ``estimate``, ``low``, ``high``, ``p_value``
-        (against 0) and ``n_clusters``.
-
-    Raises:
-        ValueError: On sizes that disagree, other than two groups, strata with paired
-            clusters, or too few pairs: fewer than two clusters with two points of each group
-            (paired), or a group within fewer than two clusters (unpaired).
-
-    """
-    points = np.asarray(points, dtype=np.float64)
-    groups, clusters = np.asarray(groups), np.asarray(clusters)
-    labels = np.unique(groups)
-    if points.ndim != 2 or not len(points) == len(groups) == len(clusters) or len(labels) != 2:
-        raise ValueError(
-            "energy_effect needs points of size (n, dim), and groups and clusters of size "
-            f"(n,) with two group labels; got {points.shape}, {groups.shape} ({len(labels)} "
-            f"labels) and {clusters.shape}."
-        )
-    if strata is not None and (paired or len(strata) != len(points)):
-        raise ValueError(
-            "strata need unpaired clusters (paired=False) and one stratum per point; got "
-            f"paired={paired} and {len(strata)} strata for {len(points)} points."
-        )
-    first = groups == labels[0]
-    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
-    if paired:
-        values = {}
-        for key in np.unique(clusters):
-            rows = np.flatnonzero(clusters == key)
-            if min(first[rows].sum(), (~first[rows]).sum()) >= 2:
-                own = ~np.eye(len(rows), dtype=bool)
-                values[key] = _energy(distances[np.ix_(rows, rows)], first[rows], own)
-        if len(values) < 2:
-            raise ValueError(
-                "A paired energy distance needs two clusters with two points of each group."
-            )
-        frame = pd.DataFrame({"cluster": list(values), "value": list(values.values())})
-        return cluster_bootstrap(
-            frame, lambda f: float(f["value"].mean()), cluster="cluster", seed=seed
-        )
-    for side in (first, ~first):
-        if len(np.unique(clusters[side])) < 2:
-            raise ValueError("Each group needs points from two clusters at least.")
-    frame = pd.DataFrame({"cluster": clusters, "row": np.arange(len(points))})
-    stratum = np.zeros(len(points)) if strata is None else pd.factorize(np.asarray(strata))[0]
-
-    def statistic(f: pd.DataFrame) -> float:
-        rows, keys = f["row"].to_numpy(), f["cluster"].to_numpy()
-        apart = (keys[:, None] != keys[None, :]) & (stratum[rows, None] == stratum[None, rows])
-        return _energy(distances[np.ix_(rows, rows)], first[rows], apart)
-
-    return cluster_bootstrap(frame, statistic, cluster="cluster", seed=seed)
 
 
 def temperature_contrast(

@@ -18,22 +18,13 @@ import pandas as pd
 
 from sdelm.data import PreparedData, prepare
 from sdelm.fit import fit, nll, sequence_nll
-from sdelm.models import NeuralSDE, SDEModel
-from sdelm.models.linear import (
-    BrownianDrift,
-    NeuralDrift,
-    OrnsteinUhlenbeck,
-    RandomWalk,
-    VectorAutoregression,
-)
-from sdelm.models.lines_of_thought import LayerLinear, LinesOfThought
+from sdelm.models import SDEModel
+from sdelm.models.zoo import NEURAL, ZOO, Entry
 from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories
 
 __all__ = [
-    "NEURAL",
-    "NEURAL_CORRELATED",
-    "VAR",
+    "STANDARD",
     "ModelSpec",
     "compare_models",
     "cross_validate",
@@ -42,15 +33,20 @@ __all__ = [
     "summarise",
 ]
 
-#: Name of the paper's model in the tables.
-NEURAL = "neural SDE"
-#: The neural SDE whose noise correlates the coordinates (:mod:`sdelm.noise`).
-NEURAL_CORRELATED = "neural SDE, correlated noise"
-#: The strongest linear baseline: VAR(1) with a full noise covariance.
-VAR = "VAR(1), full covariance"
 #: (name, build(dim, seed, time_scale) -> model, fit arguments; ``"least_squares"`` fits the
 #: linear models in closed form). ``time_scale`` is the number of steps per trajectory.
 ModelSpec = tuple[str, Callable[[int, int, float], SDEModel], dict[str, Any]]
+#: The models of :func:`standard_models`, by their names in :data:`sdelm.models.zoo.ZOO`.
+STANDARD = (
+    "random-walk",
+    "brownian-drift",
+    "ou",
+    "var",
+    "lines-of-thought-one-map",
+    "neural-drift",
+    "neural",
+    "neural-correlated",
+)
 
 
 def standard_models(
@@ -66,45 +62,19 @@ def standard_models(
             (:class:`~sdelm.models.lines_of_thought.LayerLinear`).
 
     Returns:
-        A list of (name, builder, fit overrides).
+        A list of (name, builder, fit overrides), named by :data:`sdelm.models.zoo.ZOO`'s
+        labels.
 
     """
+    keys = [*STANDARD, *["neural-paper-loss"] * paper_loss, *["lines-of-thought"] * per_step_maps]
 
-    def neural(dim: int, seed: int, time_scale: float) -> SDEModel:
-        return NeuralSDE(dim, hidden=hidden, depth=depth, time_scale=time_scale, seed=seed)
+    def spec(entry: Entry) -> ModelSpec:
+        def build(dim: int, seed: int, time_scale: float) -> SDEModel:
+            return entry.build(dim, seed, time_scale, hidden, depth)
 
-    def correlated(dim: int, seed: int, time_scale: float) -> SDEModel:
-        return NeuralSDE(
-            dim, hidden=hidden, depth=depth, time_scale=time_scale, correlated=True, seed=seed
-        )
+        return entry.label, build, dict(entry.fit)
 
-    specs: list[ModelSpec] = [
-        ("random walk", lambda dim, seed, ts: RandomWalk(dim), {"lr": 3e-2}),
-        ("Brownian + drift", lambda dim, seed, ts: BrownianDrift(dim), {"lr": 3e-2}),
-        ("OU / VAR(1)", lambda dim, seed, ts: OrnsteinUhlenbeck(dim), {"least_squares": True}),
-        (VAR, lambda dim, seed, ts: VectorAutoregression(dim), {"least_squares": True}),
-        ("Lines of Thought", lambda dim, seed, ts: LinesOfThought(dim), {"lr": 1e-2}),
-        (
-            "neural drift + σ floor",
-            lambda dim, seed, ts: NeuralDrift(
-                dim, hidden=hidden, depth=depth, time_scale=ts, seed=seed
-            ),
-            {},
-        ),
-        (NEURAL, neural, {}),
-        (NEURAL_CORRELATED, correlated, {}),
-    ]
-    if paper_loss:
-        specs.append((f"{NEURAL} (paper loss)", neural, {"loss": "paper"}))
-    if per_step_maps:
-        specs.append(
-            (
-                "Lines of Thought, map per step",
-                lambda dim, seed, ts: LayerLinear(dim, int(ts)),
-                {"least_squares": True},
-            )
-        )
-    return specs
+    return [spec(ZOO[key]) for key in keys]
 
 
 def _fit_one(

@@ -15,7 +15,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["N_RESAMPLES", "cluster_bootstrap", "holm", "log_ratios", "pair_weights"]
+__all__ = [
+    "N_RESAMPLES",
+    "cluster_bootstrap",
+    "holm",
+    "log_ratios",
+    "mean_difference",
+    "mean_interval",
+    "pair_weights",
+]
 
 #: Bootstrap resamples used throughout.
 N_RESAMPLES = 2000
@@ -183,3 +191,65 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     from statsmodels.stats.multitest import multipletests  # slow to import; rarely needed
 
     return multipletests(np.asarray(p_values, dtype=float), method="holm")[1]
+
+
+def mean_interval(
+    values: Sequence[float] | np.ndarray, *, confidence: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """Mean with a percentile bootstrap interval (:func:`sdelm.stats.cluster_bootstrap`).
+
+    Args:
+        values: One value per independent unit (e.g. per prompt): each is its own cluster.
+        confidence: Confidence level of the interval.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        ``mean``, ``low``, ``high``.
+
+    """
+    frame = pd.DataFrame({"value": np.asarray(values, dtype=float)})
+    frame["unit"] = np.arange(len(frame))
+    result = cluster_bootstrap(
+        frame, lambda f: float(f["value"].mean()), cluster="unit", confidence=confidence, seed=seed
+    )
+    return {"mean": result["estimate"], "low": result["low"], "high": result["high"]}
+
+
+def mean_difference(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    *,
+    paired: bool = False,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Difference of means ``mean(a) − mean(b)`` with a percentile bootstrap interval.
+
+    Args:
+        a: Values of the first group (one per independent unit, e.g. prompt).
+        b: Values of the second group (paired with ``a`` when ``paired``).
+        paired: Resample pairs (a_i, b_i) together.
+        confidence: Confidence level of the interval.
+        seed: Seed of the bootstrap.
+
+    Returns:
+        ``difference``, ``low``, ``high``, from :func:`sdelm.stats.cluster_bootstrap` with
+        each unit (each pair when ``paired``) its own cluster.
+
+    """
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if paired:
+        frame = pd.DataFrame({"value": a - b, "group": "a"})
+    else:
+        frame = pd.DataFrame(
+            {"value": np.concatenate([a, b]), "group": ["a"] * len(a) + ["b"] * len(b)}
+        )
+    frame["unit"] = np.arange(len(frame))
+
+    def difference(f: pd.DataFrame) -> float:
+        first = f.loc[f["group"] == "a", "value"].mean()
+        return float(first if paired else first - f.loc[f["group"] == "b", "value"].mean())
+
+    result = cluster_bootstrap(frame, difference, cluster="unit", confidence=confidence, seed=seed)
+    return {"difference": result["estimate"], "low": result["low"], "high": result["high"]}

@@ -19,9 +19,7 @@ LONG_FILES = {
     "sdelm/analysis/phase.py": "not yet split (issue 29): spectra, Lyapunov exponents, planes",
     "sdelm/book/chapter.py": "not yet split (issue 29): opening, parameters, execution",
     "sdelm/cli.py": "one command line: a parser and one short function per command",
-    "sdelm/describe.py": "not yet dissolved into analysis/ and stats (issue 29)",
     "sdelm/lm.py": "not yet split (issue 29): loading from the hub, GGUF conversion, checks",
-    "sdelm/simulate.py": "not yet split (issue 29): solvers, and the energy distance",
 }
 MAX_FILE_LINES = 500
 

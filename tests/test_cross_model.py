@@ -74,20 +74,6 @@ def test_a_fit_drawn_interval_holds_the_randomness_of_fitting():
     assert measured["low"] == pytest.approx(-0.7) and measured["high"] == pytest.approx(-0.7)
 
 
-def test_the_energy_score_rewards_a_centred_cloud_of_the_right_width():
-    real = torch.zeros(1, 3, 2)
-    mask = torch.ones(1, 3, dtype=torch.bool)
-    # A deterministic forecast scores its distance: here 1 at every step.
-    shifted = torch.zeros(1, 5, 3, 2)
-    shifted[..., 0] = 1.0
-    assert cross_model.energy_score(shifted, real, mask).item() == pytest.approx(1.0)
-    # A cloud around the truth beats the same cloud moved away from it.
-    cloud = torch.randn(1, 400, 3, 2, generator=torch.Generator().manual_seed(0))
-    centred = cross_model.energy_score(cloud, real, mask).item()
-    assert centred < cross_model.energy_score(cloud + 2.0, real, mask).item()
-    assert centred < cross_model.energy_score(torch.zeros(1, 400, 3, 2) + 1.0, real, mask)
-
-
 def test_a_step_is_paired_with_the_entropy_of_the_token_it_reads():
     states = torch.arange(8, dtype=torch.float32).view(2, 4, 1) ** 2
     entropies = torch.tensor([[0.0, 1.0, 2.0, 3.0], [10.0, 11.0, 12.0, 13.0]])

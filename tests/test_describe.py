@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
-from sdelm import ClaimFailedError, Claims, Trajectories, describe, generation
+from sdelm import ClaimFailedError, Claims, Trajectories, describe, generation, stats
 
 
 def make(states, prompt_ids=None, temperatures=None) -> Trajectories:
@@ -101,12 +101,12 @@ def test_split_prompts_keeps_prompts_together_and_refuses_empty_sets():
 
 def test_intervals_cover_known_means():
     rng = np.random.default_rng(0)
-    interval = describe.mean_interval(rng.normal(3.0, 1.0, 80))
+    interval = stats.mean_interval(rng.normal(3.0, 1.0, 80))
     assert interval["low"] < 3.0 < interval["high"]
-    gap = describe.mean_difference(rng.normal(1.0, 1.0, 60), rng.normal(0.0, 1.0, 60))
+    gap = stats.mean_difference(rng.normal(1.0, 1.0, 60), rng.normal(0.0, 1.0, 60))
     assert gap["low"] < 1.0 < gap["high"] and gap["low"] > 0
     a = rng.normal(0.0, 1.0, 40)
-    paired = describe.mean_difference(a + 0.5 + rng.normal(0.0, 0.1, 40), a, paired=True)
+    paired = stats.mean_difference(a + 0.5 + rng.normal(0.0, 0.1, 40), a, paired=True)
     assert 0.4 < paired["low"] < 0.5 < paired["high"] < 0.6
 
 
@@ -195,48 +195,3 @@ def test_claims_are_enforced_only_with_the_default_parameters():
     assert enforced.report(["fails"]).data.startswith("- Gap: 0.5")
     with pytest.raises(KeyError, match="No claims named"):
         enforced.report(["missing"])
-
-
-def test_energy_effect_tells_shifted_from_equal_clustered_samples():
-    rng = np.random.default_rng(0)
-    offsets = rng.normal(size=(40, 1, 2))  # each cluster has its own centre
-    points = (offsets + rng.normal(scale=0.5, size=(40, 3, 2))).reshape(-1, 2)
-    clusters = np.repeat(np.arange(40), 3)
-    groups = np.where(clusters < 20, "a", "b")  # unpaired: the groups are other clusters
-    same = describe.energy_effect(points, groups, clusters)
-    shifted = describe.energy_effect(points + (groups == "b")[:, None], groups, clusters)
-    assert same["low"] < 0 < same["high"] and same["p_value"] > 0.05
-    assert shifted["low"] > 0 and shifted["p_value"] < 0.01
-    assert same["n_clusters"] == shifted["n_clusters"] == 40
-    # paired: every cluster holds both groups; within-cluster pairs remove the offsets
-    twice = np.repeat(np.arange(40), 4)
-    pairs = (np.repeat(offsets, 4, axis=1) + rng.normal(scale=0.5, size=(40, 4, 2))).reshape(-1, 2)
-    labels = np.tile(["low", "low", "high", "high"], 40)
-    none = describe.energy_effect(pairs, labels, twice, paired=True)
-    moved = describe.energy_effect(pairs + 0.5 * (labels == "high")[:, None], labels, twice,
-                                   paired=True)  # fmt: skip
-    assert none["low"] < 0 < none["high"] and moved["low"] > 0
-    with pytest.raises(ValueError, match="two group labels"):
-        describe.energy_effect(points, np.zeros(len(points)), clusters)
-    with pytest.raises(ValueError, match="two clusters with two points"):
-        describe.energy_effect(points, groups, clusters, paired=True)
-
-
-def test_energy_effect_within_strata_compares_only_comparable_points():
-    # Two folds whose planes are offset from each other, with groups mixed unevenly between
-    # them: pooled pairs see the offset as a difference between the groups; pairs within a
-    # fold see none, and still see a real shift.
-    rng = np.random.default_rng(1)
-    fold = np.repeat([0, 1], 60)
-    groups = np.array((["a"] * 45 + ["b"] * 15) + (["a"] * 15 + ["b"] * 45))
-    clusters = np.arange(120) // 3
-    points = rng.normal(size=(120, 2)) + 3.0 * fold[:, None]
-    pooled = describe.energy_effect(points, groups, clusters)
-    within = describe.energy_effect(points, groups, clusters, strata=fold)
-    shifted = describe.energy_effect(points + (groups == "b")[:, None], groups, clusters,
-                                     strata=fold)  # fmt: skip
-    assert pooled["low"] > 0 and pooled["estimate"] > 1.0
-    assert within["low"] < 0 < within["high"] and abs(within["estimate"]) < 0.1
-    assert shifted["low"] > 0
-    with pytest.raises(ValueError, match="strata need unpaired"):
-        describe.energy_effect(points, groups, clusters, paired=True, strata=fold)

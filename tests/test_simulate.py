@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 import torchsde
-from scipy import stats
 
 import sdelm
 from sdelm.simulate import (
@@ -17,11 +16,9 @@ from sdelm.simulate import (
     _SeededIncrements,
     _solver_times,
     convergence,
-    energy_distance,
-    energy_distance_effect,
     one_token_errors,
 )
-from sdelm.synthetic import ou_model, ou_paths
+from sdelm.synthetic import ou_model
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -225,103 +222,6 @@ def test_strong_orders_of_euler_and_milstein_match_theory():
     assert strong_order(additive) == pytest.approx(1.0, abs=0.25)  # additive noise: order 1
     with pytest.raises(ValueError, match="horizon must be > 0"):
         convergence(model, torch.ones(1), horizon=0.0)
-
-
-def test_energy_distance_is_zero_for_one_distribution_and_matches_scipy_in_1d():
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.randn(400, 2, generator=generator), torch.randn(400, 2, generator=generator)
-    assert energy_distance(x, y) < 0.05  # the V-statistic is biased up by O(1/n)
-    assert energy_distance(x, y + 1.0) > 0.5
-    u, v = x[:, :1], y[:, :1] + 0.3
-    expected = stats.energy_distance(u[:, 0].numpy(), v[:, 0].numpy()) ** 2
-    assert energy_distance(u, v) == pytest.approx(expected, rel=1e-6)
-
-
-def test_the_energy_distance_effect_resamples_prompts_and_tells_the_true_model():
-    real = ou_paths(n=48, steps=12, dt=0.1, seed=3)  # (48, 13, 3), from the true OU
-    mask = torch.ones(real.shape[:2], dtype=torch.bool)
-    mask[:6, 9:] = False  # some sequences end early
-    true, wrong = ou_model(), ou_model()
-    with torch.no_grad():
-        wrong.log_sigma.add_(0.7)  # twice the noise
-    simulated = {
-        name: sdelm.simulate(m, real[:, 0], 12, dt=0.1, n_paths=4, seed=0)
-        for name, m in {"true": true, "wrong": wrong}.items()
-    }
-    steps = [4, 8, 12]
-
-    def gap(table):
-        return float((table["true"] - table["wrong"]).mean())
-
-    prompts = np.repeat(np.arange(24), 2)
-    found = energy_distance_effect(real, mask, simulated, prompts, gap, steps=steps, seed=0)
-    by_hand = np.mean([
-        energy_distance(simulated["true"][:, k], real[mask[:, k], k])
-        - energy_distance(simulated["wrong"][:, k], real[mask[:, k], k])
-        for k in steps
-    ])  # fmt: skip
-    assert found["estimate"] == pytest.approx(by_hand, rel=1e-9)
-    assert found["high"] < 0 and found["n_clusters"] == 24
-    # Two folds (as if in two coordinate systems): each fold's distance, weighted by size.
-    folds = np.repeat([0, 1], [16, 32])
-    pooled = energy_distance_effect(
-        real, mask, simulated, prompts, gap, steps=steps, folds=folds, seed=0
-    )
-    per_fold = []
-    for fold in (0, 1):
-        rows = torch.from_numpy(np.flatnonzero(folds == fold))
-        paths = {k: v.reshape(48, 4, 13, 3)[rows].flatten(0, 1) for k, v in simulated.items()}
-        real_f, mask_f = real[rows], mask[rows]
-        per_fold.append(np.mean([
-            energy_distance(paths["true"][:, k], real_f[mask_f[:, k], k])
-            - energy_distance(paths["wrong"][:, k], real_f[mask_f[:, k], k])
-            for k in steps
-        ]))  # fmt: skip
-    assert pooled["estimate"] == pytest.approx((16 * per_fold[0] + 32 * per_fold[1]) / 48)
-    with pytest.raises(ValueError, match="must agree"):
-        energy_distance_effect(real, mask, simulated, prompts[:10], gap, steps=steps)
-
-
-def test_refits_enter_the_estimate_as_a_mean_and_the_interval_as_a_draw():
-    real = ou_paths(n=48, steps=12, dt=0.1, seed=3)
-    mask = torch.ones(real.shape[:2], dtype=torch.bool)
-    true, noisy = ou_model(), ou_model()
-    with torch.no_grad():
-        noisy.log_sigma.add_(0.7)
-    models = {"fit": true, "refit": noisy, "baseline": noisy}
-    simulated = {
-        name: sdelm.simulate(m, real[:, 0], 12, dt=0.1, n_paths=4, seed=i)
-        for i, (name, m) in enumerate(models.items())
-    }
-    prompts, folds, steps = np.repeat(np.arange(24), 2), np.repeat([0, 1], 24), [4, 8, 12]
-
-    columns = set()
-
-    def gap(table):
-        columns.add(tuple(table.columns))
-        return float((table["fit"] - table["baseline"]).mean())
-
-    def effect(**kwargs):
-        return energy_distance_effect(
-            real, mask, simulated, prompts, gap, steps=steps, folds=folds, seed=0, **kwargs
-        )
-
-    both = effect(refits={"fit": ["refit"]})
-    assert columns == {("fit", "baseline")}  # the refit is not a model of its own
-    alone = effect(refits={"fit": []})
-    swapped = {**simulated, "fit": simulated["refit"]}
-    other = energy_distance_effect(
-        real, mask, swapped, prompts, gap, steps=steps, folds=folds, seed=0,
-        refits={"fit": []},
-    )  # fmt: skip
-    # The estimate is the mean of the two fits'; a resample takes one fit per fold, so two
-    # fits this different widen the interval to span both.
-    assert both["estimate"] == pytest.approx((alone["estimate"] + other["estimate"]) / 2)
-    assert both["low"] < min(alone["estimate"], other["estimate"])
-    assert max(alone["estimate"], other["estimate"]) < both["high"]
-    assert both["high"] - both["low"] > 1.5 * (alone["high"] - alone["low"])
-    with pytest.raises(ValueError, match="lacks"):
-        effect(refits={"fit": ["nowhere"]})
 
 
 def test_one_token_errors_read_the_chain_and_its_continuous_flow():

@@ -134,7 +134,7 @@ def against_models(
     """Compare each model's one-step prediction with the branches, prefix by prefix.
 
     Args:
-        branches: From :func:`sdelm.branching.branch`.
+        branches: From :func:`sdelm.generation.branch`.
         projection: The projection the models were fitted in.
         models: Fitted SDEs by name (evaluated on the CPU).
         dt: The models' time step; a prefix at step ``k`` is at time ``k·dt``.

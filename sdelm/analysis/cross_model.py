@@ -24,6 +24,7 @@ from sdelm.analysis.branching import measured
 from sdelm.analysis.layer_time import growth_rate, residual_frame
 from sdelm.branches import Branches
 from sdelm.data import PreparedData, SDEData, prepare, project
+from sdelm.energy import energy_score
 from sdelm.fit import fit, sequence_nll
 from sdelm.models import NeuralSDE, SDEModel
 from sdelm.models.linear import OrnsteinUhlenbeck, VectorAutoregression
@@ -34,7 +35,6 @@ from sdelm.trajectories import Trajectories
 __all__ = [
     "FINDINGS",
     "displacement_frame",
-    "energy_score",
     "findings",
     "fit_drawn",
     "held_out_scores",
@@ -115,32 +115,6 @@ FINDINGS: dict[str, tuple[str, str, float]] = {
 }
 #: Lags of the mean squared displacement.
 MSD_LAGS = tuple(range(1, 9))
-
-
-def energy_score(paths: torch.Tensor, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Energy score of simulated paths against each real sequence, averaged over its steps.
-
-    The energy score E|X − y| − ½ E|X − X'| of a forecast sample X for an observation y is a
-    proper scoring rule (lower is better): it rewards a simulated cloud centred on the real
-    state and as wide as the real uncertainty.
-
-    Args:
-        paths: Float tensor of size (n_sequences, n_paths, n_steps, dim): simulated from each
-            sequence's first state (step 0 is the start).
-        real: Float tensor of size (n_sequences, n_steps, dim).
-        mask: Bool tensor of size (n_sequences, n_steps).
-
-    Returns:
-        Float tensor of size (n_sequences,): the mean score over each sequence's valid steps
-        after the start (NaN for a sequence without one).
-
-    """
-    to_real = (paths - real[:, None]).norm(dim=-1).mean(1)  # (n, steps)
-    spread = (paths[:, :, None] - paths[:, None]).norm(dim=-1).mean((1, 2))  # (n, steps)
-    score = (to_real - 0.5 * spread)[:, 1:]
-    valid = mask[:, 1:]
-    score = torch.where(valid, score, torch.zeros_like(score))
-    return score.sum(1) / valid.sum(1)
 
 
 def _fit_model(model: SDEModel, data: PreparedData, **fit_args: Any) -> SDEModel:

@@ -34,8 +34,8 @@ import pandas as pd
 import torch
 
 from sdelm.data import PreparedData, SDEData, prepare
+from sdelm.energy import energy_distance_effect
 from sdelm.models.lines_of_thought import LayerLinear
-from sdelm.simulate import energy_distance_effect
 from sdelm.stats import cluster_bootstrap, pair_weights
 from sdelm.trajectories import Trajectories
 
@@ -396,7 +396,7 @@ def ensemble_effect(
     At each step, ``log(ED(paths, real) / ED(reference, real))``: any common yardstick (a
     sampling floor) cancels, and below 0 means ``paths`` is the closer ensemble. A resample
     of pieces takes each piece's real states and the paths started from it together
-    (:func:`sdelm.simulate.energy_distance_effect`).
+    (:func:`sdelm.energy.energy_distance_effect`).
 
     Args:
         real: Float tensor (n, n_steps, dim): held-out real states.
