@@ -26,11 +26,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 SUBMODULES = frozenset(
     {
         "analysis",
-        "applications",
         "book",
         "control",
         "corpus",
-        "describe",
         "energy",
         "generation",
         "models",
@@ -65,7 +63,7 @@ ORIGINS = {
     "collect_branches": "sdelm.collect",
     "collect_layer_trajectories": "sdelm.collect",
     "collect_trajectories": "sdelm.collect",
-    "compare_models": "sdelm.evaluate",
+    "compare_models": "sdelm.analysis.comparison",
     "encode_texts": "sdelm.generation.teacher_forced",
     "extract": "sdelm.generation.sampling",
     "fit": "sdelm.fit",
@@ -82,19 +80,17 @@ ORIGINS = {
     "resolve_device": "sdelm.devices",
     "save_checkpoint": "sdelm.models",
     "simulate": "sdelm.simulate",
-    "standard_models": "sdelm.evaluate",
-    "summarise": "sdelm.evaluate",
+    "standard_models": "sdelm.analysis.comparison",
+    "summarise": "sdelm.analysis.comparison",
     "untrained": "sdelm.lm",
 }
 
 if TYPE_CHECKING:  # the names as static tools see them
     from sdelm import (
         analysis,
-        applications,
         book,
         control,
         corpus,
-        describe,
         energy,
         generation,
         models,
@@ -103,12 +99,12 @@ if TYPE_CHECKING:  # the names as static tools see them
         synthetic,
         theory,
     )
+    from sdelm.analysis.comparison import compare_models, standard_models, summarise
     from sdelm.book import ClaimFailedError, Claims
     from sdelm.cache import cached_fit, cached_model, cached_trajectories
     from sdelm.collect import collect_branches, collect_layer_trajectories, collect_trajectories
     from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
     from sdelm.devices import resolve_device
-    from sdelm.evaluate import compare_models, standard_models, summarise
     from sdelm.files import cache_dir
     from sdelm.fit import FitResult, fit, nll
     from sdelm.generation import (
@@ -175,7 +171,6 @@ __all__ = [
     "TrajectoryFileError",
     "Transitions",
     "analysis",
-    "applications",
     "book",
     "branch",
     "cache_dir",
@@ -188,7 +183,6 @@ __all__ = [
     "compare_models",
     "control",
     "corpus",
-    "describe",
     "encode_texts",
     "energy",
     "extract",

@@ -43,7 +43,7 @@ def step_profile(
     """Mean of ``y`` against token position, one line per ``hue`` with a 95% band.
 
     Args:
-        steps: A table from :func:`sdelm.describe.step_statistics`.
+        steps: A table from :func:`sdelm.analysis.descriptives.step_statistics`.
         y: Column to plot.
         ylabel: Axis label with units.
         hue: Column that separates the lines.
@@ -67,8 +67,8 @@ def explained_variance_plot(
     """Cumulative explained variance against the number of PCA components.
 
     Args:
-        spectrum: A table from :func:`sdelm.describe.explained_variance` (optionally with a
-            ``layer`` column, used as hue).
+        spectrum: A table from :func:`sdelm.analysis.descriptives.explained_variance`
+            (optionally with a ``layer`` column, used as hue).
         max_components: Components shown.
         ax: Axes to draw on.
 

@@ -70,14 +70,14 @@ def test_the_contracts_catch_an_import_against_the_layers(tmp_path):
     copy = tmp_path / "house"
     shutil.copytree(PACKAGE, copy / "sdelm", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", copy)
-    target = copy / "sdelm" / "describe.py"
+    target = copy / "sdelm" / "analysis" / "descriptives.py"
     target.write_text(target.read_text() + "\nfrom sdelm.lm import LM  # noqa: E402\n")
     linter = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     result = subprocess.run(
         [linter], cwd=copy, capture_output=True, text=True, env={"PYTHONPATH": str(copy)}
     )
     assert result.returncode != 0
-    assert "sdelm.describe -> sdelm.lm" in result.stdout
+    assert "sdelm.analysis.descriptives -> sdelm.lm" in result.stdout
 
 
 def test_no_import_circle(modules):

@@ -277,7 +277,7 @@ def test_score_arms_measures_each_runs_text(llama):
     assert np.allclose(cool["temperature"], 0.3) and np.allclose(hot["temperature"], 3.0)
     assert cool["logprob"].mean() > hot["logprob"].mean()
     first = arms["cool"].where(prompt_id="prompt-000")
-    expected = sdelm.applications.sequence_mean(rescore(llama, first), first.mask).mean()
+    expected = sdelm.analysis.scoring.sequence_mean(rescore(llama, first), first.mask).mean()
     assert cool.loc["prompt-000", "logprob"] == pytest.approx(expected, abs=1e-4)
     assert cool.loc["prompt-000", "distinct"] == pytest.approx(
         steering.distinct(first.tokens, first.mask, [0, 0])[0]

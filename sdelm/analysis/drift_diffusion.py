@@ -22,8 +22,8 @@ import torch
 from scipy import stats
 
 from sdelm.analysis import kramers_moyal, surrogates
+from sdelm.analysis.descriptives import state_labels
 from sdelm.data import PreparedData, SDEData
-from sdelm.describe import state_labels
 from sdelm.models import SDEModel
 from sdelm.models.linear import OrnsteinUhlenbeck
 from sdelm.stats import N_RESAMPLES, cluster_bootstrap

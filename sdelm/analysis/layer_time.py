@@ -439,7 +439,7 @@ def gain_difference(
     otherwise.
 
     Args:
-        first: From :func:`sdelm.evaluate.cross_validate`.
+        first: From :func:`sdelm.analysis.comparison.cross_validate`.
         second: The same, on other trajectories (another time axis).
         baseline: The model the gains are measured from.
         model: The model whose gains are compared.

@@ -33,8 +33,8 @@ import pandas as pd
 import torch
 from torch.func import jacrev, vmap
 
+from sdelm.analysis.descriptives import state_labels
 from sdelm.data import SDEData
-from sdelm.describe import state_labels
 from sdelm.models import SDEModel
 from sdelm.theory import discrete_generator, generator
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sdelm.applications import repetition, sequence_mean
+from sdelm.analysis.scoring import repetition, sequence_mean
 from sdelm.control import DiffusionTemperature
 from sdelm.stats import cluster_bootstrap
 from sdelm.trajectories import Trajectories

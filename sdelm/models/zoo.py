@@ -1,8 +1,8 @@
 """The one registry of SDE models: a short name for the command line, a label for the tables.
 
-Every place that builds a model by name reads it here: the command line (``sdelm fit --model``),
-:func:`sdelm.evaluate.standard_models` and the chapters (through the labels below), so a label
-is typed once.
+Every place that builds a model by name reads it here: the command line
+(``sdelm fit --model``), :func:`sdelm.analysis.comparison.standard_models` and the chapters
+(through the labels below), so a label is typed once.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def test_cross_validation_tests_every_prompt_once_and_pairs_the_models():
     trajs = as_trajectories(ou_paths(n=80, steps=20, dt=0.1), dt=0.1, per_prompt=2)
     keep = {"random walk", "OU / VAR(1)"}
     models = [m for m in sdelm.standard_models(paper_loss=False) if m[0] in keep]
-    results = sdelm.evaluate.cross_validate(trajs, models=models, folds=4, dim=None)
+    results = sdelm.analysis.comparison.cross_validate(trajs, models=models, folds=4, dim=None)
     prompts = set(trajs.rows["prompt_id"])
     for _, rows in results.groupby("model"):
         assert sorted(rows["prompt_id"]) == sorted(prompts)  # each prompt tested once
@@ -53,7 +53,7 @@ def test_cross_validation_tests_every_prompt_once_and_pairs_the_models():
     fold = results[(results["model"] == "OU / VAR(1)") & (results["fold"] == 0)]
     weights = fold["transitions"] / fold["transitions"].sum()
     assert abs((fold["nll"] * weights).sum() - nll(ou, data.test)) < 1e-5
-    gaps = sdelm.evaluate.paired_gaps(results, reference="OU / VAR(1)")
+    gaps = sdelm.analysis.comparison.paired_gaps(results, reference="OU / VAR(1)")
     assert list(gaps.index) == ["random walk"] and gaps.loc["random walk", "high"] < 0
     assert gaps.loc["random walk", "n_clusters"] == len(prompts)
 
@@ -76,7 +76,8 @@ def test_the_model_zoo_fits_bit_identically_twice():
     models = [m for m in sdelm.standard_models(hidden=8) if m[0] in keep]
     assert len(models) == len(keep)
     first, second = (
-        sdelm.evaluate.cross_validate(trajs, models=models, folds=3, dim=None) for _ in range(2)
+        sdelm.analysis.comparison.cross_validate(trajs, models=models, folds=3, dim=None)
+        for _ in range(2)
     )
     pd.testing.assert_frame_equal(first, second, check_exact=True)
     first, second = (

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sdelm
-from sdelm.analysis import cross_model
+from sdelm.analysis import findings
 from sdelm.fit import sequence_nll
 from sdelm.stats import cluster_bootstrap
 
@@ -40,7 +40,7 @@ def test_sequence_nll_averages_to_the_nll():
 
 def test_cross_validation_scores_every_sequence_once_without_its_prompt():
     trajs = ou_data(n=24, steps=12)
-    table = cross_model.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, seed=0)
+    table = findings.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, seed=0)
     assert sorted(table["prompt_id"]) == sorted(trajs.rows["prompt_id"])
     assert table.groupby("prompt_id")["fold"].nunique().eq(1).all()
     assert table["fold"].nunique() == 4
@@ -52,43 +52,43 @@ def test_cross_validation_scores_every_sequence_once_without_its_prompt():
     # covariance fits held-out prompts better.
     assert (table["nll_var"] - table["nll_ou"]).mean() < -0.02
     with pytest.raises(ValueError, match="n_folds"):
-        cross_model.held_out_scores(trajs, dim=3, n_folds=1)
-    twice = cross_model.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, fits=2, seed=0)
+        findings.held_out_scores(trajs, dim=3, n_folds=1)
+    twice = findings.held_out_scores(trajs, dim=3, n_folds=4, n_paths=4, fits=2, seed=0)
     for score in ("nll", "energy"):
         each = twice[[f"{score}_neural_0", f"{score}_neural_1"]]
         assert np.allclose(twice[f"{score}_neural"], each.mean(axis=1), atol=1e-6)
         # The first fit is the one-fit table's (same seed, same cached fit).
         assert np.allclose(twice[f"{score}_neural_0"], table[f"{score}_neural"], atol=1e-6)
     with pytest.raises(ValueError, match="fits"):
-        cross_model.held_out_scores(trajs, dim=3, n_folds=4, fits=0)
+        findings.held_out_scores(trajs, dim=3, n_folds=4, fits=0)
 
 
 def test_a_fit_drawn_interval_holds_the_randomness_of_fitting():
     rows = pd.DataFrame({"prompt_id": np.arange(40), "fold": np.arange(40) % 4, "energy_var": 1.0})
     differ = rows.assign(energy_neural_0=0.0, energy_neural_1=1.0, energy_neural=0.5)
-    measured = cluster_bootstrap(differ, cross_model.fit_drawn(differ, "energy", "var"))
+    measured = cluster_bootstrap(differ, findings.fit_drawn(differ, "energy", "var"))
     assert measured["estimate"] == pytest.approx(-0.5)
     assert measured["low"] < -0.9 and measured["high"] > -0.1  # which fit each fold got
     agree = rows.assign(energy_neural_0=0.3, energy_neural_1=0.3, energy_neural=0.3)
-    measured = cluster_bootstrap(agree, cross_model.fit_drawn(agree, "energy", "var"))
+    measured = cluster_bootstrap(agree, findings.fit_drawn(agree, "energy", "var"))
     assert measured["low"] == pytest.approx(-0.7) and measured["high"] == pytest.approx(-0.7)
 
 
 def test_a_step_is_paired_with_the_entropy_of_the_token_it_reads():
     states = torch.arange(8, dtype=torch.float32).view(2, 4, 1) ** 2
     entropies = torch.tensor([[0.0, 1.0, 2.0, 3.0], [10.0, 11.0, 12.0, 13.0]])
-    frame = cross_model.step_frame(split(states, entropies))
+    frame = findings.step_frame(split(states, entropies))
     first = frame.iloc[0]
     assert (first["step"], first["increment_sq"], first["next_entropy"]) == (0, 1.0, 1.0)
     assert frame["next_entropy"].tolist() == [1.0, 2.0, 3.0, 11.0, 12.0, 13.0]
     with pytest.raises(ValueError, match="entropies"):
-        cross_model.step_frame(split(states))
+        findings.step_frame(split(states))
 
 
 def test_the_msd_exponent_is_one_for_a_random_walk_and_zero_for_white_noise():
     noise = torch.randn(200, 40, 3, generator=torch.Generator().manual_seed(0))
-    walk = cross_model._msd_exponent(cross_model.displacement_frame(split(noise.cumsum(1))))
-    white = cross_model._msd_exponent(cross_model.displacement_frame(split(noise)))
+    walk = findings._msd_exponent(findings.displacement_frame(split(noise.cumsum(1))))
+    white = findings._msd_exponent(findings.displacement_frame(split(noise)))
     assert walk == pytest.approx(1.0, abs=0.05)
     assert abs(white) < 0.05
 
@@ -96,7 +96,7 @@ def test_the_msd_exponent_is_one_for_a_random_walk_and_zero_for_white_noise():
 def test_the_map_radius_is_that_of_the_simulated_var1_map():
     data = sdelm.prepare(ou_data(n=400, steps=50), dim=None, standardise=False, seed=0)
     everything = sdelm.SDEData.concat([data.train, data.val, data.test])
-    frame = cross_model.map_radius_frame(everything)
-    estimate = cross_model._map_radius(everything)(frame)
+    frame = findings.map_radius_frame(everything)
+    estimate = findings._map_radius(everything)(frame)
     true_map = torch.eye(3) + sdelm.synthetic.OU_MATRIX * 0.1
     assert estimate == pytest.approx(float(torch.linalg.eigvals(true_map).abs().max()), abs=0.01)

@@ -8,7 +8,8 @@ import pytest
 import scipy.stats
 import torch
 
-from sdelm import ClaimFailedError, Claims, Trajectories, describe, generation, stats
+from sdelm import ClaimFailedError, Claims, Trajectories, generation, stats
+from sdelm.analysis import descriptives
 
 
 def make(states, prompt_ids=None, temperatures=None) -> Trajectories:
@@ -24,10 +25,10 @@ def test_independent_states_have_memory_ratio_one_and_a_random_walk_below():
     g = torch.Generator().manual_seed(0)
     iid = make(torch.randn(200, 30, 4, generator=g))
     walk = make(torch.randn(200, 30, 4, generator=g).cumsum(dim=1))
-    assert describe.increments_against_shuffled(iid, 0)["ratio"].mean() == pytest.approx(
+    assert descriptives.increments_against_shuffled(iid, 0)["ratio"].mean() == pytest.approx(
         1, abs=0.03
     )
-    assert describe.increments_against_shuffled(walk, 0)["ratio"].mean() < 0.5
+    assert descriptives.increments_against_shuffled(walk, 0)["ratio"].mean() < 0.5
 
 
 def test_shuffle_partners_share_the_source_and_never_the_prompt():
@@ -40,16 +41,16 @@ def test_shuffle_partners_share_the_source_and_never_the_prompt():
     states[40:] += 10.0
     trajs = make(states, prompt_ids=[f"p{i // 2}" for i in range(80)])
     trajs.rows["source"] = ["generated"] * 40 + ["human"] * 40
-    memory = describe.increments_against_shuffled(trajs, 0)
+    memory = descriptives.increments_against_shuffled(trajs, 0)
     assert set(memory["n_partners"]) == {38}
     for _, one in memory.groupby("source"):
         assert one["ratio"].mean() == pytest.approx(1, abs=0.05)
-    effect = describe.memory_effect(memory, seed=0)
+    effect = descriptives.memory_effect(memory, seed=0)
     assert effect["low"] < 1 < effect["high"] and effect["n_clusters"] == 40
-    same = describe.equivalence_effect(memory, 0.1, seed=0)
+    same = descriptives.equivalence_effect(memory, 0.1, seed=0)
     assert same["high"] < 0.1 and same["p_value"] < 0.05
     with pytest.raises(ValueError, match="positive"):
-        describe.equivalence_effect(memory, 0.0)
+        descriptives.equivalence_effect(memory, 0.0)
 
 
 def test_a_sequence_without_partners_has_no_ratio_and_memory_is_detected():
@@ -57,11 +58,11 @@ def test_a_sequence_without_partners_has_no_ratio_and_memory_is_detected():
     walk = torch.randn(30, 20, 3, generator=g).cumsum(dim=1)
     trajs = make(walk, prompt_ids=[f"p{i}" for i in range(29)] + ["alone"])
     trajs.rows["source"] = ["generated"] * 29 + ["human"]
-    memory = describe.increments_against_shuffled(trajs, 0)
+    memory = descriptives.increments_against_shuffled(trajs, 0)
     assert np.isnan(memory["ratio"].iloc[-1]) and memory["n_partners"].iloc[-1] == 0
-    effect = describe.memory_effect(memory, seed=0)
+    effect = descriptives.memory_effect(memory, seed=0)
     assert effect["high"] < 1 and effect["p_value"] < 0.01 and effect["n_clusters"] == 29
-    assert describe.equivalence_effect(memory, 0.1, seed=0)["low"] > 0.1
+    assert descriptives.equivalence_effect(memory, 0.1, seed=0)["low"] > 0.1
 
 
 def test_explained_variance_finds_a_low_rank_signal_on_held_out_rows():
@@ -71,32 +72,32 @@ def test_explained_variance_finds_a_low_rank_signal_on_held_out_rows():
         40, 10, 20, generator=g
     )
     trajs = make(states)
-    train, test = describe.split_prompts(trajs, 0.5, seed=0)
+    train, test = descriptives.split_prompts(trajs, 0.5, seed=0)
     assert not (train & test).any() and (train | test).all()
-    spectrum = describe.explained_variance(trajs, 0, train, test)
+    spectrum = descriptives.explained_variance(trajs, 0, train, test)
     held_out = spectrum[spectrum["split"] == "held-out"]
     assert held_out["cumulative"].iloc[1] > 0.98
     assert held_out["cumulative"].iloc[-1] == pytest.approx(1.0)
-    projection = describe.held_out_projection(trajs, 0, train, test, n_components=2)
+    projection = descriptives.held_out_projection(trajs, 0, train, test, n_components=2)
     assert len(projection) == test.sum() and set(projection["sequence"]) == set(
         np.flatnonzero(test)
     )
     share = projection["along"].sum() / projection["total"].sum()
     assert share == pytest.approx(held_out["cumulative"].iloc[1])
-    effect = describe.projection_effect(projection, null=2 / 20, seed=0)
+    effect = descriptives.projection_effect(projection, null=2 / 20, seed=0)
     assert effect["estimate"] == pytest.approx(share) and effect["low"] > 0.95
     assert effect["p_value"] < 0.01 and effect["n_clusters"] == 20
     with pytest.raises(ValueError, match="n_components"):
-        describe.held_out_projection(trajs, 0, train, test, n_components=21)
+        descriptives.held_out_projection(trajs, 0, train, test, n_components=21)
 
 
 def test_split_prompts_keeps_prompts_together_and_refuses_empty_sets():
     trajs = make(torch.zeros(6, 3, 2), prompt_ids=["a", "a", "b", "b", "c", "c"])
-    first, second = describe.split_prompts(trajs, 0.5, seed=0)
+    first, second = descriptives.split_prompts(trajs, 0.5, seed=0)
     ids = trajs.rows["prompt_id"]
     assert not set(ids[first]) & set(ids[second])
     with pytest.raises(ValueError, match="leaves a set empty"):
-        describe.split_prompts(trajs, 0.01)
+        descriptives.split_prompts(trajs, 0.01)
 
 
 def test_intervals_cover_known_means():
@@ -114,12 +115,12 @@ def test_step_and_sequence_statistics_and_temperature_contrast():
     states = torch.ones(4, 5, 2).cumsum(dim=1)  # |X_k − X_{k−1}| = sqrt(2)
     trajs = make(states, prompt_ids=["a", "a", "b", "b"], temperatures=[0.5, 2.0, 0.5, 2.0])
     trajs.entropies[:] = torch.tensor([1.0, 3.0, 1.2, 3.4])[:, None]
-    steps = describe.step_statistics(trajs, 0)
+    steps = descriptives.step_statistics(trajs, 0)
     assert np.isnan(steps[steps["step"] == 0]["increment"]).all()
     assert np.allclose(steps[steps["step"] > 0]["increment"], np.sqrt(2))
-    sequences = describe.sequence_statistics(trajs, 0)
+    sequences = descriptives.sequence_statistics(trajs, 0)
     assert list(sequences["group"]) == ["generated, T=0.5", "generated, T=2"] * 2
-    contrast = describe.temperature_contrast(sequences, "entropy")
+    contrast = descriptives.temperature_contrast(sequences, "entropy")
     assert contrast["t_low"] == 0.5 and contrast["estimate"] == pytest.approx(2.1)
     # Two prompts (2.0 and 2.2): the resampled means span [2.0, 2.2], stretched about the
     # estimate by t(1) / z for so few clusters.
@@ -127,10 +128,12 @@ def test_step_and_sequence_statistics_and_temperature_contrast():
     assert contrast["low"] == pytest.approx(2.1 - 0.1 * stretch)
     assert contrast["high"] == pytest.approx(2.1 + 0.1 * stretch)
     assert contrast["n_clusters"] == 2
-    single = describe.temperature_contrast(sequences[sequences["temperature"] == 0.5], "entropy")
+    single = descriptives.temperature_contrast(
+        sequences[sequences["temperature"] == 0.5], "entropy"
+    )
     assert single is None
     steps["layer"] = 0
-    scales = describe.layer_scales(steps)
+    scales = descriptives.layer_scales(steps)
     assert scales.loc[0, "median |ΔX|"] == pytest.approx(np.sqrt(2))
 
 
@@ -152,10 +155,10 @@ def test_human_contrast_resamples_passages_and_prompts():
             "logprob": rng.normal(-3.0, 0.1, 10),
         }
     )
-    gap = describe.human_contrast(pd.concat([generated, human]), "logprob", seed=0)
+    gap = descriptives.human_contrast(pd.concat([generated, human]), "logprob", seed=0)
     assert gap["temperature"] == 0.7 and gap["n_clusters"] == 30
     assert gap["low"] < -1.8 and gap["high"] < 0 and gap["p_value"] < 0.01
-    assert describe.human_contrast(generated, "logprob") is None
+    assert descriptives.human_contrast(generated, "logprob") is None
 
 
 def test_untempered_logprob_of_human_rows_is_the_recorded_mean():
