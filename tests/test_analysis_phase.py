@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sdelm
-from sdelm.analysis import phase
+from sdelm.analysis import lyapunov, phase
 from sdelm.simulate import simulate_split
 from sdelm.synthetic import DoubleWell, as_trajectories, ou_paths
 
@@ -56,13 +56,13 @@ def test_linear_drift_has_one_fixed_point_with_the_matrix_eigenvalues():
 
 def test_ftle_of_a_linear_flow_are_its_eigenvalues():
     model = linear_model(torch.diag(torch.tensor([-1.0, 0.5])))
-    exponents = phase.finite_time_lyapunov(model, starts(5), horizon=4.0, dt=0.001)
+    exponents = lyapunov.finite_time_lyapunov(model, starts(5), horizon=4.0, dt=0.001)
     assert exponents.shape == (5, 2)
     assert np.allclose(exponents, [[0.5, -1.0]] * 5, atol=2e-3)
 
 
 def test_ftle_separates_the_stable_well_from_the_saddle():
-    exponents = phase.finite_time_lyapunov(
+    exponents = lyapunov.finite_time_lyapunov(
         DoubleWell(), torch.tensor([[1.0, 0.0], [0.0, 0.0]]), horizon=5.0, dt=0.001
     )
     assert np.allclose(exponents[0], [-1, -2], atol=5e-3)
@@ -108,10 +108,10 @@ def test_pair_separation_of_known_offsets():
     paths = torch.stack([base[0], base[0] + offsets, base[1], base[1] + 2 * offsets], dim=0)
     trajs = as_trajectories(paths, dt=1.0, per_prompt=2)
     split = sdelm.SDEData(paths, trajs.mask, 1.0, trajs.rows)
-    table = phase.pair_separation(split)
+    table = lyapunov.pair_separation(split)
     assert set(table["pair"]) == {0, 1} and len(table) == 12
     assert np.allclose(table.groupby("pair")["separation"].mean(), [5.0, 10.0], atol=1e-5)
-    across = phase.pair_separation(split, pairs="different prompts")
+    across = lyapunov.pair_separation(split, pairs="different prompts")
     assert across["pair"].nunique() == 4  # 2 × 2 sequences of different prompts
     expected = (paths[0] - paths[2]).norm(dim=1)
     assert np.allclose(across[across["pair"] == 0]["separation"], expected.numpy(), atol=1e-5)
@@ -128,7 +128,7 @@ def test_simulated_split_keeps_rows_and_starts():
     assert torch.equal(
         simulate_split(linear_model(-torch.eye(3)), split, seed=1).states, simulated.states
     )
-    assert phase.pair_separation(simulated)["separation"].gt(0).all()
+    assert lyapunov.pair_separation(simulated)["separation"].gt(0).all()
 
 
 def test_bad_inputs_get_clear_errors():
@@ -136,9 +136,9 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match=r"size \(n, 2\)"):
         phase.fixed_points(model, torch.zeros(5, 3))
     with pytest.raises(ValueError, match="non-empty"):
-        phase.finite_time_lyapunov(model, torch.zeros(0, 2), horizon=1.0)
+        lyapunov.finite_time_lyapunov(model, torch.zeros(0, 2), horizon=1.0)
     with pytest.raises(ValueError, match="positive"):
-        phase.finite_time_lyapunov(model, torch.zeros(1, 2), horizon=0.0)
+        lyapunov.finite_time_lyapunov(model, torch.zeros(1, 2), horizon=0.0)
     with pytest.raises(ValueError, match="resolution"):
         phase.plane_field(model, (-1, 1, -1, 1), resolution=1)
     with pytest.raises(ValueError, match="extent"):
@@ -148,9 +148,9 @@ def test_bad_inputs_get_clear_errors():
     lone = as_trajectories(ou_paths(n=6, steps=4), dt=0.1, per_prompt=1)
     split = sdelm.SDEData(lone.layer(0), lone.mask, 0.1, lone.rows)
     with pytest.raises(ValueError, match="samples_per_prompt"):
-        phase.pair_separation(split)
+        lyapunov.pair_separation(split)
     with pytest.raises(ValueError, match="pairs must be"):
-        phase.pair_separation(split, pairs="all")
+        lyapunov.pair_separation(split, pairs="all")
 
 
 def test_plane_states_lists_every_valid_state():
@@ -197,22 +197,24 @@ def test_relaxation_times_of_multipliers():
 
 def test_drift_orbits_iterate_the_map():
     matrix = torch.tensor([[-0.2, 1.0], [0.0, -0.7]])
-    orbits = phase.drift_orbits(linear_model(matrix), starts(3), 5, dt=0.5)
+    orbits = lyapunov.drift_orbits(linear_model(matrix), starts(3), 5, dt=0.5)
     step = torch.eye(2) + 0.5 * matrix
     expected = starts(3) @ torch.linalg.matrix_power(step, 5).T
     assert orbits.shape == (3, 6, 2) and torch.allclose(orbits[:, -1], expected, atol=1e-5)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
-        phase.drift_orbits(linear_model(matrix), starts(3), 0)
+        lyapunov.drift_orbits(linear_model(matrix), starts(3), 0)
 
 
 def test_map_lyapunov_of_a_linear_map_is_log_of_its_eigenvalue_moduli():
     matrix = torch.tensor([[-0.2, 1.0], [0.0, -0.7]])  # I + A: eigenvalues 0.8 and 0.3
     model = linear_model(matrix)
-    paths = phase.drift_orbits(model, starts(4), 400)
-    exponents = phase.map_lyapunov(model, paths)
+    paths = lyapunov.drift_orbits(model, starts(4), 400)
+    exponents = lyapunov.map_lyapunov(model, paths)
     assert exponents.shape == (4, 2)
     assert np.allclose(exponents, [[np.log(0.8), np.log(0.3)]] * 4, atol=0.01)
-    halved = phase.map_lyapunov(model, phase.drift_orbits(model, starts(2), 400, dt=0.5), dt=0.5)
+    halved = lyapunov.map_lyapunov(
+        model, lyapunov.drift_orbits(model, starts(2), 400, dt=0.5), dt=0.5
+    )
     assert np.allclose(halved, [[np.log(0.9) / 0.5, np.log(0.65) / 0.5]] * 2, atol=0.01)
     # Not the drift's eigenvalues −0.2 and −0.7 (the flow's exponents): log 0.3 = −1.20.
     assert abs(exponents[0, 1] - -0.7) > 0.4
@@ -220,7 +222,7 @@ def test_map_lyapunov_of_a_linear_map_is_log_of_its_eigenvalue_moduli():
 
 def test_map_lyapunov_separates_the_well_from_the_saddle():
     paths = torch.tensor([[1.0, 0.0], [0.0, 0.0]])[:, None].expand(2, 11, 2)
-    exponents = phase.map_lyapunov(DoubleWell(), paths, dt=0.5)
+    exponents = lyapunov.map_lyapunov(DoubleWell(), paths, dt=0.5)
     # Well: I + J/2 = diag(0, 0.5), one direction annihilated in a step; saddle: diag(1.5, 0.5).
     assert exponents[0, 0] == pytest.approx(np.log(0.5) / 0.5) and exponents[0, 1] < -50
     assert np.allclose(exponents[1], [np.log(1.5) / 0.5, np.log(0.5) / 0.5])
@@ -229,11 +231,11 @@ def test_map_lyapunov_separates_the_well_from_the_saddle():
 def test_map_lyapunov_rejects_bad_paths():
     model = DoubleWell()
     with pytest.raises(ValueError, match=r"size \(n, K \+ 1, 2\)"):
-        phase.map_lyapunov(model, torch.zeros(3, 1, 2))
+        lyapunov.map_lyapunov(model, torch.zeros(3, 1, 2))
     with pytest.raises(ValueError, match="non-finite"):
-        phase.map_lyapunov(model, torch.full((1, 3, 2), float("nan")))
+        lyapunov.map_lyapunov(model, torch.full((1, 3, 2), float("nan")))
     with pytest.raises(ValueError, match="dt must be > 0"):
-        phase.map_lyapunov(model, torch.zeros(1, 3, 2), dt=-1.0)
+        lyapunov.map_lyapunov(model, torch.zeros(1, 3, 2), dt=-1.0)
 
 
 def test_generator_by_distance_map_reading_for_a_known_ou():

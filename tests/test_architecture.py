@@ -16,7 +16,6 @@ PACKAGE = ROOT / "sdelm"
 #: Files allowed over :data:`MAX_FILE_LINES`, each with its reason (see the architecture notes).
 LONG_FILES = {
     "sdelm/trajectories.py": "one data format: the class, its file format and its checks",
-    "sdelm/analysis/phase.py": "not yet split (issue 29): spectra, Lyapunov exponents, planes",
     "sdelm/book/chapter.py": "not yet split (issue 29): opening, parameters, execution",
     "sdelm/cli.py": "one command line: a parser and one short function per command",
     "sdelm/lm.py": "not yet split (issue 29): loading from the hub, GGUF conversion, checks",

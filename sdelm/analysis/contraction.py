@@ -1,13 +1,13 @@
 """Whether the drift map contracts, and whether that is specific to the data.
 
 The largest finite-time Lyapunov exponent of a fitted drift map, along its own noise-free
-orbits (:func:`sdelm.analysis.phase.drift_orbits`, :func:`sdelm.analysis.phase.map_lyapunov`),
-is negative where nearby states converge without noise. Any stable linear map contracts too:
-a Gaussian VAR(1) ``x ↦ Ax + b`` has exponents ``log|eig(A)|``, all negative, and a model
-fitted to states without memory (shuffled in time, or i.i.d.) pulls every state to the mean
-within a token. So the exponent of the model fitted to the data is compared with that of the
-same kind of model refitted to each surrogate of the same sequences
-(:mod:`sdelm.analysis.surrogates`).
+orbits (:func:`~sdelm.analysis.lyapunov.drift_orbits`,
+:func:`~sdelm.analysis.lyapunov.map_lyapunov`), is negative where nearby states converge
+without noise. Any stable linear map contracts too: a Gaussian VAR(1) ``x ↦ Ax + b`` has
+exponents ``log|eig(A)|``, all negative, and a model fitted to states without memory (shuffled
+in time, or i.i.d.) pulls every state to the mean within a token. So the exponent of the model
+fitted to the data is compared with that of the same kind of model refitted to each surrogate
+of the same sequences (:mod:`sdelm.analysis.surrogates`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from sdelm.analysis import phase, surrogates
+from sdelm.analysis import lyapunov, surrogates
 from sdelm.data import PreparedData
 from sdelm.models import SDEModel
 
@@ -49,13 +49,13 @@ def largest_exponent_frame(
     frames = []
     for series, prepared, model in surrogates.refitted(data, fitted, refit, seed=seed):
         held_out = prepared.test
-        orbits = phase.drift_orbits(model, held_out.states[:, 0], horizon)
+        orbits = lyapunov.drift_orbits(model, held_out.states[:, 0], horizon)
         frames.append(
             pd.DataFrame(
                 {
                     "series": series,
                     "prompt_id": held_out.rows["prompt_id"].to_numpy(),
-                    "largest": phase.map_lyapunov(model, orbits)[:, 0],
+                    "largest": lyapunov.map_lyapunov(model, orbits)[:, 0],
                 }
             )
         )
