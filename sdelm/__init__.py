@@ -46,7 +46,7 @@ ORIGINS = {
     "Claims": "sdelm.book",
     "FitResult": "sdelm.fit",
     "LM": "sdelm.lm",
-    "LMLoadError": "sdelm.lm",
+    "LMLoadError": "sdelm.embedded",
     "NeuralSDE": "sdelm.models",
     "PreparedData": "sdelm.data",
     "Projection": "sdelm.data",
@@ -105,6 +105,7 @@ if TYPE_CHECKING:  # the names as static tools see them
     from sdelm.collect import collect_branches, collect_layer_trajectories, collect_trajectories
     from sdelm.data import PreparedData, Projection, SDEData, Transitions, prepare, project
     from sdelm.devices import resolve_device
+    from sdelm.embedded import LMLoadError
     from sdelm.files import cache_dir
     from sdelm.fit import FitResult, fit, nll
     from sdelm.generation import (
@@ -117,7 +118,7 @@ if TYPE_CHECKING:  # the names as static tools see them
         rescore,
         untempered,
     )
-    from sdelm.lm import LM, LMLoadError, load_lm, untrained
+    from sdelm.lm import LM, load_lm, untrained
     from sdelm.models import NeuralSDE, SDEModel, load_checkpoint, load_projection, save_checkpoint
     from sdelm.simulate import simulate
     from sdelm.trajectories import Trajectories, TrajectoryFileError

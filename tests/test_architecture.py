@@ -18,7 +18,6 @@ LONG_FILES = {
     "sdelm/trajectories.py": "one data format: the class, its file format and its checks",
     "sdelm/book/chapter.py": "not yet split (issue 29): opening, parameters, execution",
     "sdelm/cli.py": "one command line: a parser and one short function per command",
-    "sdelm/lm.py": "not yet split (issue 29): loading from the hub, GGUF conversion, checks",
 }
 MAX_FILE_LINES = 500
 

@@ -16,7 +16,7 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 import sdelm
 from sdelm import LM, LMLoadError, extract, load_lm
 from sdelm.branches import Branches
-from sdelm.lm import EMBEDDED
+from sdelm.embedded import EMBEDDED
 from tests.conftest import SPECIALS, byte_tokenizer
 from tests.test_extract import replay_states
 

@@ -15,6 +15,7 @@ from sdelm import LMLoadError, load_lm, resolve_device
 from tests.conftest import byte_tokenizer, tiny_model
 
 lm_module = importlib.import_module("sdelm.lm")
+embedded_module = importlib.import_module("sdelm.embedded")
 
 
 def test_a_local_folder_loads_through_from_pretrained(tmp_path):
@@ -96,11 +97,11 @@ def test_pickled_weights_are_refused_never_loaded(tmp_path, monkeypatch):
         load_lm(str(tmp_path), device="cpu")
 
 
-@pytest.mark.parametrize("name", list(lm_module.EMBEDDED))
+@pytest.mark.parametrize("name", list(embedded_module.EMBEDDED))
 def test_a_missing_embedded_package_names_its_pip_command(name, tmp_path, monkeypatch):
     """Simulated by hiding the packages from the import system (nothing is uninstalled)."""
     monkeypatch.setenv("SDELM_CACHE", str(tmp_path))  # no cached copy to fall back on
-    embedded = lm_module.EMBEDDED[name]
+    embedded = embedded_module.EMBEDDED[name]
     hidden = {embedded.package, *embedded.parts}
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -151,10 +152,9 @@ def test_a_truncated_model_copy_is_converted_again_and_old_scratch_removed(tmp_p
     import os
     import subprocess
 
-    from sdelm import lm as lm_module
 
     monkeypatch.setenv("SDELM_CACHE", str(tmp_path))
-    folder = lm_module._copy_folder("smollm2-135m-instruct", torch.float32)
+    folder = embedded_module.copy_folder("smollm2-135m-instruct", torch.float32)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")  # cut off
@@ -168,19 +168,18 @@ def test_a_truncated_model_copy_is_converted_again_and_old_scratch_removed(tmp_p
         converted.append(command)
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(lm_module.subprocess, "run", convert)
-    assert lm_module._cached_copy("smollm2-135m-instruct", torch.float32, False) == folder
+    monkeypatch.setattr(embedded_module.subprocess, "run", convert)
+    assert embedded_module.cached_copy("smollm2-135m-instruct", torch.float32, False) == folder
     assert len(converted) == 1  # before, the truncated copy was served, and failed forever
     assert not folder.exists() and not killed.exists()
 
 
 def test_an_embedded_model_that_fails_to_load_is_not_recommended_again(tmp_path, monkeypatch):
-    from sdelm import lm as lm_module
 
     def unreadable(*args, **kwargs):
         raise OSError("header too large")
 
-    monkeypatch.setattr(lm_module, "_cached_copy", lambda name, dtype, progress: tmp_path)
+    monkeypatch.setattr(embedded_module, "cached_copy", lambda name, dtype, progress: tmp_path)
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", unreadable)
     with pytest.raises(LMLoadError, match=r"converted copy .* delete that folder") as caught:
         load_lm("smollm2-135m-instruct", device="cpu")
