@@ -36,6 +36,7 @@ import torch
 from sdelm.data import PreparedData, SDEData, prepare
 from sdelm.energy import energy_distance_effect
 from sdelm.models.lines_of_thought import LayerLinear
+from sdelm.models.zoo import NEURAL, RANDOM_WALK
 from sdelm.stats import cluster_bootstrap, pair_weights
 from sdelm.trajectories import Trajectories
 
@@ -427,8 +428,8 @@ def gain_difference(
     first: pd.DataFrame,
     second: pd.DataFrame,
     *,
-    baseline: str = "random walk",
-    model: str = "neural SDE",
+    baseline: str = RANDOM_WALK,
+    model: str = NEURAL,
     seed: int = 0,
 ) -> dict[str, float]:
     """Compare a model's per-prompt gain over a baseline in two cross-validations.
