@@ -215,6 +215,49 @@ def _check_memory(n_paths: int, steps: int, dim: int, device: torch.device) -> N
     )
 
 
+def _checked_arguments(
+    model: SDEModel,
+    x0: torch.Tensor,
+    steps: int,
+    dt: float,
+    n_paths: int,
+    t0: float,
+    substeps: int,
+    method: str,
+    seed: int,
+) -> tuple[torch.Tensor, float]:
+    """Refuse :func:`simulate`'s bad arguments; return the starts (batch, dim) and ``dt``."""
+    check_integers(1, steps=steps, n_paths=n_paths, substeps=substeps)
+    check_integers(0, seed=seed)
+    dt = check_time_step(dt)
+    if isinstance(t0, bool) or not isinstance(t0, numbers.Real) or not math.isfinite(t0):
+        raise ValueError(f"t0 must be a finite number, got {t0!r}.")
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
+    if model.correlation is not None and method != "euler":
+        raise ValueError(
+            f"{type(model).__name__} has correlated noise, which torchsde's {method!r} solver "
+            "does not take; simulate it with method='euler'."
+        )
+    x0 = torch.as_tensor(x0, dtype=torch.float32)
+    if x0.ndim == 1:
+        x0 = x0.unsqueeze(0)
+    model.check_input(x0)
+    bad = (~torch.isfinite(x0).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        shown = f"{bad[:10]}{' and more' if len(bad) > 10 else ''}"
+        starts = (
+            ""
+            if n_paths == 1
+            else f"; row i starts paths {n_paths}i to {n_paths}i + {n_paths - 1}"
+        )
+        raise ValueError(
+            f"x0 rows {shown} are NaN or infinite (of {len(x0)} starting states{starts}); "
+            "pass finite starting states."
+        )
+    return x0, dt
+
+
 @torch.no_grad()
 def simulate(
     model: SDEModel,
@@ -264,34 +307,7 @@ def simulate(
         RuntimeWarning: When a simulated path became NaN or infinite.
 
     """
-    check_integers(1, steps=steps, n_paths=n_paths, substeps=substeps)
-    check_integers(0, seed=seed)
-    dt = check_time_step(dt)
-    if isinstance(t0, bool) or not isinstance(t0, numbers.Real) or not math.isfinite(t0):
-        raise ValueError(f"t0 must be a finite number, got {t0!r}.")
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {METHODS}.")
-    if model.correlation is not None and method != "euler":
-        raise ValueError(
-            f"{type(model).__name__} has correlated noise, which torchsde's {method!r} solver "
-            "does not take; simulate it with method='euler'."
-        )
-    x0 = torch.as_tensor(x0, dtype=torch.float32)
-    if x0.ndim == 1:
-        x0 = x0.unsqueeze(0)
-    model.check_input(x0)
-    bad = (~torch.isfinite(x0).all(dim=1)).nonzero().flatten().tolist()
-    if bad:
-        shown = f"{bad[:10]}{' and more' if len(bad) > 10 else ''}"
-        starts = (
-            ""
-            if n_paths == 1
-            else f"; row i starts paths {n_paths}i to {n_paths}i + {n_paths - 1}"
-        )
-        raise ValueError(
-            f"x0 rows {shown} are NaN or infinite (of {len(x0)} starting states{starts}); "
-            "pass finite starting states."
-        )
+    x0, dt = _checked_arguments(model, x0, steps, dt, n_paths, t0, substeps, method, seed)
     device = next(iter(model.parameters()), torch.empty(0)).device
     _check_memory(len(x0) * n_paths, steps, model.dim, device)
     ts = t0 + dt * torch.arange(steps + 1, dtype=torch.float32, device=device)

@@ -134,8 +134,6 @@ LONG_FUNCTIONS = {
     "sdelm/cli.py:_parser": "one flat declaration of the command line's arguments",
     "sdelm/fit.py:fit": "not yet split (issue 29): the training loop and its closures",
     "sdelm/generation/sampling.py:_generate_batch": "not yet split (issue 29): one KV-cache loop",
-    "sdelm/generation/sampling.py:extract": "not yet split (issue 29): checks, batches, merge",
-    "sdelm/simulate.py:simulate": "not yet split (issue 29): checks, then one torchsde call",
 }
 MAX_FUNCTION_LINES = 80
 

@@ -269,6 +269,17 @@ def _check_memory(
     )
 
 
+def _check_hooks(lm: LM, control: TemperatureControl | None, nudge: StateNudge | None) -> None:
+    """Refuse a control of a layer ``lm`` lacks, or a nudge of another layer than the last."""
+    if control is not None and control.layer is not None:
+        check_layers(lm, [control.layer])
+    if nudge is not None and nudge.layer != lm.n_layers:
+        raise ValueError(
+            f"A nudge moves the last layer's state ({lm.n_layers} for {lm.name}), but this one "
+            f"was fitted on layer {nudge.layer}; fit the SDE on layer {lm.n_layers}."
+        )
+
+
 def extract(
     lm: LM,
     prompts: Sequence[str | Prompt],
@@ -345,13 +356,7 @@ def extract(
     if nucleus is None or not 0 < nucleus <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}; 1.0 disables nucleus sampling.")
     layers = check_layers(lm, layers)
-    if control is not None and control.layer is not None:
-        check_layers(lm, [control.layer])
-    if nudge is not None and nudge.layer != lm.n_layers:
-        raise ValueError(
-            f"A nudge moves the last layer's state ({lm.n_layers} for {lm.name}), but this one "
-            f"was fitted on layer {nudge.layer}; fit the SDE on layer {lm.n_layers}."
-        )
+    _check_hooks(lm, control, nudge)
     has_template = chat and bool(lm.tokenizer.chat_template)
 
     n_jobs = len(items) * len(temperatures) * samples_per_prompt
